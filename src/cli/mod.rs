@@ -1,0 +1,54 @@
+//! Command tree and dispatch; each subcommand lives in its own file.
+
+mod embed;
+mod model;
+
+use clap::{Parser, Subcommand};
+use qpeft::device::DeviceSpec;
+use qpeft::model::{DEFAULT_MODEL, HubOptions, ModelFiles, resolve_model};
+
+/// Quantized parameter-efficient fine-tuning (QPEFT) of transformer encoders.
+#[derive(Parser, Debug)]
+#[command(name = "qpeft", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fetch and inspect pretrained models.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Encode a sentence (or a sentence pair) and print its embedding.
+    Embed(embed::EmbedArgs),
+}
+
+/// `--model`, shared by every command that loads one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArg {
+    /// A local model directory, or a Hugging Face hub id resolved through the hub cache.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+}
+
+impl ModelArg {
+    pub fn resolve(&self) -> anyhow::Result<ModelFiles> {
+        Ok(resolve_model(&self.model, &HubOptions::from_env())?)
+    }
+}
+
+/// `--device`, shared by every command that computes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// Where to compute: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Model(command) => model::run(command),
+        Command::Embed(args) => embed::run(args),
+    }
+}

@@ -1,0 +1,12 @@
+//! qpeft: quantized parameter-efficient fine-tuning of transformer encoders, built on Burn.
+//!
+//! The pipeline runs data → model → quantization → reconstruction → adapters → training →
+//! evaluation. This crate holds all of it as a library; the `qpeft` binary is a thin CLI
+//! over it. Linear weights are `[out, in]` (Hugging Face layout) everywhere except inside
+//! Burn's `Linear`, which stores `[in, out]`; [`model::weights`] is the one place that converts.
+
+pub mod device;
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};

@@ -1,0 +1,525 @@
+//! The BERT / RoBERTa encoder and its sequence-classification heads, as in Hugging Face
+//! `modeling_bert.py` / `modeling_roberta.py`: post-LayerNorm layers, exact (erf) GELU,
+//! additive attention mask on padded keys, dropout active only under autodiff (training).
+//!
+//! Module fields follow HF's names, so every linear layer is reachable by its HF name
+//! (`encoder.layer.3.attention.self.query`, relative to the base model) through
+//! [`Encoder::linear`] / [`Encoder::linear_mut`].
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+use super::config::{Architecture, EncoderConfig, HeadKind};
+use super::weights::{WeightFile, WeightScope};
+use crate::error::Result;
+
+/// The six linear layers of every encoder layer, by their HF names below `encoder.layer.N.`.
+pub const LAYER_LINEARS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+/// Token ids, attention mask (1 = token, 0 = padding) and token types, each `[batch, seq]`.
+#[derive(Debug, Clone)]
+pub struct EncoderInput<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub attention_mask: Tensor<B, 2, Int>,
+    pub token_type_ids: Tensor<B, 2, Int>,
+}
+
+#[derive(Module, Debug)]
+pub struct Embeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+    /// RoBERTa numbers positions from `pad + 1`, skipping padding; BERT from 0.
+    roberta_positions: bool,
+    /// With a single token type (RoBERTa) every token gets type 0, whatever the tokenizer says.
+    single_token_type: bool,
+    pad_token_id: usize,
+}
+
+impl<B: Backend> Embeddings<B> {
+    fn load(w: &WeightScope, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Embeddings {
+            word_embeddings: w
+                .child("word_embeddings")
+                .embedding(cfg.vocab_size, h, device)?,
+            position_embeddings: w.child("position_embeddings").embedding(
+                cfg.max_position_embeddings,
+                h,
+                device,
+            )?,
+            token_type_embeddings: w.child("token_type_embeddings").embedding(
+                cfg.type_vocab_size,
+                h,
+                device,
+            )?,
+            layer_norm: w
+                .child("LayerNorm")
+                .layer_norm(h, cfg.layer_norm_eps, device)?,
+            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            roberta_positions: cfg.architecture == Architecture::Roberta,
+            single_token_type: cfg.type_vocab_size == 1,
+            pad_token_id: cfg.pad_token_id,
+        })
+    }
+
+    fn position_ids(&self, input_ids: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        if self.roberta_positions {
+            // HF `create_position_ids_from_input_ids`: cumsum of non-pad tokens, offset by pad.
+            let pad = self.pad_token_id as i64;
+            let not_pad = input_ids.clone().not_equal_elem(pad).int();
+            not_pad.clone().cumsum(1) * not_pad + pad
+        } else {
+            Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+                .reshape([1, seq])
+                .expand([batch, seq])
+        }
+    }
+
+    pub fn forward(&self, input: &EncoderInput<B>) -> Tensor<B, 3> {
+        let positions = self.position_ids(&input.input_ids);
+        let token_types = if self.single_token_type {
+            input.token_type_ids.zeros_like()
+        } else {
+            input.token_type_ids.clone()
+        };
+        let x = self.word_embeddings.forward(input.input_ids.clone())
+            + self.position_embeddings.forward(positions)
+            + self.token_type_embeddings.forward(token_types);
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    dropout: Dropout,
+    num_heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct DenseLayerNorm<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> DenseLayerNorm<B> {
+    fn load(w: &WeightScope, d_in: usize, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
+        Ok(DenseLayerNorm {
+            dense: w.child("dense").linear(d_in, cfg.hidden_size, device)?,
+            layer_norm: w.child("LayerNorm").layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                device,
+            )?,
+            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+        })
+    }
+
+    /// `LayerNorm(dropout(dense(x)) + residual)`: HF's BertSelfOutput / BertOutput.
+    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.layer_norm
+            .forward(self.dropout.forward(self.dense.forward(x)) + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub self_attention: SelfAttention<B>,
+    pub output: DenseLayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Intermediate<B: Backend> {
+    pub dense: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderLayer<B: Backend> {
+    pub attention: Attention<B>,
+    pub intermediate: Intermediate<B>,
+    pub output: DenseLayerNorm<B>,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    fn load(w: &WeightScope, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(SelfAttention {
+            query: w.child("query").linear(h, h, device)?,
+            key: w.child("key").linear(h, h, device)?,
+            value: w.child("value").linear(h, h, device)?,
+            dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+            num_heads: cfg.num_attention_heads,
+        })
+    }
+
+    /// `x [b, t, h]`, `mask_bias [b, 1, 1, t]` (0 for tokens, a huge negative for padding).
+    fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.num_heads;
+        let split_heads = |t: Tensor<B, 3>| {
+            t.reshape([batch, seq, self.num_heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = split_heads(self.query.forward(x.clone()));
+        let k = split_heads(self.key.forward(x.clone()));
+        let v = split_heads(self.value.forward(x));
+        let scores = q.matmul(k.transpose()) * (1.0 / (head_dim as f64).sqrt()) + mask_bias;
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden])
+    }
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    fn load(w: &WeightScope, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
+        let attention = w.child("attention");
+        Ok(EncoderLayer {
+            attention: Attention {
+                self_attention: SelfAttention::load(&attention.child("self"), cfg, device)?,
+                output: DenseLayerNorm::load(
+                    &attention.child("output"),
+                    cfg.hidden_size,
+                    cfg,
+                    device,
+                )?,
+            },
+            intermediate: Intermediate {
+                dense: w.child("intermediate").child("dense").linear(
+                    cfg.hidden_size,
+                    cfg.intermediate_size,
+                    device,
+                )?,
+            },
+            output: DenseLayerNorm::load(&w.child("output"), cfg.intermediate_size, cfg, device)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let context = self.attention.self_attention.forward(x.clone(), mask_bias);
+        let attended = self.attention.output.forward(context, x);
+        let inner = gelu(self.intermediate.dense.forward(attended.clone()));
+        self.output.forward(inner, attended)
+    }
+
+    /// The linear layer with HF name `suffix` (one of [`LAYER_LINEARS`]).
+    pub fn linear(&self, suffix: &str) -> Option<&Linear<B>> {
+        Some(match suffix {
+            "attention.self.query" => &self.attention.self_attention.query,
+            "attention.self.key" => &self.attention.self_attention.key,
+            "attention.self.value" => &self.attention.self_attention.value,
+            "attention.output.dense" => &self.attention.output.dense,
+            "intermediate.dense" => &self.intermediate.dense,
+            "output.dense" => &self.output.dense,
+            _ => return None,
+        })
+    }
+
+    pub fn linear_mut(&mut self, suffix: &str) -> Option<&mut Linear<B>> {
+        Some(match suffix {
+            "attention.self.query" => &mut self.attention.self_attention.query,
+            "attention.self.key" => &mut self.attention.self_attention.key,
+            "attention.self.value" => &mut self.attention.self_attention.value,
+            "attention.output.dense" => &mut self.attention.output.dense,
+            "intermediate.dense" => &mut self.intermediate.dense,
+            "output.dense" => &mut self.output.dense,
+            _ => return None,
+        })
+    }
+}
+
+/// The base model: embeddings and the stack of encoder layers.
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    pub embeddings: Embeddings<B>,
+    pub layers: Vec<EncoderLayer<B>>,
+}
+
+impl<B: Backend> Encoder<B> {
+    /// Loads the base model from `w` (already scoped to the base-model prefix).
+    pub fn load(w: &WeightScope, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
+        let layers = w.child("encoder").child("layer");
+        Ok(Encoder {
+            embeddings: Embeddings::load(&w.child("embeddings"), cfg, device)?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| EncoderLayer::load(&layers.child(&i.to_string()), cfg, device))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Last hidden state `[batch, seq, hidden]`.
+    pub fn forward(&self, input: &EncoderInput<B>) -> Tensor<B, 3> {
+        let mask_bias = attention_mask_bias(&input.attention_mask);
+        let mut x = self.embeddings.forward(input);
+        for layer in &self.layers {
+            x = layer.forward(x, mask_bias.clone());
+        }
+        x
+    }
+
+    /// HF names of all encoder linear layers, in forward order.
+    pub fn linear_names(&self) -> Vec<String> {
+        (0..self.layers.len())
+            .flat_map(|i| {
+                LAYER_LINEARS
+                    .iter()
+                    .map(move |s| format!("encoder.layer.{i}.{s}"))
+            })
+            .collect()
+    }
+
+    pub fn linear(&self, name: &str) -> Option<&Linear<B>> {
+        let (index, suffix) = parse_layer_linear(name)?;
+        self.layers.get(index)?.linear(suffix)
+    }
+
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
+        let (index, suffix) = parse_layer_linear(name)?;
+        self.layers.get_mut(index)?.linear_mut(suffix)
+    }
+}
+
+/// `"encoder.layer.3.output.dense"` → `(3, "output.dense")`.
+fn parse_layer_linear(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("encoder.layer.")?;
+    let (index, suffix) = rest.split_once('.')?;
+    Some((index.parse().ok()?, suffix))
+}
+
+/// `[b, t]` 0/1 mask → additive `[b, 1, 1, t]` bias: 0 for tokens, `f32::MIN` for padding,
+/// as HF's eager attention does (`(1 - mask) * finfo.min`).
+fn attention_mask_bias<B: Backend>(mask: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
+    let [batch, seq] = mask.dims();
+    ((mask.clone().float() - 1.0) * f64::from(f32::MAX)).reshape([batch, 1, 1, seq])
+}
+
+/// `[b, t, h]` → the first token's state `[b, h]` ([CLS] / `<s>`).
+fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, _, h] = hidden.dims();
+    hidden.narrow(1, 0, 1).reshape([batch, h])
+}
+
+/// Mean of the token states over the attention mask, `[b, t, h]` → `[b, h]`
+/// (the sentence-transformers pooling of all-MiniLM-L6-v2).
+pub fn mean_pool<B: Backend>(hidden: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [batch, seq, h] = hidden.dims();
+    let weights = mask.clone().float().reshape([batch, seq, 1]);
+    let summed = (hidden * weights.clone()).sum_dim(1).reshape([batch, h]);
+    let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
+    summed / counts
+}
+
+/// BERT's pooler: dense + tanh on [CLS].
+#[derive(Module, Debug)]
+pub struct Pooler<B: Backend> {
+    pub dense: Linear<B>,
+}
+
+/// BERT: pooler, dropout, classifier.
+#[derive(Module, Debug)]
+pub struct BertHead<B: Backend> {
+    pub pooler: Pooler<B>,
+    pub classifier: Linear<B>,
+    dropout: Dropout,
+}
+
+/// RoBERTa: dropout, dense, tanh, dropout, out_proj on `<s>`.
+#[derive(Module, Debug)]
+pub struct RobertaHead<B: Backend> {
+    pub dense: Linear<B>,
+    pub out_proj: Linear<B>,
+    dropout: Dropout,
+}
+
+/// The sequence-classification (or regression) head.
+#[derive(Module, Debug)]
+pub enum ClassifierHead<B: Backend> {
+    Bert(BertHead<B>),
+    Roberta(RobertaHead<B>),
+}
+
+impl<B: Backend> ClassifierHead<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let cls = first_token(hidden);
+        match self {
+            ClassifierHead::Bert(head) => {
+                let pooled = head.pooler.dense.forward(cls).tanh();
+                head.classifier.forward(head.dropout.forward(pooled))
+            }
+            ClassifierHead::Roberta(head) => {
+                let x = head.dense.forward(head.dropout.forward(cls)).tanh();
+                head.out_proj.forward(head.dropout.forward(x))
+            }
+        }
+    }
+}
+
+/// HF `_init_weights` for a fresh linear layer: N(0, 0.02) weights, zero bias.
+fn fresh_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(Tensor::random(
+            [d_in, d_out],
+            Distribution::Normal(0.0, 0.02),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
+    }
+}
+
+/// Loads the head linear `name` below `w` when the checkpoint has it; otherwise initializes it
+/// fresh and records `label` in `fresh`.
+fn load_or_fresh<B: Backend>(
+    w: &WeightScope,
+    name: &str,
+    label: &'static str,
+    (d_in, d_out): (usize, usize),
+    fresh: &mut Vec<&'static str>,
+    device: &B::Device,
+) -> Result<Linear<B>> {
+    if w.contains(&format!("{name}.weight")) {
+        w.child(name).linear(d_in, d_out, device)
+    } else {
+        fresh.push(label);
+        Ok(fresh_linear(d_in, d_out, device))
+    }
+}
+
+/// An encoder with a sequence-classification or regression head.
+#[derive(Module, Debug)]
+pub struct SequenceClassifier<B: Backend> {
+    pub encoder: Encoder<B>,
+    pub head: ClassifierHead<B>,
+}
+
+impl<B: Backend> SequenceClassifier<B> {
+    /// Loads the encoder and, where the checkpoint has them, the head weights for `head`.
+    /// Also returns the HF names of the head layers the checkpoint lacked, which were
+    /// initialized fresh (N(0, 0.02) weights, zero biases, as HF does).
+    pub fn load(
+        file: &WeightFile,
+        cfg: &EncoderConfig,
+        head: HeadKind,
+        device: &B::Device,
+    ) -> Result<(Self, Vec<&'static str>)> {
+        let prefix = file.base_model_prefix()?;
+        let encoder = Encoder::load(&file.scope(&prefix), cfg, device)?;
+        let h = cfg.hidden_size;
+        let outputs = head.num_outputs();
+        let root = file.scope("");
+        let dropout = DropoutConfig::new(cfg.classifier_dropout).init();
+        let mut fresh = Vec::new();
+        let head = match cfg.architecture {
+            Architecture::Bert => {
+                let pooler = file.scope(&prefix).child("pooler");
+                ClassifierHead::Bert(BertHead {
+                    pooler: Pooler {
+                        dense: load_or_fresh(
+                            &pooler,
+                            "dense",
+                            "pooler.dense",
+                            (h, h),
+                            &mut fresh,
+                            device,
+                        )?,
+                    },
+                    classifier: load_or_fresh(
+                        &root,
+                        "classifier",
+                        "classifier",
+                        (h, outputs),
+                        &mut fresh,
+                        device,
+                    )?,
+                    dropout,
+                })
+            }
+            Architecture::Roberta => {
+                let classifier = root.child("classifier");
+                ClassifierHead::Roberta(RobertaHead {
+                    dense: load_or_fresh(
+                        &classifier,
+                        "dense",
+                        "classifier.dense",
+                        (h, h),
+                        &mut fresh,
+                        device,
+                    )?,
+                    out_proj: load_or_fresh(
+                        &classifier,
+                        "out_proj",
+                        "classifier.out_proj",
+                        (h, outputs),
+                        &mut fresh,
+                        device,
+                    )?,
+                    dropout,
+                })
+            }
+        };
+        Ok((SequenceClassifier { encoder, head }, fresh))
+    }
+
+    /// Logits `[batch, num_outputs]`.
+    pub fn forward(&self, input: &EncoderInput<B>) -> Tensor<B, 2> {
+        self.head.forward(self.encoder.forward(input))
+    }
+
+    /// HF names (relative to the base model for the encoder) of every linear layer.
+    pub fn linear_names(&self) -> Vec<String> {
+        let mut names = self.encoder.linear_names();
+        names.extend(
+            match &self.head {
+                ClassifierHead::Bert(_) => ["pooler.dense", "classifier"].as_slice(),
+                ClassifierHead::Roberta(_) => {
+                    ["classifier.dense", "classifier.out_proj"].as_slice()
+                }
+            }
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        names
+    }
+
+    pub fn linear(&self, name: &str) -> Option<&Linear<B>> {
+        match (&self.head, name) {
+            (ClassifierHead::Bert(h), "pooler.dense") => Some(&h.pooler.dense),
+            (ClassifierHead::Bert(h), "classifier") => Some(&h.classifier),
+            (ClassifierHead::Roberta(h), "classifier.dense") => Some(&h.dense),
+            (ClassifierHead::Roberta(h), "classifier.out_proj") => Some(&h.out_proj),
+            _ => self.encoder.linear(name),
+        }
+    }
+}
+
+/// Host-side token batch → device tensors.
+pub fn encoder_input<B: Backend>(
+    batch: &crate::model::tokenizer::EncodedBatch,
+    device: &B::Device,
+) -> EncoderInput<B> {
+    let shape = [batch.batch_size, batch.seq_len];
+    let int = |values: &[i64]| Tensor::from_data(TensorData::new(values.to_vec(), shape), device);
+    EncoderInput {
+        input_ids: int(&batch.input_ids),
+        attention_mask: int(&batch.attention_mask),
+        token_type_ids: int(&batch.token_type_ids),
+    }
+}

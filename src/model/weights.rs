@@ -1,0 +1,277 @@
+//! Reading Hugging Face safetensors checkpoints into Burn parameters.
+//!
+//! This is the one boundary where HF's `[out, in]` linear weights become Burn's `[in, out]`
+//! (see [`WeightScope::linear`]); everywhere else qpeft keeps `[out, in]`.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A safetensors file held in memory, with its header parsed once.
+pub struct WeightFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl WeightFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::InvalidWeights {
+                path: path.to_path_buf(),
+                message: format!("not a valid safetensors file: {e}"),
+            })?;
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            bytes,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.metadata.info(name).is_some()
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.metadata.tensors().into_keys().collect();
+        names.sort();
+        names
+    }
+
+    fn invalid(&self, message: String) -> Error {
+        Error::InvalidWeights {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Reads tensor `name` as f32 (F32, F16 and BF16 are accepted), checking its shape.
+    pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| self.invalid(format!("tensor '{name}' is missing")))?;
+        if info.shape != shape {
+            return Err(self.invalid(format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?}",
+                info.shape
+            )));
+        }
+        let (start, end) = info.data_offsets;
+        let raw = &self.bytes[self.data_start + start..self.data_start + end];
+        let values: Vec<f32> = match info.dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(self.invalid(format!(
+                    "tensor '{name}' has dtype {other:?}, expected F32, F16 or BF16"
+                )));
+            }
+        };
+        Ok(values)
+    }
+
+    /// Scope for reading the tensors below `prefix` (e.g. `"bert."`).
+    pub fn scope(&self, prefix: &str) -> WeightScope<'_> {
+        WeightScope {
+            file: self,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The prefix in front of `embeddings.word_embeddings.weight`: `""`, `"bert."`, `"roberta."`…
+    pub fn base_model_prefix(&self) -> Result<String> {
+        const ANCHOR: &str = "embeddings.word_embeddings.weight";
+        self.names()
+            .into_iter()
+            .filter_map(|name| name.strip_suffix(ANCHOR).map(str::to_string))
+            .min_by_key(String::len)
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "no tensor named '*{ANCHOR}': not a BERT/RoBERTa checkpoint"
+                ))
+            })
+    }
+}
+
+/// A view of a [`WeightFile`] below a name prefix.
+pub struct WeightScope<'a> {
+    file: &'a WeightFile,
+    prefix: String,
+}
+
+impl<'a> WeightScope<'a> {
+    /// The scope `prefix + name + "."`.
+    pub fn child(&self, name: &str) -> WeightScope<'a> {
+        WeightScope {
+            file: self.file,
+            prefix: format!("{}{name}.", self.prefix),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.file.contains(&self.key(name))
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let values = self.file.read_f32(&self.key(name), &shape)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// The first of `names` present in the file (old checkpoints say `gamma`/`beta`).
+    fn tensor_alias<B: Backend>(
+        &self,
+        names: &[&str],
+        len: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>> {
+        let name = names
+            .iter()
+            .find(|n| self.contains(n))
+            .copied()
+            .unwrap_or(names[0]);
+        self.tensor(name, [len], device)
+    }
+
+    /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`.
+    pub fn linear<B: Backend>(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Result<Linear<B>> {
+        let weight_out_in = self.file.read_f32(&self.key("weight"), &[d_out, d_in])?;
+        let weight_in_out = transpose(&weight_out_in, d_out, d_in);
+        let weight = Tensor::from_data(TensorData::new(weight_in_out, [d_in, d_out]), device);
+        let bias = self.tensor("bias", [d_out], device)?;
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(bias)),
+        })
+    }
+
+    pub fn embedding<B: Backend>(
+        &self,
+        n: usize,
+        d: usize,
+        device: &B::Device,
+    ) -> Result<Embedding<B>> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.tensor("weight", [n, d], device)?),
+        })
+    }
+
+    pub fn layer_norm<B: Backend>(
+        &self,
+        d: usize,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Result<LayerNorm<B>> {
+        let mut norm = LayerNormConfig::new(d).with_epsilon(epsilon).init(device);
+        norm.gamma = Param::from_tensor(self.tensor_alias(&["weight", "gamma"], d, device)?);
+        norm.beta = Some(Param::from_tensor(self.tensor_alias(
+            &["bias", "beta"],
+            d,
+            device,
+        )?));
+        Ok(norm)
+    }
+}
+
+/// Row-major `[rows, cols]` → row-major `[cols, rows]`.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_is_an_involution() {
+        let a: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let t = transpose(&a, 2, 3);
+        assert_eq!(t, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(transpose(&t, 3, 2), a);
+    }
+}
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::WeightFile;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    /// F16 and BF16 tensors read back as the f32 values they encode.
+    #[test]
+    fn reads_half_precision_as_f32() {
+        let values = [1.5f32, -0.25, 3.0, 65504.0];
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let tensors = [
+            ("a", TensorView::new(Dtype::F16, vec![2, 2], &f16).unwrap()),
+            (
+                "b",
+                TensorView::new(Dtype::BF16, vec![2, 2], &bf16).unwrap(),
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        let file = WeightFile::open(&path).unwrap();
+        assert_eq!(file.read_f32("a", &[2, 2]).unwrap(), values);
+        // bf16 keeps 8 mantissa bits: 65504 rounds to 65536.
+        assert_eq!(
+            file.read_f32("b", &[2, 2]).unwrap(),
+            [1.5, -0.25, 3.0, 65536.0]
+        );
+        let err = file.read_f32("a", &[4]).unwrap_err().to_string();
+        assert!(err.contains("'a' has shape [2, 2], expected [4]"), "{err}");
+        let err = file.read_f32("missing", &[1]).unwrap_err().to_string();
+        assert!(err.contains("'missing' is missing"), "{err}");
+    }
+}
