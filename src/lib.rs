@@ -5,8 +5,11 @@
 //! over it. Linear weights are `[out, in]` (Hugging Face layout) everywhere except inside
 //! Burn's `Linear`, which stores `[in, out]`; [`model::weights`] is the one place that converts.
 
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
+pub mod seed;
 
 pub use error::{Error, Result};

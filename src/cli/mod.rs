@@ -1,7 +1,9 @@
 //! Command tree and dispatch; each subcommand lives in its own file.
 
+mod data;
 mod embed;
 mod model;
+mod predict;
 
 use clap::{Parser, Subcommand};
 use qpeft::device::DeviceSpec;
@@ -22,6 +24,11 @@ enum Command {
     Model(model::ModelCommand),
     /// Encode a sentence (or a sentence pair) and print its embedding.
     Embed(embed::EmbedArgs),
+    /// Fetch and verify the GLUE data.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Write GLUE test-set submission files with a fine-tuned classifier.
+    Predict(predict::PredictArgs),
 }
 
 /// `--model`, shared by every command that loads one.
@@ -50,5 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(command) => model::run(command),
         Command::Embed(args) => embed::run(args),
+        Command::Data(command) => data::run(command),
+        Command::Predict(args) => predict::run(args),
     }
 }

@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 pub use bert::{Encoder, EncoderInput, SequenceClassifier, encoder_input, mean_pool};
 pub use config::{Architecture, EncoderConfig, HeadKind};
 pub use hub::{DEFAULT_MODEL, HubOptions, ModelFiles, resolve_model};
-pub use tokenizer::{EncodedBatch, TextInput, TextTokenizer};
+pub use tokenizer::{EncodedBatch, TextInput, TextTokenizer, TokenizedRow, pad_rows};
 pub use weights::WeightFile;
 
 use crate::error::Result;

@@ -47,7 +47,17 @@ pub struct EncodedBatch {
 pub struct TextTokenizer {
     inner: Tokenizer,
     pad_id: u32,
+    max_length: usize,
     path: PathBuf,
+    /// sha256 of `tokenizer.json`, naming this tokenizer in caches.
+    sha256: String,
+}
+
+/// One input's token ids and token types, before padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedRow {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -63,7 +73,9 @@ impl TextTokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
             ));
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| fail(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let sha256 = crate::model::hub::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
         // The file's own padding (all-MiniLM-L6-v2 ships Fixed(128)) would defeat dynamic padding.
         let pad_id = match inner.get_padding() {
             Some(padding) => padding.pad_id,
@@ -86,7 +98,9 @@ impl TextTokenizer {
         Ok(TextTokenizer {
             inner,
             pad_id,
+            max_length,
             path: path.to_path_buf(),
+            sha256,
         })
     }
 
@@ -96,6 +110,14 @@ impl TextTokenizer {
 
     pub fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -117,38 +139,59 @@ impl TextTokenizer {
             .map_err(|e| Error::Encode(e.to_string()))
     }
 
-    /// Encodes `inputs` and pads them to the longest row (right padding, token type 0).
+    /// Encodes `inputs` without padding (in parallel).
+    pub fn encode_rows(&self, inputs: &[TextInput]) -> Result<Vec<TokenizedRow>> {
+        let encode_inputs: Vec<EncodeInput> = inputs
+            .iter()
+            .map(|input| match &input.second {
+                None => input.first.as_str().into(),
+                Some(second) => (input.first.as_str(), second.as_str()).into(),
+            })
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(encode_inputs, true)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| TokenizedRow {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Encodes `inputs` and pads them to the longest row.
     pub fn encode_batch(&self, inputs: &[TextInput]) -> Result<EncodedBatch> {
         if inputs.is_empty() {
             return Err(Error::InvalidInput("cannot encode an empty batch".into()));
         }
-        let encodings = inputs
-            .iter()
-            .map(|input| self.encode_one(input))
-            .collect::<Result<Vec<_>>>()?;
-        let seq_len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
-        let batch_size = encodings.len();
-        let mut batch = EncodedBatch {
-            batch_size,
-            seq_len,
-            input_ids: vec![i64::from(self.pad_id); batch_size * seq_len],
-            attention_mask: vec![0; batch_size * seq_len],
-            token_type_ids: vec![0; batch_size * seq_len],
-        };
-        for (row, encoding) in encodings.iter().enumerate() {
-            let offset = row * seq_len;
-            for (j, ((&id, &mask), &type_id)) in encoding
-                .get_ids()
-                .iter()
-                .zip(encoding.get_attention_mask())
-                .zip(encoding.get_type_ids())
-                .enumerate()
-            {
-                batch.input_ids[offset + j] = i64::from(id);
-                batch.attention_mask[offset + j] = i64::from(mask);
-                batch.token_type_ids[offset + j] = i64::from(type_id);
-            }
-        }
-        Ok(batch)
+        let rows = self.encode_rows(inputs)?;
+        Ok(pad_rows(rows.iter(), self.pad_id))
     }
+}
+
+/// Pads `rows` on the right to the longest one: `pad_id`, mask 0, token type 0.
+pub fn pad_rows<'a>(
+    rows: impl ExactSizeIterator<Item = &'a TokenizedRow> + Clone,
+    pad_id: u32,
+) -> EncodedBatch {
+    let batch_size = rows.len();
+    let seq_len = rows.clone().map(|r| r.ids.len()).max().unwrap_or(0);
+    let mut batch = EncodedBatch {
+        batch_size,
+        seq_len,
+        input_ids: vec![i64::from(pad_id); batch_size * seq_len],
+        attention_mask: vec![0; batch_size * seq_len],
+        token_type_ids: vec![0; batch_size * seq_len],
+    };
+    for (row_index, row) in rows.enumerate() {
+        let offset = row_index * seq_len;
+        for (j, (&id, &type_id)) in row.ids.iter().zip(&row.type_ids).enumerate() {
+            batch.input_ids[offset + j] = i64::from(id);
+            batch.attention_mask[offset + j] = 1;
+            batch.token_type_ids[offset + j] = i64::from(type_id);
+        }
+    }
+    batch
 }

@@ -66,3 +66,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The GLUE folder the tests read (`$GLUE_DIR`, else `datasets/glue`); fails, never skips,
+/// when it is not there.
+pub fn glue_dir() -> PathBuf {
+    let dir = qpeft::data::glue_dir(None);
+    assert!(
+        dir.join("RTE").is_dir(),
+        "GLUE data not found in {}: run `qpeft data fetch --from <glue_data mirror>` or set GLUE_DIR \
+         (`make test` does this when GLUE_MIRROR is set)",
+        dir.display()
+    );
+    dir
+}

@@ -1,0 +1,4 @@
+//! Evaluation: GLUE metrics and scores, and GLUE-submission prediction files.
+
+pub mod metrics;
+pub mod predict;
