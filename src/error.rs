@@ -28,7 +28,7 @@ pub enum Error {
     Encode(String),
     #[error("{0}")]
     ModelNotFound(String),
-    #[error("model fetch failed: {0}")]
+    #[error("fetch failed: {0}")]
     Fetch(String),
     #[error("invalid device '{spec}': {message}")]
     InvalidDevice { spec: String, message: String },

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use qpeft::data::batch::TokenizedSplit;
 use qpeft::data::glue::parse_split;
-use qpeft::data::manifest::{FileStatus, verify};
+use qpeft::data::manifest::{Checksum, FileStatus, verify};
 use qpeft::data::{Label, Split, Task, load};
 use qpeft::model::{DEFAULT_MODEL, HubOptions, PretrainedModel, resolve_model};
 
@@ -63,7 +63,15 @@ fn the_mirror_verifies_against_the_manifest() {
     let checks = verify(&dir, &Task::ALL);
     let verified = checks
         .iter()
-        .filter(|c| matches!(c.status, FileStatus::Verified { checksum: true, .. }))
+        .filter(|c| {
+            matches!(
+                c.status,
+                FileStatus::Verified {
+                    checksum: Checksum::Matched,
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(verified, OFFICIAL_ROWS.len());
     for check in &checks {

@@ -4,18 +4,21 @@ use std::path::PathBuf;
 
 use qpeft::data::Task;
 use qpeft::data::glue::glue_dir;
-use qpeft::data::manifest::{FetchStatus, FileStatus, fetch_from_mirror, verify};
+use qpeft::data::hub::{GLUE_HUB_REPO, fetch_from_hub};
+use qpeft::data::manifest::{Checksum, FetchStatus, FileStatus, fetch_from_mirror, verify};
+use qpeft::model::HubOptions;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DataCommand {
-    /// Fill the GLUE folder (--data-dir, else $GLUE_DIR, else datasets/glue) from a mirror.
+    /// Fill the GLUE folder (--data-dir, else $GLUE_DIR, else datasets/glue): from the
+    /// Hugging Face hub (nyu-mll/glue parquet, through the hub cache), or from a mirror folder.
     Fetch {
         /// Tasks to fetch (default: all).
         #[arg(long, value_delimiter = ',')]
         tasks: Vec<Task>,
-        /// A folder in the glue_data layout to copy from.
+        /// A folder in the glue_data layout to copy from, instead of the hub.
         #[arg(long)]
-        from: PathBuf,
+        from: Option<PathBuf>,
         #[command(flatten)]
         data: DataDirArg,
     },
@@ -53,7 +56,27 @@ fn or_all(tasks: Vec<Task>) -> Vec<Task> {
 
 pub fn run(command: DataCommand) -> anyhow::Result<()> {
     match command {
-        DataCommand::Fetch { tasks, from, data } => {
+        DataCommand::Fetch {
+            tasks,
+            from: None,
+            data,
+        } => {
+            let dest = data.dir();
+            let files: Vec<(Task, qpeft::data::Split)> = or_all(tasks)
+                .into_iter()
+                .flat_map(|task| task.splits().iter().map(move |&split| (task, split)))
+                .collect();
+            for (path, rows) in fetch_from_hub(&HubOptions::from_env(), &dest, &files)? {
+                println!("{path:<28} {rows:>8} rows  converted from {GLUE_HUB_REPO}");
+            }
+            println!("GLUE folder: {}", dest.display());
+            Ok(())
+        }
+        DataCommand::Fetch {
+            tasks,
+            from: Some(from),
+            data,
+        } => {
             let dest = data.dir();
             let explicit = !tasks.is_empty();
             let tasks = or_all(tasks);
@@ -97,15 +120,12 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
                 let (rows, status) = match &check.status {
                     FileStatus::Verified { rows, checksum } => {
                         verified += 1;
-                        (
-                            rows.to_string(),
-                            if *checksum {
-                                "ok (rows, sha256)"
-                            } else {
-                                "ok (rows; no sha256 known)"
-                            }
-                            .to_string(),
-                        )
+                        let what = match checksum {
+                            Checksum::Matched => "ok (rows, sha256)",
+                            Checksum::Unknown => "ok (rows; no sha256 known)",
+                            Checksum::Converted => "ok (rows; converted from the hub, no sha256)",
+                        };
+                        (rows.to_string(), what.to_string())
                     }
                     FileStatus::Missing => {
                         if required {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::Backend;
-use qpeft::data::batch::TokenizedSplit;
+use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Task, load};
 use qpeft::device::BackendTask;
 use qpeft::eval::predict::{predict_split, write_submission};
@@ -76,7 +76,7 @@ impl BackendTask for Predict<'_> {
         }
         let tokenizer = self.pretrained.tokenizer(args.max_length)?;
         let dir = args.data.dir();
-        let cache = dir.join(".cache");
+        let cache = default_cache_dir();
         let mut written = Vec::new();
         for &split in task.splits().iter().filter(|s| s.is_test()) {
             let dataset = load(&dir, task, split)?;

@@ -13,6 +13,17 @@ use crate::model::hub::sha256_file;
 use crate::model::{EncodedBatch, TextInput, TextTokenizer, TokenizedRow, pad_rows};
 use crate::seed::substream_rng;
 
+/// Where tokenized splits are cached: `$QPEFT_CACHE/tokens`, else `~/.cache/qpeft/tokens`.
+pub fn default_cache_dir() -> PathBuf {
+    let root = match std::env::var_os("QPEFT_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".cache/qpeft"))
+            .unwrap_or_else(|| std::env::temp_dir().join("qpeft-cache")),
+    };
+    root.join("tokens")
+}
+
 /// Batches per shuffled window that is sorted by length (HF's `LengthGroupedSampler` uses 50).
 pub const LENGTH_GROUP_WINDOW: usize = 50;
 
@@ -62,8 +73,11 @@ impl TokenizedSplit {
             })
             .collect();
         let rows = tokenizer.encode_rows(&inputs)?;
-        if let Some(file) = &cache_file {
-            write_cache(file, &rows)?;
+        if let Some(file) = &cache_file
+            && let Err(e) = write_cache(file, &rows)
+        {
+            // The cache only saves time; the tokenized rows are in hand.
+            eprintln!("warning: could not write the token cache: {e:#}");
         }
         Ok(Self::assemble(dataset, rows, tokenizer.pad_id()))
     }

@@ -76,13 +76,24 @@ pub struct Dataset {
 /// Column layout of one (task, split) file.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
-    header: bool,
+    /// The header line, tab-separated; `None` for CoLA's headerless train/dev files.
+    header: Option<&'static str>,
     columns: usize,
-    id: Option<usize>,
+    /// The index/id column, if the file has one. Test-split ids are read from it (submissions
+    /// refer to them); other splits number their rows from 0.
+    index: Option<usize>,
     text_a: usize,
     text_b: Option<usize>,
     label: Option<usize>,
 }
+
+const MNLI_HEADER: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+const MNLI_TRAIN_HEADER: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label";
+const MNLI_DEV_HEADER: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label";
+const STSB_HEADER: &str =
+    "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2";
+const STSB_LABELLED_HEADER: &str =
+    "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore";
 
 const BINARY: &[&str] = &["0", "1"];
 const NLI3: &[&str] = &["entailment", "neutral", "contradiction"];
@@ -195,43 +206,104 @@ impl Task {
     }
 
     fn layout(self, split: Split) -> Layout {
-        let test = matches!(
-            split,
-            Split::Test | Split::TestMatched | Split::TestMismatched
-        );
-        let l = |header, columns, id, text_a, text_b, label| Layout {
+        let test = split.is_test();
+        let l = |header, columns, index, text_a, text_b, label| Layout {
             header,
             columns,
-            id,
+            index,
             text_a,
             text_b,
             label,
         };
         match (self, test) {
             // source, label, original label (or blank), sentence; no header
-            (Task::Cola, false) => l(false, 4, None, 3, None, Some(1)),
-            (Task::Cola, true) => l(true, 2, Some(0), 1, None, None),
-            (Task::Sst2, false) => l(true, 2, None, 0, None, Some(1)),
-            (Task::Sst2, true) => l(true, 2, Some(0), 1, None, None),
-            // Quality, #1 ID, #2 ID, #1 String, #2 String
-            (Task::Mrpc, false) => l(true, 5, None, 3, Some(4), Some(0)),
-            (Task::Mrpc, true) => l(true, 5, Some(0), 3, Some(4), None),
-            // index genre filename year old_index source1 source2 sentence1 sentence2 [score]
-            (Task::Stsb, false) => l(true, 10, None, 7, Some(8), Some(9)),
-            (Task::Stsb, true) => l(true, 9, Some(0), 7, Some(8), None),
-            // id qid1 qid2 question1 question2 is_duplicate / id question1 question2
-            (Task::Qqp, false) => l(true, 6, None, 3, Some(4), Some(5)),
-            (Task::Qqp, true) => l(true, 3, Some(0), 1, Some(2), None),
-            // index promptID pairID genre 4 parses sentence1 sentence2 label1 [label2-5] gold_label
-            (Task::Mnli, false) if split == Split::Train => l(true, 12, None, 8, Some(9), Some(11)),
-            (Task::Mnli, false) => l(true, 16, None, 8, Some(9), Some(15)),
-            (Task::Mnli, true) => l(true, 10, Some(0), 8, Some(9), None),
-            // index sentence1/question sentence2/sentence [label]
-            (Task::Qnli | Task::Rte | Task::Wnli, false) => l(true, 4, None, 1, Some(2), Some(3)),
-            (Task::Qnli | Task::Rte | Task::Wnli | Task::Ax, true) => {
-                l(true, 3, Some(0), 1, Some(2), None)
+            (Task::Cola, false) => l(None, 4, None, 3, None, Some(1)),
+            (Task::Cola, true) => l(Some("index\tsentence"), 2, Some(0), 1, None, None),
+            (Task::Sst2, false) => l(Some("sentence\tlabel"), 2, None, 0, None, Some(1)),
+            (Task::Sst2, true) => l(Some("index\tsentence"), 2, Some(0), 1, None, None),
+            (Task::Mrpc, false) => l(
+                Some("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"),
+                5,
+                None,
+                3,
+                Some(4),
+                Some(0),
+            ),
+            (Task::Mrpc, true) => l(
+                Some("index\t#1 ID\t#2 ID\t#1 String\t#2 String"),
+                5,
+                Some(0),
+                3,
+                Some(4),
+                None,
+            ),
+            (Task::Stsb, false) => l(Some(STSB_LABELLED_HEADER), 10, Some(0), 7, Some(8), Some(9)),
+            (Task::Stsb, true) => l(Some(STSB_HEADER), 9, Some(0), 7, Some(8), None),
+            (Task::Qqp, false) => l(
+                Some("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"),
+                6,
+                Some(0),
+                3,
+                Some(4),
+                Some(5),
+            ),
+            (Task::Qqp, true) => l(
+                Some("id\tquestion1\tquestion2"),
+                3,
+                Some(0),
+                1,
+                Some(2),
+                None,
+            ),
+            (Task::Mnli, false) if split == Split::Train => {
+                l(Some(MNLI_TRAIN_HEADER), 12, Some(0), 8, Some(9), Some(11))
             }
+            (Task::Mnli, false) => l(Some(MNLI_DEV_HEADER), 16, Some(0), 8, Some(9), Some(15)),
+            (Task::Mnli, true) => l(Some(MNLI_HEADER), 10, Some(0), 8, Some(9), None),
+            (Task::Qnli, false) => l(
+                Some("index\tquestion\tsentence\tlabel"),
+                4,
+                Some(0),
+                1,
+                Some(2),
+                Some(3),
+            ),
+            (Task::Qnli, true) => l(
+                Some("index\tquestion\tsentence"),
+                3,
+                Some(0),
+                1,
+                Some(2),
+                None,
+            ),
+            (Task::Rte | Task::Wnli, false) => l(
+                Some("index\tsentence1\tsentence2\tlabel"),
+                4,
+                Some(0),
+                1,
+                Some(2),
+                Some(3),
+            ),
+            (Task::Rte | Task::Wnli | Task::Ax, true) => l(
+                Some("index\tsentence1\tsentence2"),
+                3,
+                Some(0),
+                1,
+                Some(2),
+                None,
+            ),
             (Task::Ax, false) => unreachable!("AX has only a test split"),
+        }
+    }
+
+    /// Formats a label as the files write it.
+    fn format_label(self, label: Label) -> Option<String> {
+        match (self.label_kind(), label) {
+            (LabelKind::Classes(names), Label::Class(c)) => names.get(c).map(|n| n.to_string()),
+            (LabelKind::Score { min, max }, Label::Score(s)) if (min..=max).contains(&s) => {
+                Some(s.to_string())
+            }
+            _ => None,
         }
     }
 
@@ -354,7 +426,7 @@ pub fn load(dir: &Path, task: Task, split: Split) -> Result<Dataset> {
 pub fn parse_split(bytes: &[u8], task: Task, split: Split, path: &Path) -> Result<Vec<Example>> {
     let layout = task.layout(split);
     let rows = parse_rows(bytes, layout.columns, path)?;
-    let data = if layout.header {
+    let data = if layout.header.is_some() {
         rows.get(1..).unwrap_or(&[])
     } else {
         &rows[..]
@@ -368,12 +440,13 @@ pub fn parse_split(bytes: &[u8], task: Task, split: Split, path: &Path) -> Resul
     }
     data.iter()
         .enumerate()
-        .map(|(row_number, row)| example(task, layout, row, row_number, path))
+        .map(|(row_number, row)| example(task, split, layout, row, row_number, path))
         .collect()
 }
 
 fn example(
     task: Task,
+    split: Split,
     layout: Layout,
     row: &Row,
     row_number: usize,
@@ -384,7 +457,7 @@ fn example(
         line: Some(row.line),
         message,
     };
-    let id = match layout.id {
+    let id = match layout.index.filter(|_| split.is_test()) {
         Some(column) => row.fields[column].parse().map_err(|_| {
             error(format!(
                 "index {:?} is not a non-negative integer",
@@ -404,4 +477,127 @@ fn example(
         label,
         line: row.line,
     })
+}
+
+/// Writes `examples` as `task`'s `split` file in the official layout (columns qpeft does not
+/// read are left empty), so that files from other sources load like `glue_data` ones.
+/// Fails, writing nothing, on a text with a tab or line break or a label the task lacks.
+pub fn write_split(path: &Path, task: Task, split: Split, examples: &[Example]) -> Result<()> {
+    let layout = task.layout(split);
+    let invalid = |e: &Example, message: String| Error::Data {
+        path: path.to_path_buf(),
+        line: None,
+        message: format!("example {}: {message}", e.id),
+    };
+    let mut text = String::new();
+    if let Some(header) = layout.header {
+        text.push_str(header);
+        text.push('\n');
+    }
+    for e in examples {
+        let mut fields = vec![String::new(); layout.columns];
+        if let Some(column) = layout.index {
+            fields[column] = e.id.to_string();
+        }
+        let texts = [
+            (Some(layout.text_a), Some(&e.text_a)),
+            (layout.text_b, e.text_b.as_ref()),
+        ];
+        for (column, value) in texts {
+            match (column, value) {
+                (Some(column), Some(value)) => {
+                    if value.contains(['\t', '\n', '\r']) {
+                        return Err(invalid(
+                            e,
+                            "text holds a tab or line break, which TSV cannot".into(),
+                        ));
+                    }
+                    fields[column] = value.clone();
+                }
+                (Some(_), None) => return Err(invalid(e, format!("{task} needs a sentence pair"))),
+                (None, _) => {}
+            }
+        }
+        if let Some(column) = layout.label {
+            let label = e
+                .label
+                .ok_or_else(|| invalid(e, format!("{task} {split} needs labels")))?;
+            fields[column] = task
+                .format_label(label)
+                .ok_or_else(|| invalid(e, format!("label {label:?} does not fit {task}")))?;
+        }
+        text.push_str(&fields.join("\t"));
+        text.push('\n');
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    file.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_have_as_many_fields_as_rows() {
+        for task in Task::ALL {
+            for &split in task.splits() {
+                let layout = task.layout(split);
+                if let Some(header) = layout.header {
+                    assert_eq!(header.split('\t').count(), layout.columns, "{task} {split}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn written_splits_read_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        for task in Task::ALL {
+            for &split in task.splits() {
+                let label = match task.label_kind() {
+                    _ if split.is_test() => None,
+                    LabelKind::Classes(names) => Some(Label::Class(names.len() - 1)),
+                    LabelKind::Score { .. } => Some(Label::Score(3.8)),
+                };
+                let pair = !matches!(task, Task::Cola | Task::Sst2);
+                let examples: Vec<Example> = (0..3)
+                    .map(|i| Example {
+                        id: i,
+                        text_a: format!("a \"quoted\" sentence {i}"),
+                        text_b: pair.then(|| format!("second {i}")),
+                        label,
+                        line: i + if task.layout(split).header.is_some() {
+                            2
+                        } else {
+                            1
+                        },
+                    })
+                    .collect();
+                let path = dir.path().join(task.file(split).unwrap());
+                write_split(&path, task, split, &examples).unwrap();
+                assert_eq!(
+                    load(dir.path(), task, split).unwrap().examples,
+                    examples,
+                    "{task} {split}"
+                );
+            }
+        }
+        let bad = Example {
+            id: 7,
+            text_a: "tab\there".into(),
+            text_b: None,
+            label: Some(Label::Class(0)),
+            line: 1,
+        };
+        let err =
+            write_split(&dir.path().join("x.tsv"), Task::Sst2, Split::Train, &[bad]).unwrap_err();
+        assert!(
+            err.to_string().contains("example 7: text holds a tab"),
+            "{err}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::glue::{Task, load};
+use super::hub::HUB_SOURCE_MARKER;
 use crate::error::{Error, Result};
 use crate::model::hub::sha256_file;
 
@@ -56,13 +57,23 @@ pub fn manifest() -> Vec<ManifestEntry> {
         .collect()
 }
 
+/// What the sha256 check of a verified file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    Matched,
+    /// The manifest has no sum for this file (no copy was available to checksum).
+    Unknown,
+    /// The file was converted from the hub's parquet, so the original's sum does not apply.
+    Converted,
+}
+
 /// The outcome of checking one file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileStatus {
-    /// Rows (and sha256, where known) match.
+    /// The row count matches, and so does the sha256 where it applies.
     Verified {
         rows: usize,
-        checksum: bool,
+        checksum: Checksum,
     },
     Missing,
     /// What differs, in words.
@@ -93,19 +104,25 @@ fn check_file(dir: &Path, entry: &ManifestEntry) -> FileStatus {
     if !path.is_file() {
         return FileStatus::Missing;
     }
-    if let Some(expected) = &entry.sha256 {
-        match sha256_file(&path) {
-            Ok(actual) if &actual == expected => {}
+    let converted = dir
+        .join(entry.task.dir_name())
+        .join(HUB_SOURCE_MARKER)
+        .exists();
+    let checksum = match (&entry.sha256, converted) {
+        (_, true) => Checksum::Converted,
+        (None, false) => Checksum::Unknown,
+        (Some(expected), false) => match sha256_file(&path) {
+            Ok(actual) if &actual == expected => Checksum::Matched,
             Ok(actual) => {
                 return FileStatus::Mismatch(format!("sha256 {actual}, expected {expected}"));
             }
             Err(e) => return FileStatus::Mismatch(e.to_string()),
-        }
-    }
+        },
+    };
     match load(dir, entry.task, entry.split) {
         Ok(dataset) if dataset.examples.len() == entry.rows => FileStatus::Verified {
             rows: entry.rows,
-            checksum: entry.sha256.is_some(),
+            checksum,
         },
         Ok(dataset) => FileStatus::Mismatch(format!(
             "{} rows, expected {}",
@@ -153,6 +170,11 @@ pub fn fetch_from_mirror(
             continue;
         }
         copy_atomically(&source, &target)?;
+        // The task's files are originals again: their sums apply.
+        let marker = dest.join(entry.task.dir_name()).join(HUB_SOURCE_MARKER);
+        if marker.exists() {
+            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
+        }
         if let FileStatus::Mismatch(why) = check_file(dest, &entry) {
             let _ = std::fs::remove_file(&target);
             return Err(Error::Data {

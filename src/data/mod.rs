@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod glue;
+pub mod hub;
 pub mod manifest;
 pub mod tsv;
 
