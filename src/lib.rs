@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod quant;
 pub mod seed;
 
 pub use error::{Error, Result};

@@ -79,3 +79,28 @@ pub fn glue_dir() -> PathBuf {
     );
     dir
 }
+
+/// A matrix of standard normal draws (Box–Muller on the seeded ChaCha stream).
+pub fn normal_matrix(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    rows: usize,
+    cols: usize,
+) -> faer::Mat<f64> {
+    use rand::Rng;
+    faer::Mat::from_fn(rows, cols, |_, _| {
+        let (u, v): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    })
+}
+
+/// Largest |a − b| over two equally shaped matrices.
+pub fn max_abs_diff_mat(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> f64 {
+    assert_eq!((a.nrows(), a.ncols()), (b.nrows(), b.ncols()));
+    let mut max = 0.0f64;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            max = max.max((a[(i, j)] - b[(i, j)]).abs());
+        }
+    }
+    max
+}

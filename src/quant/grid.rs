@@ -1,0 +1,309 @@
+//! Uniform quantization grids (ALGORITHMS.md §1.1–§1.5) and rounding (§1.8).
+//!
+//! Every uniform grid is `ŵ = s·(code − z)` with `code ∈ [0, 2^b − 1]`; the kinds differ only in
+//! how `s` and `z` are fitted to a group of weights.
+
+use crate::error::{Error, Result};
+
+/// Bits per code, 2 to 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bits(u8);
+
+impl Bits {
+    pub fn new(bits: u8) -> Result<Self> {
+        if (2..=8).contains(&bits) {
+            Ok(Bits(bits))
+        } else {
+            Err(Error::InvalidInput(format!(
+                "bits must be 2 to 8, got {bits}"
+            )))
+        }
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// The largest code, `2^b − 1`.
+    pub fn max_code(self) -> u32 {
+        (1u32 << self.0) - 1
+    }
+}
+
+/// How a uniform grid is fitted to a group of weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniformKind {
+    /// §1.1: min–max over [min(w, 0), max(w, 0)], `z = round(−xmin/s)`.
+    Asymmetric,
+    /// §1.2: `s = 2·max|w|/(2^b − 1)`, `z = 2^{b−1}` (GPTQ's and CoreQ's symmetric grid).
+    SymmetricGptq,
+    /// §1.3: `s = max(max|w|/(2^{b−1} − 1), 1e-5)`, `z = 2^{b−1}` (GPTAQ's and ResComp's).
+    SymmetricQuarot,
+}
+
+/// Rounding onto the grid (§1.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// Half to even, as `torch.round` (every reference) does.
+    Nearest,
+    /// Unbiased: up with probability equal to the fractional part, from a counter-based RNG
+    /// keyed by `(seed, element)`.
+    Stochastic { seed: u64 },
+}
+
+/// The error exponent of the MSE clipping search (§1.4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MseSearch {
+    /// 2.4 in the reference (recommended); 2 for plain squared error.
+    pub norm: f64,
+}
+
+impl Default for MseSearch {
+    fn default() -> Self {
+        MseSearch { norm: 2.4 }
+    }
+}
+
+/// Everything that decides how a grid is fitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GridSpec {
+    pub bits: Bits,
+    pub kind: UniformKind,
+    /// Shrink the range to minimize Σ|ŵ − w|^norm (§1.4); `None` is plain min–max.
+    pub mse: Option<MseSearch>,
+    /// GPTQ reference quirk (§1.2 Choice): a symmetric group without negative entries keeps
+    /// `xmin = 0`, so `s = xmax/(2^b − 1)` and positives clip near `xmax/2`.
+    pub sym_nonneg_quirk: bool,
+}
+
+impl GridSpec {
+    pub fn new(bits: Bits, kind: UniformKind) -> Self {
+        GridSpec {
+            bits,
+            kind,
+            mse: None,
+            sym_nonneg_quirk: false,
+        }
+    }
+}
+
+/// A fitted grid: `ŵ = scale·(code − zero)`, `code ∈ [0, max_code]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UniformGrid {
+    pub scale: f64,
+    pub zero: f64,
+    pub max_code: u32,
+}
+
+impl UniformGrid {
+    /// The code of `w` (rounded, then clamped to the grid).
+    pub fn code(&self, w: f64, rounding: Rounding, element: u64) -> u32 {
+        let u = w / self.scale + self.zero;
+        let rounded = match rounding {
+            Rounding::Nearest => u.round_ties_even(),
+            Rounding::Stochastic { seed } => {
+                let floor = u.floor();
+                if unit_uniform(seed, element) < u - floor {
+                    floor + 1.0
+                } else {
+                    floor
+                }
+            }
+        };
+        rounded.clamp(0.0, f64::from(self.max_code)) as u32
+    }
+
+    pub fn dequantize(&self, code: u32) -> f64 {
+        self.scale * (f64::from(code) - self.zero)
+    }
+
+    /// `rnd(w)`: the dequantized value of `w`'s code.
+    pub fn round(&self, w: f64, rounding: Rounding, element: u64) -> f64 {
+        self.dequantize(self.code(w, rounding, element))
+    }
+
+    /// The representable range `[lowest, highest]` (for clip-rate and clamp computations).
+    pub fn range(&self) -> (f64, f64) {
+        (self.dequantize(0), self.dequantize(self.max_code))
+    }
+}
+
+/// A uniform draw in [0, 1) from `(seed, element)`: SplitMix64 of the pair, so every element
+/// has its own reproducible draw whatever order elements are visited in.
+fn unit_uniform(seed: u64, element: u64) -> f64 {
+    let mut z = seed ^ element.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The grid of `kind` for the range `[xmin, xmax]` (already including 0, §1.1 step 1).
+fn grid_for_range(spec: &GridSpec, xmin: f64, xmax: f64) -> UniformGrid {
+    let max_code = spec.bits.max_code();
+    let half = f64::from(1u32 << (spec.bits.get() - 1));
+    match spec.kind {
+        UniformKind::Asymmetric => {
+            let scale = (xmax - xmin) / f64::from(max_code);
+            UniformGrid {
+                scale,
+                zero: (-xmin / scale).round_ties_even(),
+                max_code,
+            }
+        }
+        UniformKind::SymmetricGptq => UniformGrid {
+            scale: (xmax - xmin) / f64::from(max_code),
+            zero: half,
+            max_code,
+        },
+        UniformKind::SymmetricQuarot => UniformGrid {
+            scale: (xmax.max(-xmin) / (half - 1.0)).max(1e-5),
+            zero: half,
+            max_code,
+        },
+    }
+}
+
+/// Fits a grid to one group of weights (a row, or g columns of a row).
+pub fn fit_grid(values: &[f64], spec: &GridSpec) -> UniformGrid {
+    let mut xmin = values.iter().copied().fold(0.0f64, f64::min);
+    let mut xmax = values.iter().copied().fold(0.0f64, f64::max);
+    if spec.kind != UniformKind::Asymmetric {
+        xmax = xmax.max(xmin.abs());
+        if xmin < 0.0 || !spec.sym_nonneg_quirk {
+            xmin = -xmax;
+        }
+    }
+    if xmin == 0.0 && xmax == 0.0 {
+        (xmin, xmax) = (-1.0, 1.0);
+    }
+    let mut best = grid_for_range(spec, xmin, xmax);
+    if let Some(mse) = spec.mse {
+        let mut best_err = f64::INFINITY;
+        for i in 0..80 {
+            let p = 1.0 - f64::from(i) / 100.0;
+            // Symmetric kinds keep z = 2^{b−1} as the range shrinks; asymmetric refits it.
+            let grid = grid_for_range(spec, p * xmin, p * xmax);
+            let err: f64 = values
+                .iter()
+                .map(|&w| {
+                    (grid.round(w, Rounding::Nearest, 0) - w)
+                        .abs()
+                        .powf(mse.norm)
+                })
+                .sum();
+            if err < best_err {
+                best_err = err;
+                best = grid;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(bits: u8, kind: UniformKind) -> GridSpec {
+        GridSpec::new(Bits::new(bits).unwrap(), kind)
+    }
+
+    #[test]
+    fn asymmetric_represents_zero_exactly() {
+        let grid = fit_grid(&[0.3, -1.1, 2.5, 0.7], &spec(3, UniformKind::Asymmetric));
+        assert_eq!(grid.round(0.0, Rounding::Nearest, 0), 0.0);
+        assert!((grid.scale - 3.6 / 7.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn gptq_symmetric_two_bit_levels() {
+        // b = 2: {−4/3, −2/3, 0, 2/3}·xmax (§1.2).
+        let grid = fit_grid(&[1.5, -0.2], &spec(2, UniformKind::SymmetricGptq));
+        let levels: Vec<f64> = (0..4).map(|c| grid.dequantize(c) / 1.5).collect();
+        for (got, want) in levels.iter().zip([-4.0 / 3.0, -2.0 / 3.0, 0.0, 2.0 / 3.0]) {
+            assert!((got - want).abs() < 1e-12, "{levels:?}");
+        }
+        // The quirk: no negatives → xmin stays 0, s = xmax/3, positives clip near xmax/2.
+        let quirk = GridSpec {
+            sym_nonneg_quirk: true,
+            ..spec(2, UniformKind::SymmetricGptq)
+        };
+        let grid = fit_grid(&[1.5, 0.2], &quirk);
+        assert!((grid.range().1 - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn quarot_symmetric_three_bit_levels() {
+        // b = 3: {−4…3}·max|w|/3 (§1.3).
+        let grid = fit_grid(&[0.9, -0.6], &spec(3, UniformKind::SymmetricQuarot));
+        assert!((grid.dequantize(0) + 1.2).abs() < 1e-12);
+        assert!((grid.dequantize(7) - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rounding_is_half_to_even() {
+        let grid = UniformGrid {
+            scale: 1.0,
+            zero: 4.0,
+            max_code: 15,
+        };
+        assert_eq!(grid.code(0.5, Rounding::Nearest, 0), 4);
+        assert_eq!(grid.code(1.5, Rounding::Nearest, 0), 6);
+        assert_eq!(grid.code(-0.5, Rounding::Nearest, 0), 4);
+        assert_eq!(grid.code(100.0, Rounding::Nearest, 0), 15);
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased_and_reproducible() {
+        let grid = UniformGrid {
+            scale: 0.5,
+            zero: 4.0,
+            max_code: 15,
+        };
+        let w = 0.3; // between levels 0.0 and 0.5, expected value 0.3
+        let n = 200_000;
+        let mean: f64 = (0..n)
+            .map(|e| grid.round(w, Rounding::Stochastic { seed: 9 }, e))
+            .sum::<f64>()
+            / n as f64;
+        assert!((mean - w).abs() < 3e-3, "{mean}");
+        let a: Vec<u32> = (0..64)
+            .map(|e| grid.code(w, Rounding::Stochastic { seed: 9 }, e))
+            .collect();
+        let b: Vec<u32> = (0..64)
+            .map(|e| grid.code(w, Rounding::Stochastic { seed: 9 }, e))
+            .collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn mse_search_never_increases_the_error() {
+        let values: Vec<f64> = (0..64)
+            .map(|i| ((i * 37 % 64) as f64 / 10.0 - 3.2).powi(3))
+            .collect();
+        for kind in [
+            UniformKind::Asymmetric,
+            UniformKind::SymmetricGptq,
+            UniformKind::SymmetricQuarot,
+        ] {
+            let plain = spec(3, kind);
+            let mse = GridSpec {
+                mse: Some(MseSearch::default()),
+                ..plain
+            };
+            let err = |g: UniformGrid| -> f64 {
+                values
+                    .iter()
+                    .map(|&w| (g.round(w, Rounding::Nearest, 0) - w).abs().powf(2.4))
+                    .sum()
+            };
+            let (e_plain, e_mse) = (err(fit_grid(&values, &plain)), err(fit_grid(&values, &mse)));
+            assert!(e_mse <= e_plain, "{kind:?}: {e_mse} > {e_plain}");
+            assert!(
+                e_mse < e_plain * 0.9,
+                "{kind:?}: heavy tails should favour clipping"
+            );
+        }
+    }
+}
