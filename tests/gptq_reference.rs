@@ -4,8 +4,9 @@
 mod common;
 
 use faer::Mat;
-use qpeft::quant::gptq::{GptqConfig, Grouping, gptq};
+use qpeft::quant::gptq::{GptqConfig, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind};
+use qpeft::quant::layer::Grouping;
 use safetensors::SafeTensors;
 use serde_json::Value;
 

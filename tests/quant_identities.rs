@@ -6,9 +6,10 @@ mod common;
 use common::{max_abs_diff_mat, normal_matrix};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
-use qpeft::quant::gptq::{GptqConfig, Grouping, gptq};
+use qpeft::quant::gptq::{GptqConfig, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns, inverse_cholesky_upper};
+use qpeft::quant::layer::Grouping;
 use qpeft::seed::substream_rng;
 
 const M: usize = 6;

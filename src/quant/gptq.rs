@@ -7,20 +7,10 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
-use super::grid::{GridSpec, Rounding, UniformGrid, fit_grid};
+use super::grid::{GridSpec, Rounding, UniformGrid};
 use super::hessian::{DEFAULT_PERCDAMP, damped, dead_columns, inverse_cholesky_upper};
+use super::layer::{Grouping, QuantizedLayer, fit_rows};
 use crate::error::{Error, Result};
-
-/// Which weights share a grid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grouping {
-    /// One grid per row.
-    PerRow,
-    /// Groups of g processing-order columns, fitted when the solver reaches them (§1.5).
-    Dynamic(usize),
-    /// Groups of g original columns, all fitted on the original W up front (§1.5).
-    Static(usize),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqConfig {
@@ -51,32 +41,6 @@ impl GptqConfig {
     }
 }
 
-/// A quantized layer: codes and grids in the original column order.
-#[derive(Debug, Clone)]
-pub struct QuantizedLayer {
-    pub rows: usize,
-    pub cols: usize,
-    /// Row-major `[rows, cols]`.
-    pub codes: Vec<u8>,
-    /// Row-major `[rows, groups]`: the grid of each row's groups.
-    pub grids: Vec<UniformGrid>,
-    pub groups: usize,
-    /// The group of each original column (GPTQ's `g_idx`).
-    pub group_of_column: Vec<usize>,
-    /// The dequantized weight Ŵ `[rows, cols]`.
-    pub dequantized: Mat<f64>,
-    /// GPTQ's loss, Σ (w − q)² / (2·C_jj²).
-    pub loss: f64,
-    /// Damping retries needed for the Cholesky factorization.
-    pub damping_retries: u32,
-}
-
-impl QuantizedLayer {
-    pub fn grid(&self, row: usize, col: usize) -> &UniformGrid {
-        &self.grids[row * self.groups + self.group_of_column[col]]
-    }
-}
-
 /// Quantizes `w` against the Hessian `h` (§4).
 pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Result<QuantizedLayer> {
     let (m, n) = (w.nrows(), w.ncols());
@@ -101,11 +65,7 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
     for j in (0..n).filter(|&j| dead[j]) {
         w.col_mut(j).fill(0.0);
     }
-    let fit_rows = |w: MatRef<'_, f64>| -> Vec<UniformGrid> {
-        (0..w.nrows())
-            .map(|r| fit_grid(&w.row(r).iter().copied().collect::<Vec<_>>(), &config.grid))
-            .collect()
-    };
+    let fit_rows = |w: MatRef<'_, f64>| fit_rows(w, &config.grid);
     let groups = n.div_ceil(group);
     // Static grids: [group][row], fitted on the original W in original order.
     let static_grids: Vec<Vec<UniformGrid>> = match config.grouping {

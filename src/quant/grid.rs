@@ -39,6 +39,10 @@ pub enum UniformKind {
     SymmetricGptq,
     /// §1.3: `s = max(max|w|/(2^{b−1} − 1), 1e-5)`, `z = 2^{b−1}` (GPTAQ's and ResComp's).
     SymmetricQuarot,
+    /// §1.6: MXINT, a shared power-of-two exponent per group (block 32 in the format):
+    /// levels `m·2^e/2^{b−2}` for `|m| ≤ 2^{b−1} − 1`, with `e = ⌊log₂ max|w|⌋`. Codes are stored
+    /// offset by `2^{b−1} − 1` (code `2^b − 1` is never used), which packs like any uniform code.
+    MxInt,
 }
 
 /// Rounding onto the grid (§1.8).
@@ -96,9 +100,10 @@ pub struct UniformGrid {
 }
 
 impl UniformGrid {
-    /// The code of `w` (rounded, then clamped to the grid).
+    /// The code of `w`: `clamp(round(w/s) + z)`. Rounding before adding z matters at exact
+    /// ties when z is odd (`torch.round(x / scale) + zero` in the references).
     pub fn code(&self, w: f64, rounding: Rounding, element: u64) -> u32 {
-        let u = w / self.scale + self.zero;
+        let u = w / self.scale;
         let rounded = match rounding {
             Rounding::Nearest => u.round_ties_even(),
             Rounding::Stochastic { seed } => {
@@ -110,7 +115,7 @@ impl UniformGrid {
                 }
             }
         };
-        rounded.clamp(0.0, f64::from(self.max_code)) as u32
+        (rounded + self.zero).clamp(0.0, f64::from(self.max_code)) as u32
     }
 
     pub fn dequantize(&self, code: u32) -> f64 {
@@ -161,11 +166,46 @@ fn grid_for_range(spec: &GridSpec, xmin: f64, xmax: f64) -> UniformGrid {
             zero: half,
             max_code,
         },
+        UniformKind::MxInt => unreachable!("MXINT grids are fitted by mxint_grid"),
+    }
+}
+
+/// Below this magnitude MXINT flushes values to zero (f32's smallest normal, §1.6 step 1).
+const MXINT_SUBNORMAL: f64 = 1.1754943508222875e-38;
+
+/// §1.6: `s = 2^e` with `e` the binary exponent of the largest magnitude; element step `s/2^{b−2}`.
+fn mxint_grid(values: &[f64], bits: Bits) -> UniformGrid {
+    let b = i32::from(bits.get());
+    let max_magnitude = values
+        .iter()
+        .map(|v| v.abs())
+        .filter(|&v| v >= MXINT_SUBNORMAL)
+        .fold(0.0f64, f64::max);
+    let half = f64::from((1u32 << (b - 1)) - 1);
+    let step = if max_magnitude == 0.0 {
+        1.0 // an all-zero block stays zero whatever the scale
+    } else {
+        let exponent = max_magnitude.log2().floor() as i32;
+        // log2 can round up just below a power of two; the exponent field is exact.
+        let exponent = if 2f64.powi(exponent) > max_magnitude {
+            exponent - 1
+        } else {
+            exponent
+        };
+        2f64.powi(exponent - (b - 2))
+    };
+    UniformGrid {
+        scale: step,
+        zero: half,
+        max_code: 2 * ((1u32 << (b - 1)) - 1),
     }
 }
 
 /// Fits a grid to one group of weights (a row, or g columns of a row).
 pub fn fit_grid(values: &[f64], spec: &GridSpec) -> UniformGrid {
+    if spec.kind == UniformKind::MxInt {
+        return mxint_grid(values, spec.bits);
+    }
     let mut xmin = values.iter().copied().fold(0.0f64, f64::min);
     let mut xmax = values.iter().copied().fold(0.0f64, f64::max);
     if spec.kind != UniformKind::Asymmetric {
@@ -242,6 +282,37 @@ mod tests {
     }
 
     #[test]
+    fn mxint_levels_follow_the_table() {
+        // A block whose largest magnitude is 1.7: e = 0, s = 1.
+        let values = [1.7, -0.3, 0.55, -1.2];
+        let levels = |bits: u8| -> Vec<f64> {
+            let grid = fit_grid(&values, &spec(bits, UniformKind::MxInt));
+            (0..=grid.max_code).map(|c| grid.dequantize(c)).collect()
+        };
+        assert_eq!(levels(2), [-1.0, 0.0, 1.0], "MXINT-2 is ternary");
+        assert_eq!(levels(3), [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]);
+        assert_eq!(levels(4).last(), Some(&1.75));
+        let grid = fit_grid(&values, &spec(2, UniformKind::MxInt));
+        // |x| ≤ s/2 → 0 (0.5 ties to even), everything else up to 2s → ±s.
+        let round = |x| grid.round(x, Rounding::Nearest, 0);
+        assert_eq!(
+            [round(0.5), round(0.51), round(-1.9), round(1.7)],
+            [0.0, 1.0, -1.0, 1.0]
+        );
+        // Exponents: a block max of exactly 2^k, just below it, and an all-zero block.
+        assert_eq!(
+            fit_grid(&[4.0, 1.0], &spec(2, UniformKind::MxInt)).scale,
+            4.0
+        );
+        assert_eq!(
+            fit_grid(&[3.999_999, 1.0], &spec(2, UniformKind::MxInt)).scale,
+            2.0
+        );
+        let zero = fit_grid(&[0.0, 1e-40], &spec(3, UniformKind::MxInt));
+        assert_eq!(zero.round(1e-40, Rounding::Nearest, 0), 0.0);
+    }
+
+    #[test]
     fn rounding_is_half_to_even() {
         let grid = UniformGrid {
             scale: 1.0,
@@ -251,6 +322,10 @@ mod tests {
         assert_eq!(grid.code(0.5, Rounding::Nearest, 0), 4);
         assert_eq!(grid.code(1.5, Rounding::Nearest, 0), 6);
         assert_eq!(grid.code(-0.5, Rounding::Nearest, 0), 4);
+        // An odd zero point: round(w/s) first, then add z.
+        let odd = UniformGrid { zero: 3.0, ..grid };
+        assert_eq!(odd.code(0.5, Rounding::Nearest, 0), 3);
+        assert_eq!(odd.code(1.5, Rounding::Nearest, 0), 5);
         assert_eq!(grid.code(100.0, Rounding::Nearest, 0), 15);
     }
 
@@ -278,32 +353,38 @@ mod tests {
     }
 
     #[test]
-    fn mse_search_never_increases_the_error() {
-        let values: Vec<f64> = (0..64)
-            .map(|i| ((i * 37 % 64) as f64 / 10.0 - 3.2).powi(3))
+    fn mse_search_never_increases_the_error_and_helps_on_gaussian_weights() {
+        use rand::Rng;
+        let mut rng = crate::seed::substream_rng(3, "mse-test");
+        let gaussian: Vec<f64> = (0..512)
+            .map(|_| {
+                let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+                (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+            })
             .collect();
         for kind in [
             UniformKind::Asymmetric,
             UniformKind::SymmetricGptq,
             UniformKind::SymmetricQuarot,
         ] {
-            let plain = spec(3, kind);
-            let mse = GridSpec {
-                mse: Some(MseSearch::default()),
-                ..plain
-            };
-            let err = |g: UniformGrid| -> f64 {
-                values
-                    .iter()
-                    .map(|&w| (g.round(w, Rounding::Nearest, 0) - w).abs().powf(2.4))
-                    .sum()
-            };
-            let (e_plain, e_mse) = (err(fit_grid(&values, &plain)), err(fit_grid(&values, &mse)));
-            assert!(e_mse <= e_plain, "{kind:?}: {e_mse} > {e_plain}");
-            assert!(
-                e_mse < e_plain * 0.9,
-                "{kind:?}: heavy tails should favour clipping"
-            );
+            for bits in [2, 3, 4] {
+                let plain = spec(bits, kind);
+                let mse = GridSpec {
+                    mse: Some(MseSearch::default()),
+                    ..plain
+                };
+                let err = |g: UniformGrid| -> f64 {
+                    gaussian
+                        .iter()
+                        .map(|&w| (g.round(w, Rounding::Nearest, 0) - w).abs().powf(2.4))
+                        .sum()
+                };
+                let (e_plain, e_mse) = (
+                    err(fit_grid(&gaussian, &plain)),
+                    err(fit_grid(&gaussian, &mse)),
+                );
+                assert!(e_mse < e_plain, "{kind:?} b={bits}: {e_mse} !< {e_plain}");
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Quantization: grids, bit packing and the layer-wise PTQ solvers, as pure functions on
 //! faer matrices (no Burn). Weights are `[out, in]`; Hessians `[in, in]`.
 
+pub mod codebook;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;
+pub mod layer;
 pub mod pack;

@@ -1,0 +1,211 @@
+//! Normal-float codebooks (ALGORITHMS.md §1.7; QLoRA's NF4, LoftQ's NF2): levels at normal
+//! quantiles, applied with a per-block absmax scale.
+
+use faer::{Mat, MatRef};
+
+use super::grid::Bits;
+use crate::error::{Error, Result};
+
+/// The offset δ of the normal-float construction (QLoRA, LoftQ).
+pub const NF_OFFSET: f64 = 0.9677083;
+/// Elements per absmax block (QLoRA, LoftQ, PEFT).
+pub const NF_BLOCK: usize = 64;
+
+/// Φ⁻¹, the standard normal quantile: Acklam's rational approximation refined by one Halley
+/// step on erfc (|error| ≲ 1e-15).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    let x = if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    };
+    let e = 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2) - p;
+    let u = e * (2.0 * std::f64::consts::PI).sqrt() * (x * x / 2.0).exp();
+    x - u / (1.0 + x * u / 2.0)
+}
+
+fn linspace(start: f64, end: f64, count: usize) -> Vec<f64> {
+    (0..count)
+        .map(|i| start + (end - start) * i as f64 / (count - 1) as f64)
+        .collect()
+}
+
+/// The 2^b normal-float levels in [−1, 1], ascending. Asymmetric (LoftQ's default, one more
+/// positive level; NF4 at b = 4): positives Φ⁻¹ of the first 2^{b−1} points of
+/// linspace(δ, ½, 2^{b−1}+1), negatives −Φ⁻¹ of the first 2^{b−1}−1 points of
+/// linspace(δ, ½, 2^{b−1}), and 0. Symmetric: midpoints of Φ⁻¹ at 2^b+1 points in [1−δ, δ].
+pub fn nf_levels(bits: Bits, symmetric: bool) -> Vec<f64> {
+    let count = 1usize << bits.get();
+    let mut levels: Vec<f64> = if symmetric {
+        let v: Vec<f64> = linspace(1.0 - NF_OFFSET, NF_OFFSET, count + 1)
+            .into_iter()
+            .map(normal_quantile)
+            .collect();
+        v.windows(2).map(|w| 0.5 * w[0] + 0.5 * w[1]).collect()
+    } else {
+        let half = count / 2;
+        let positives = linspace(NF_OFFSET, 0.5, half + 1);
+        let negatives = linspace(NF_OFFSET, 0.5, half);
+        positives[..half]
+            .iter()
+            .map(|&p| normal_quantile(p))
+            .chain(std::iter::once(0.0))
+            .chain(negatives[..half - 1].iter().map(|&p| -normal_quantile(p)))
+            .collect()
+    };
+    levels.sort_by(f64::total_cmp);
+    let max = levels[levels.len() - 1];
+    levels.iter_mut().for_each(|v| *v /= max);
+    levels
+}
+
+/// A tensor quantized onto a codebook with one absmax per block of the row-major elements.
+#[derive(Debug, Clone)]
+pub struct CodebookQuantized {
+    /// Row-major `[rows, cols]` level indices.
+    pub codes: Vec<u8>,
+    /// One scale per block of `block` consecutive row-major elements.
+    pub absmax: Vec<f64>,
+    pub block: usize,
+    pub dequantized: Mat<f64>,
+}
+
+/// `code = argmin_k |x/c − v_k|`, `x̂ = c·v_code`, with `c` the block's max |x| (§1.7).
+pub fn quantize_codebook(
+    w: MatRef<'_, f64>,
+    levels: &[f64],
+    block: usize,
+) -> Result<CodebookQuantized> {
+    if block == 0 || levels.is_empty() || levels.len() > 256 {
+        return Err(Error::InvalidInput(
+            "codebook needs 1..=256 levels and a positive block".into(),
+        ));
+    }
+    let (m, n) = (w.nrows(), w.ncols());
+    let flat: Vec<f64> = (0..m * n).map(|i| w[(i / n, i % n)]).collect();
+    let mut codes = vec![0u8; m * n];
+    let mut absmax = Vec::with_capacity((m * n).div_ceil(block));
+    let mut values = vec![0.0; m * n];
+    for (b, chunk) in flat.chunks(block).enumerate() {
+        let c = chunk.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        absmax.push(c);
+        for (i, &x) in chunk.iter().enumerate() {
+            let scaled = if c == 0.0 { 0.0 } else { x / c };
+            let code = levels
+                .iter()
+                .enumerate()
+                .min_by(|a, b| (scaled - a.1).abs().total_cmp(&(scaled - b.1).abs()))
+                .map_or(0, |(k, _)| k);
+            codes[b * block + i] = code as u8;
+            values[b * block + i] = c * levels[code];
+        }
+    }
+    Ok(CodebookQuantized {
+        codes,
+        absmax,
+        block,
+        dequantized: Mat::from_fn(m, n, |r, col| values[r * n + col]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// QLoRA's NF4 table (bitsandbytes).
+    const NF4: [f64; 16] = [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ];
+
+    #[test]
+    fn quantile_matches_known_values() {
+        assert!((normal_quantile(0.975) - 1.959963984540054).abs() < 1e-13);
+        assert!((normal_quantile(0.5)).abs() < 1e-15);
+        assert!((normal_quantile(1e-6) + 4.753424308822899).abs() < 1e-11);
+    }
+
+    #[test]
+    fn construction_reproduces_nf4_and_nf2() {
+        let nf4 = nf_levels(Bits::new(4).unwrap(), false);
+        let worst = nf4
+            .iter()
+            .zip(NF4)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        // The published table was computed in f32.
+        assert!(worst < 2e-7, "NF4 differs by {worst:e}");
+        let nf2 = nf_levels(Bits::new(2).unwrap(), false);
+        assert_eq!((nf2[0], nf2[1], nf2[3]), (-1.0, 0.0, 1.0));
+        assert!((nf2[2] - 0.337915).abs() < 1e-6, "{nf2:?}");
+        let sym = nf_levels(Bits::new(2).unwrap(), true);
+        assert!(
+            (sym[1] + 0.252568).abs() < 1e-6 && (sym[2] - 0.252568).abs() < 1e-6,
+            "{sym:?}"
+        );
+    }
+
+    #[test]
+    fn codebook_quantization_picks_the_nearest_level_per_block() {
+        let levels = nf_levels(Bits::new(2).unwrap(), false);
+        let w = Mat::from_fn(2, 4, |r, c| {
+            [[0.9, -0.1, 0.3, 2.0], [-4.0, 1.0, 0.0, 1.5]][r][c]
+        });
+        let q = quantize_codebook(w.as_ref(), &levels, 4).unwrap();
+        assert_eq!(q.absmax, [2.0, 4.0]);
+        assert_eq!(q.codes, [2, 1, 1, 3, 0, 2, 1, 2]);
+        assert!((q.dequantized[(0, 0)] - 2.0 * levels[2]).abs() < 1e-15);
+    }
+}
