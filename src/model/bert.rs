@@ -214,11 +214,33 @@ impl<B: Backend> EncoderLayer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let context = self.attention.self_attention.forward(x.clone(), mask_bias);
         let attended = self.attention.output.forward(context, x);
         let inner = gelu(self.intermediate.dense.forward(attended.clone()));
         self.output.forward(inner, attended)
+    }
+
+    /// The input of linear group `group` (0: query/key/value, 1: attention output,
+    /// 2: intermediate, 3: output dense), computing no more of the layer than that needs.
+    pub fn group_input(
+        &self,
+        x: Tensor<B, 3>,
+        mask_bias: Tensor<B, 4>,
+        group: usize,
+    ) -> Tensor<B, 3> {
+        if group == 0 {
+            return x;
+        }
+        let context = self.attention.self_attention.forward(x.clone(), mask_bias);
+        if group == 1 {
+            return context;
+        }
+        let attended = self.attention.output.forward(context, x);
+        if group == 2 {
+            return attended;
+        }
+        gelu(self.intermediate.dense.forward(attended))
     }
 
     /// The linear layer with HF name `suffix` (one of [`LAYER_LINEARS`]).
@@ -307,7 +329,7 @@ fn parse_layer_linear(name: &str) -> Option<(usize, &str)> {
 
 /// `[b, t]` 0/1 mask → additive `[b, 1, 1, t]` bias: 0 for tokens, `f32::MIN` for padding,
 /// as HF's eager attention does (`(1 - mask) * finfo.min`).
-fn attention_mask_bias<B: Backend>(mask: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
+pub fn attention_mask_bias<B: Backend>(mask: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
     let [batch, seq] = mask.dims();
     ((mask.clone().float() - 1.0) * f64::from(f32::MAX)).reshape([batch, 1, 1, seq])
 }

@@ -211,6 +211,45 @@ impl<'a> WeightScope<'a> {
     }
 }
 
+/// A Burn linear layer's weight as an `[out, in]` f64 matrix (the reverse boundary).
+pub fn linear_weight_out_in<B: Backend>(linear: &Linear<B>) -> Result<faer::Mat<f64>> {
+    let [d_in, d_out] = linear.weight.dims();
+    let values = linear
+        .weight
+        .val()
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("reading a weight back: {e:?}")))?;
+    // Burn stores [in, out] row-major: element (i, o) at i·out + o.
+    Ok(faer::Mat::from_fn(d_out, d_in, |o, i| {
+        f64::from(values[i * d_out + o])
+    }))
+}
+
+/// Replaces a Burn linear layer's weight with an `[out, in]` matrix (rounded to f32).
+pub fn set_linear_weight_out_in<B: Backend>(
+    linear: &mut Linear<B>,
+    weight: faer::MatRef<'_, f64>,
+) -> Result<()> {
+    let [d_in, d_out] = linear.weight.dims();
+    if weight.nrows() != d_out || weight.ncols() != d_in {
+        return Err(Error::InvalidInput(format!(
+            "weight is {}×{}, the layer needs [out, in] = {d_out}×{d_in}",
+            weight.nrows(),
+            weight.ncols()
+        )));
+    }
+    let values: Vec<f32> = (0..d_in * d_out)
+        .map(|k| weight[(k % d_out, k / d_out)] as f32)
+        .collect();
+    let device = linear.weight.device();
+    linear.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(values, [d_in, d_out]),
+        &device,
+    ));
+    Ok(())
+}
+
 /// Row-major `[rows, cols]` → row-major `[cols, rows]`.
 pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];

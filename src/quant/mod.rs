@@ -1,9 +1,12 @@
 //! Quantization: grids, bit packing and the layer-wise PTQ solvers, as pure functions on
 //! faer matrices (no Burn). Weights are `[out, in]`; Hessians `[in, in]`.
 
+pub mod calib;
 pub mod codebook;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;
 pub mod layer;
 pub mod pack;
+pub mod solve;
+pub mod stats;

@@ -1,0 +1,163 @@
+//! Layer-sequential, two-stream calibration through the Burn encoder (ALGORITHMS.md §3.2):
+//! a full-precision stream h_f and a partly quantized stream h_q advance layer by layer;
+//! inside each layer the groups {query, key, value} → attention output → intermediate →
+//! output are solved in turn, each on statistics collected with the earlier groups already
+//! quantized (true-sequential). Only layer-boundary states are kept, never per-module inputs.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use faer::{Mat, MatRef};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::stats::{LayerStats, StatsAccumulator, StatsNeeded};
+use crate::error::{Error, Result};
+use crate::model::Encoder;
+use crate::model::bert::{EncoderInput, attention_mask_bias};
+use crate::model::weights::{linear_weight_out_in, set_linear_weight_out_in};
+
+/// The groups of linear layers that share an input, in processing order (§3.2).
+pub const GROUPS: [&[&str]; 4] = [
+    &[
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+    ],
+    &["attention.output.dense"],
+    &["intermediate.dense"],
+    &["output.dense"],
+];
+
+/// Decides the quantized weight of one module from its statistics.
+pub trait ModuleSolver {
+    /// `name` is the HF name (`encoder.layer.3.attention.self.query`), `weight` is `[out, in]`;
+    /// returns the weight to install, `[out, in]`.
+    fn solve(
+        &mut self,
+        name: &str,
+        weight: MatRef<'_, f64>,
+        stats: &LayerStats,
+    ) -> Result<Mat<f64>>;
+}
+
+/// Per-module outcome of calibration.
+#[derive(Debug, Clone)]
+pub struct ModuleRecord {
+    pub name: String,
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// `[b, t, n]` → `[tokens, n]` without the padded positions, in f64.
+fn tokens_of<B: Backend>(x: Tensor<B, 3>, keep: &[bool]) -> Result<Mat<f64>> {
+    let [_, _, n] = x.dims();
+    let values = x
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("reading activations back: {e:?}")))?;
+    let rows: Vec<usize> = (0..keep.len()).filter(|&i| keep[i]).collect();
+    Ok(Mat::from_fn(rows.len(), n, |t, j| {
+        f64::from(values[rows[t] * n + j])
+    }))
+}
+
+fn keep_mask<B: Backend>(mask: &Tensor<B, 2, Int>) -> Result<Vec<bool>> {
+    Ok(mask
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| Error::InvalidInput(format!("reading the attention mask: {e:?}")))?
+        .into_iter()
+        .map(|v| v != 0)
+        .collect())
+}
+
+/// Quantizes every target linear of `encoder` in place, layer by layer, calling `solver` with
+/// each module's statistics over `batches` (padding dropped, §3.3). `encoder` starts in full
+/// precision; a copy of it drives the full-precision stream.
+pub fn calibrate<B: Backend>(
+    encoder: &mut Encoder<B>,
+    batches: &[EncoderInput<B>],
+    needed: StatsNeeded,
+    solver: &mut impl ModuleSolver,
+) -> Result<Vec<ModuleRecord>> {
+    if batches.is_empty() {
+        return Err(Error::InvalidInput(
+            "calibration needs at least one batch".into(),
+        ));
+    }
+    let reference = encoder.clone();
+    let masks: Vec<Vec<bool>> = batches
+        .iter()
+        .map(|b| keep_mask(&b.attention_mask))
+        .collect::<Result<_>>()?;
+    let biases: Vec<Tensor<B, 4>> = batches
+        .iter()
+        .map(|b| attention_mask_bias(&b.attention_mask))
+        .collect();
+    let mut h_f: Vec<Tensor<B, 3>> = batches
+        .iter()
+        .map(|b| reference.embeddings.forward(b))
+        .collect();
+    let mut h_q = h_f.clone();
+    let modules: usize = GROUPS.iter().map(|g| g.len()).sum::<usize>() * encoder.layers.len();
+    let progress = ProgressBar::new(modules as u64).with_style(
+        ProgressStyle::with_template("{msg:40} {bar:30} {pos}/{len} [{elapsed}<{eta}]")
+            .expect("valid template"),
+    );
+    let mut records = Vec::with_capacity(modules);
+    for layer in 0..encoder.layers.len() {
+        for (group, names) in GROUPS.iter().enumerate() {
+            let width = {
+                let first = encoder.layers[layer]
+                    .linear(names[0])
+                    .expect("known module");
+                first.weight.dims()[0]
+            };
+            let mut acc = StatsAccumulator::new(width, needed);
+            // H alone needs only the quantized stream.
+            let full_precision_needed = needed.mismatch || needed.r_xx;
+            for (i, bias) in biases.iter().enumerate() {
+                let x_q = tokens_of(
+                    encoder.layers[layer].group_input(h_q[i].clone(), bias.clone(), group),
+                    &masks[i],
+                )?;
+                let x_f = if full_precision_needed {
+                    tokens_of(
+                        reference.layers[layer].group_input(h_f[i].clone(), bias.clone(), group),
+                        &masks[i],
+                    )?
+                } else {
+                    x_q.clone()
+                };
+                acc.add(x_q.as_ref(), x_f.as_ref());
+            }
+            let stats = acc.finish();
+            for suffix in names.iter() {
+                let name = format!("encoder.layer.{layer}.{suffix}");
+                progress.set_message(name.clone());
+                let started = std::time::Instant::now();
+                let linear = encoder.layers[layer]
+                    .linear_mut(suffix)
+                    .expect("known module");
+                let weight = linear_weight_out_in(linear)?;
+                let solved = solver.solve(&name, weight.as_ref(), &stats)?;
+                set_linear_weight_out_in(linear, solved.as_ref())?;
+                records.push(ModuleRecord {
+                    name,
+                    tokens: stats.tokens,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                progress.inc(1);
+            }
+        }
+        for (i, bias) in biases.iter().enumerate() {
+            if needed.mismatch || needed.r_xx {
+                h_f[i] = reference.layers[layer].forward(h_f[i].clone(), bias.clone());
+            }
+            h_q[i] = encoder.layers[layer].forward(h_q[i].clone(), bias.clone());
+        }
+    }
+    progress.finish_and_clear();
+    Ok(records)
+}
