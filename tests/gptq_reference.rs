@@ -4,7 +4,7 @@
 mod common;
 
 use faer::Mat;
-use qpeft::quant::gptq::{GptqConfig, gptq};
+use qpeft::quant::gptq::{GptqConfig, GroupFit, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind};
 use qpeft::quant::layer::Grouping;
 use safetensors::SafeTensors;
@@ -56,7 +56,7 @@ fn codes_equal_the_reference_loop_in_every_configuration() {
             block: spec["block"].as_u64().unwrap() as usize,
             percdamp: spec["percdamp"].as_f64().unwrap(),
             rounding: Rounding::Nearest,
-            stale_group_fit: true,
+            group_fit: GroupFit::StaleOuter,
         };
         let result = gptq(w.as_ref(), h.as_ref(), &config).unwrap();
         let expected = tensors.tensor(name).unwrap();
@@ -79,14 +79,14 @@ fn codes_equal_the_reference_loop_in_every_configuration() {
                 w.as_ref(),
                 h.as_ref(),
                 &GptqConfig {
-                    stale_group_fit: false,
+                    group_fit: GroupFit::Current,
                     ..config
                 },
             )
             .unwrap();
             assert_ne!(
                 current.codes, result.codes,
-                "{name}: stale_group_fit should be live"
+                "{name}: GroupFit::StaleOuter should be live"
             );
         }
         // Ŵ is the grid value of each code.

@@ -6,7 +6,7 @@ mod common;
 use common::{max_abs_diff_mat, normal_matrix};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
-use qpeft::quant::gptq::{GptqConfig, gptq};
+use qpeft::quant::gptq::{GptqConfig, GroupFit, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns, inverse_cholesky_upper};
 use qpeft::quant::layer::Grouping;
@@ -138,11 +138,15 @@ fn gptq_is_blocking_invariant_and_equals_the_exact_greedy_refit() {
 fn grouped_gptq_on_current_values_is_blocking_invariant() {
     let t = toy(7);
     let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::SymmetricGptq);
-    let run = |block, stale| {
+    let run = |block, stale: bool| {
         let config = GptqConfig {
             block,
             grouping: Grouping::Dynamic(4),
-            stale_group_fit: stale,
+            group_fit: if stale {
+                GroupFit::StaleOuter
+            } else {
+                GroupFit::Current
+            },
             ..GptqConfig::new(spec)
         };
         gptq(t.w.as_ref(), t.h.as_ref(), &config).unwrap()

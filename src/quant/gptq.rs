@@ -1,8 +1,9 @@
-//! GPTQ / OPTQ (ALGORITHMS.md §4; IST-DASLab/gptq `fasterquant`): round one column at a time
-//! in a fixed order and least-squares-refit the still-free columns through C, the upper
-//! Cholesky factor of H_λ⁻¹, with lazy block updates.
+//! GPTQ / OPTQ (ALGORITHMS.md §4; IST-DASLab/gptq `fasterquant`) and GPTAQ (§5): round one
+//! column at a time in a fixed order and least-squares-refit the still-free columns through C,
+//! the upper Cholesky factor of H_λ⁻¹, with lazy block updates. GPTAQ also projects each
+//! column's input mismatch onto the free columns through P = α·triu(D Cᵀ, 1)·C.
 //!
-//! Shapes: W is `[m, n]` = `[out, in]`, H is `[n, n]`; rows are independent.
+//! Shapes: W is `[m, n]` = `[out, in]`, H and D are `[n, n]`; rows are independent.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
@@ -11,6 +12,17 @@ use super::grid::{GridSpec, Rounding, UniformGrid};
 use super::hessian::{DEFAULT_PERCDAMP, damped, dead_columns, inverse_cholesky_upper};
 use super::layer::{Grouping, QuantizedLayer, fit_rows};
 use crate::error::{Error, Result};
+
+/// What dynamic groups are fitted on when the solver reaches their first column (§1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupFit {
+    /// The current compensated values (recommended): independent of the block size.
+    Current,
+    /// The outer W, which lacks the current block's updates when g < B (the GPTQ reference).
+    StaleOuter,
+    /// The uncompensated target (CoreQ fits its grids on W_ref, §7.2).
+    Target,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqConfig {
@@ -22,9 +34,7 @@ pub struct GptqConfig {
     pub block: usize,
     pub percdamp: f64,
     pub rounding: Rounding,
-    /// Reference quirk (§1.5 Choice): fit dynamic groups on the outer W, which lacks the
-    /// current block's updates when g < B. Off: fit on the current compensated values.
-    pub stale_group_fit: bool,
+    pub group_fit: GroupFit,
 }
 
 impl GptqConfig {
@@ -36,41 +46,89 @@ impl GptqConfig {
             block: 128,
             percdamp: DEFAULT_PERCDAMP,
             rounding: Rounding::Nearest,
-            stale_group_fit: false,
+            group_fit: GroupFit::Current,
         }
     }
 }
 
+/// Which values GPTAQ's block flush multiplies P with (§5 Choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GptaqFlush {
+    /// Each column's value when it was rounded: blocked equals unblocked (recommended).
+    Snapshot,
+    /// The block's quantized values, as in the original code (reproduces the paper).
+    Quantized,
+    /// The block before any in-block update, as in Brevitas.
+    Preblock,
+}
+
+/// GPTAQ's mismatch term: D = ΔX X_qᵀ/N, its weight α, and the flush variant.
+#[derive(Debug, Clone, Copy)]
+pub struct Mismatch<'a> {
+    pub d: MatRef<'a, f64>,
+    /// 0.25 in every published GPTAQ number; 1 in the derivation.
+    pub alpha: f64,
+    pub flush: GptaqFlush,
+}
+
 /// Quantizes `w` against the Hessian `h` (§4).
 pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Result<QuantizedLayer> {
-    let (m, n) = (w.nrows(), w.ncols());
-    if h.nrows() != n || h.ncols() != n {
+    solve_columns(w, h, None, config)
+}
+
+/// GPTAQ (§5): GPTQ plus the projection of each column's input mismatch.
+pub fn gptaq(
+    w: MatRef<'_, f64>,
+    h: MatRef<'_, f64>,
+    mismatch: Mismatch<'_>,
+    config: &GptqConfig,
+) -> Result<QuantizedLayer> {
+    solve_columns(w, h, Some(mismatch), config)
+}
+
+fn check_square(name: &str, a: MatRef<'_, f64>, n: usize) -> Result<()> {
+    if a.nrows() != n || a.ncols() != n {
         return Err(Error::InvalidInput(format!(
-            "H is {}×{}, expected {n}×{n}",
-            h.nrows(),
-            h.ncols()
+            "{name} is {}×{}, expected {n}×{n}",
+            a.nrows(),
+            a.ncols()
         )));
     }
-    let group = match config.grouping {
-        Grouping::PerRow => n,
-        Grouping::Dynamic(g) | Grouping::Static(g) => g,
-    };
-    if group == 0 || config.block == 0 {
-        return Err(Error::InvalidInput(
-            "group and block sizes must be positive".into(),
-        ));
+    Ok(())
+}
+
+/// Strictly upper triangular part of `a`.
+fn strict_upper(a: Mat<f64>) -> Mat<f64> {
+    let n = a.nrows();
+    Mat::from_fn(n, n, |i, j| if j > i { a[(i, j)] } else { 0.0 })
+}
+
+fn solve_columns(
+    w: MatRef<'_, f64>,
+    h: MatRef<'_, f64>,
+    mismatch: Option<Mismatch<'_>>,
+    config: &GptqConfig,
+) -> Result<QuantizedLayer> {
+    let (m, n) = (w.nrows(), w.ncols());
+    check_square("H", h, n)?;
+    if let Some(mm) = &mismatch {
+        check_square("D", mm.d, n)?;
+    }
+    let group = config.grouping.width(n)?;
+    if config.block == 0 {
+        return Err(Error::InvalidInput("block size must be positive".into()));
     }
     let dead = dead_columns(h);
     let mut w = w.to_owned();
     for j in (0..n).filter(|&j| dead[j]) {
         w.col_mut(j).fill(0.0);
     }
-    let fit_rows = |w: MatRef<'_, f64>| fit_rows(w, &config.grid);
+    let fit = |w: MatRef<'_, f64>| fit_rows(w, &config.grid);
     let groups = n.div_ceil(group);
     // Static grids: [group][row], fitted on the original W in original order.
     let static_grids: Vec<Vec<UniformGrid>> = match config.grouping {
         Grouping::Static(g) => (0..groups)
-            .map(|k| fit_rows(w.subcols(k * g, g.min(n - k * g))))
+            .map(|k| fit(w.subcols(k * g, g.min(n - k * g))))
             .collect(),
         _ => Vec::new(),
     };
@@ -85,10 +143,23 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
         (0..n).collect()
     };
     let mut w = Mat::from_fn(m, n, |r, j| w[(r, perm[j])]);
+    let target = w.clone();
     let h_perm = Mat::from_fn(n, n, |i, j| h[(perm[i], perm[j])]);
     let dead_perm: Vec<bool> = perm.iter().map(|&j| dead[j]).collect();
     let (c, damping_retries) =
         inverse_cholesky_upper(damped(h_perm.as_ref(), &dead_perm, config.percdamp).as_ref())?;
+    // P = α·triu(D Cᵀ, 1)·C, with D permuted like H and dead columns zeroed (§5).
+    let projection = mismatch.map(|mm| {
+        let d = Mat::from_fn(n, n, |i, j| {
+            if dead_perm[j] {
+                0.0
+            } else {
+                mm.d[(perm[i], perm[j])]
+            }
+        });
+        let p = strict_upper(&d * c.transpose()) * &c * faer::Scale(mm.alpha);
+        (p, mm.flush)
+    });
 
     let mut grids = vec![
         UniformGrid {
@@ -100,7 +171,7 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
     ];
     let mut group_of_column = vec![0usize; n];
     let mut current: Vec<UniformGrid> = match config.grouping {
-        Grouping::PerRow => fit_rows(w.as_ref()),
+        Grouping::PerRow => fit(w.as_ref()),
         _ => Vec::new(),
     };
     let mut codes = vec![0u8; m * n];
@@ -111,6 +182,8 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
         let i2 = (i1 + config.block).min(n);
         let count = i2 - i1;
         let mut w1 = w.subcols(i1, count).to_owned();
+        let preblock = w1.clone();
+        let mut snapshot = Mat::<f64>::zeros(m, count);
         let mut err1 = Mat::<f64>::zeros(m, count);
         for k in 0..count {
             let j = i1 + k;
@@ -119,12 +192,18 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
                 Grouping::Dynamic(g) => {
                     if j % g == 0 {
                         let width = g.min(n - j);
-                        current = if config.stale_group_fit {
-                            fit_rows(w.subcols(j, width))
-                        } else {
-                            fit_rows(
-                                current_values(&w, &w1, &err1, c.as_ref(), i1, k, width).as_ref(),
-                            )
+                        current = match config.group_fit {
+                            GroupFit::StaleOuter => fit(w.subcols(j, width)),
+                            GroupFit::Target => fit(target.subcols(j, width)),
+                            GroupFit::Current => {
+                                let pending = Pending {
+                                    err: &err1,
+                                    snapshot: &snapshot,
+                                    c: c.as_ref(),
+                                    p: projection.as_ref().map(|(p, _)| p.as_ref()),
+                                };
+                                fit(pending.current_values(&w, &w1, i1, k, width).as_ref())
+                            }
                         };
                     }
                     j / g
@@ -149,16 +228,18 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
                 let quantized = grid.dequantize(code);
                 codes[r * n + original] = code as u8;
                 q[(r, j)] = quantized;
+                snapshot[(r, k)] = value;
                 grids[r * groups + group_of_column[original]] = grid;
                 e[r] = (value - quantized) / d;
                 loss += (value - quantized).powi(2) / (2.0 * d * d);
             }
-            // W1[:, k:] −= e ⊗ C[j, j:i2]
+            // W1[:, k:] −= e ⊗ C[j, j:i2]  (+ w ⊗ P[j, j+1:i2] for GPTAQ; P[j, j] = 0)
             for kk in k..count {
                 let factor = c[(j, i1 + kk)];
+                let pfactor = projection.as_ref().map_or(0.0, |(p, _)| p[(j, i1 + kk)]);
                 let mut column = w1.col_mut(kk);
                 for r in 0..m {
-                    column[r] -= e[r] * factor;
+                    column[r] += snapshot[(r, k)] * pfactor - e[r] * factor;
                 }
             }
             for r in 0..m {
@@ -166,15 +247,35 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
             }
         }
         if i2 < n {
-            // W[:, i2:] −= Err1 · C[i1:i2, i2:]
+            let par = Par::Seq;
+            // W[:, i2:] −= Err1·C[i1:i2, i2:] − M·P[i1:i2, i2:]
             matmul(
                 w.subcols_mut(i2, n - i2),
                 Accum::Add,
                 err1.as_ref(),
                 c.submatrix(i1, i2, count, n - i2),
                 -1.0,
-                Par::Seq,
+                par,
             );
+            if let Some((p, flush)) = &projection {
+                let block_q;
+                let m_values = match flush {
+                    GptaqFlush::Snapshot => snapshot.as_ref(),
+                    GptaqFlush::Preblock => preblock.as_ref(),
+                    GptaqFlush::Quantized => {
+                        block_q = q.subcols(i1, count).to_owned();
+                        block_q.as_ref()
+                    }
+                };
+                matmul(
+                    w.subcols_mut(i2, n - i2),
+                    Accum::Add,
+                    m_values,
+                    p.submatrix(i1, i2, count, n - i2),
+                    1.0,
+                    par,
+                );
+            }
         }
     }
     let position = inverse(&perm);
@@ -192,33 +293,43 @@ pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Resu
     })
 }
 
-/// The compensated values of processing columns `i1+k .. i1+k+width` as the unblocked
-/// algorithm would see them: the block's own columns from `w1`, later ones with the block's
-/// pending flush applied.
-fn current_values(
-    w: &Mat<f64>,
-    w1: &Mat<f64>,
-    err1: &Mat<f64>,
-    c: MatRef<'_, f64>,
-    i1: usize,
-    k: usize,
-    width: usize,
-) -> Mat<f64> {
-    let m = w.nrows();
-    let start = i1 + k;
-    let mut out = Mat::<f64>::zeros(m, width);
-    for t in 0..width {
-        let j = start + t;
-        if j < i1 + w1.ncols() {
-            out.col_mut(t).copy_from(w1.col(j - i1));
-        } else {
-            for r in 0..m {
-                let pending: f64 = (0..k).map(|kk| err1[(r, kk)] * c[(i1 + kk, j)]).sum();
-                out[(r, t)] = w[(r, j)] - pending;
+/// The block's updates not yet flushed to the outer W.
+struct Pending<'a> {
+    err: &'a Mat<f64>,
+    snapshot: &'a Mat<f64>,
+    c: MatRef<'a, f64>,
+    p: Option<MatRef<'a, f64>>,
+}
+
+impl Pending<'_> {
+    /// The compensated values of processing columns `i1+k .. i1+k+width` as the unblocked
+    /// algorithm sees them: the block's own columns from `w1`, later ones with the block's
+    /// pending flush applied.
+    fn current_values(
+        &self,
+        w: &Mat<f64>,
+        w1: &Mat<f64>,
+        i1: usize,
+        k: usize,
+        width: usize,
+    ) -> Mat<f64> {
+        let m = w.nrows();
+        let start = i1 + k;
+        Mat::from_fn(m, width, |r, t| {
+            let j = start + t;
+            if j < i1 + w1.ncols() {
+                return w1[(r, j - i1)];
             }
-        }
+            let mut value = w[(r, j)];
+            for kk in 0..k {
+                value -= self.err[(r, kk)] * self.c[(i1 + kk, j)];
+                if let Some(p) = self.p {
+                    value += self.snapshot[(r, kk)] * p[(i1 + kk, j)];
+                }
+            }
+            value
+        })
     }
-    out
 }
 
 fn inverse(perm: &[usize]) -> Vec<usize> {

@@ -3,6 +3,7 @@
 
 pub mod calib;
 pub mod codebook;
+pub mod coreq;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;

@@ -1,39 +1,56 @@
 //! Solvers behind one interface for calibration: the method, its configuration, and a record
-//! of what each module's quantization cost (relative output error from H, time).
+//! of what each module's quantization cost (output error and objectives from the statistics).
 
 use std::time::Instant;
 
 use faer::{Mat, MatRef};
 
 use super::calib::ModuleSolver;
-use super::gptq::{GptqConfig, gptq};
+use super::coreq::{
+    AlphaMode, CoreqConfig, asymmetric_objective, coreq, frobenius_inner, symmetric_objective,
+};
+use super::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
 use super::grid::Rounding;
 use super::layer::{Grouping, QuantizedLayer, rtn};
-use super::stats::LayerStats;
-use crate::error::Result;
+use super::stats::{LayerStats, StatsNeeded};
+use crate::error::{Error, Result};
 
-/// A layer-wise PTQ method.
+/// A layer-wise PTQ method with its own settings; grids, groups and damping come from
+/// [`GptqConfig`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
     Rtn,
     Gptq,
+    Gptaq { alpha: f64, flush: GptaqFlush },
+    Coreq { alpha: AlphaMode },
+}
+
+impl Method {
+    /// The statistics the method needs besides H.
+    pub fn needs(self) -> StatsNeeded {
+        match self {
+            Method::Rtn | Method::Gptq => StatsNeeded::default(),
+            Method::Gptaq { .. } | Method::Coreq { .. } => StatsNeeded {
+                mismatch: true,
+                r_xx: false,
+            },
+        }
+    }
 }
 
 /// What quantizing one module gave.
 #[derive(Debug, Clone)]
 pub struct ModuleReport {
     pub name: String,
-    /// √(tr((Ŵ − W) H (Ŵ − W)ᵀ) / tr(W H Wᵀ)) = ‖(Ŵ − W)X_q‖/‖W X_q‖ over the calibration tokens.
+    /// ‖(Ŵ − W)X_q‖/‖W X_q‖ over the calibration tokens, from H.
     pub relative_output_error: f64,
+    /// tr((Ŵ − W)H(Ŵ − W)ᵀ).
+    pub symmetric_objective: f64,
+    /// ‖ŴX_q − WX_f‖²/N up to a Q-independent term, when D was collected.
+    pub asymmetric_objective: Option<f64>,
+    /// CoreQ's α.
+    pub alpha: Option<f64>,
     pub seconds: f64,
-}
-
-/// `tr(A H Aᵀ)`.
-pub fn h_norm_squared(a: MatRef<'_, f64>, h: MatRef<'_, f64>) -> f64 {
-    let ah = a * h;
-    (0..a.nrows())
-        .map(|r| (0..a.ncols()).map(|c| ah[(r, c)] * a[(r, c)]).sum::<f64>())
-        .sum()
 }
 
 /// Runs `method` on each module and keeps the quantized layers and reports.
@@ -63,6 +80,12 @@ impl ModuleSolver for MethodSolver {
         stats: &LayerStats,
     ) -> Result<Mat<f64>> {
         let started = Instant::now();
+        let d = || {
+            stats.d.as_ref().ok_or_else(|| {
+                Error::InvalidInput(format!("{:?} needs the mismatch statistic D", self.method))
+            })
+        };
+        let mut alpha = None;
         let layer = match self.method {
             Method::Rtn => {
                 let grouping = match self.config.grouping {
@@ -72,14 +95,36 @@ impl ModuleSolver for MethodSolver {
                 rtn(weight, &self.config.grid, grouping, Rounding::Nearest)?
             }
             Method::Gptq => gptq(weight, stats.h.as_ref(), &self.config)?,
+            Method::Gptaq { alpha, flush } => {
+                let mismatch = Mismatch {
+                    d: d()?.as_ref(),
+                    alpha,
+                    flush,
+                };
+                gptaq(weight, stats.h.as_ref(), mismatch, &self.config)?
+            }
+            Method::Coreq { alpha: mode } => {
+                let config = CoreqConfig {
+                    gptq: self.config,
+                    alpha: mode,
+                };
+                let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config)?;
+                alpha = Some(result.alpha);
+                result.layer
+            }
         };
-        let error = &layer.dequantized - weight;
-        let relative = (h_norm_squared(error.as_ref(), stats.h.as_ref())
-            / h_norm_squared(weight, stats.h.as_ref()))
-        .sqrt();
+        let q = layer.dequantized.as_ref();
+        let symmetric = symmetric_objective(weight, q, stats.h.as_ref());
+        let signal = frobenius_inner((weight * stats.h.as_ref()).as_ref(), weight);
         self.reports.push(ModuleReport {
             name: name.to_string(),
-            relative_output_error: relative,
+            relative_output_error: (symmetric / signal).sqrt(),
+            symmetric_objective: symmetric,
+            asymmetric_objective: stats
+                .d
+                .as_ref()
+                .map(|d| asymmetric_objective(weight, q, stats.h.as_ref(), d.as_ref())),
+            alpha,
             seconds: started.elapsed().as_secs_f64(),
         });
         let dequantized = layer.dequantized.clone();
