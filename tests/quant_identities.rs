@@ -3,33 +3,20 @@
 
 mod common;
 
-use common::{max_abs_diff_mat, normal_matrix};
+use common::{ToyLayer, ToyNoise, max_abs_diff_mat, toy_layer};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
 use qpeft::quant::gptq::{GptqConfig, GroupFit, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns, inverse_cholesky_upper};
 use qpeft::quant::layer::Grouping;
-use qpeft::seed::substream_rng;
 
 const M: usize = 6;
 const N: usize = 12;
 const TOKENS: usize = 200;
 
-struct Toy {
-    w: Mat<f64>,
-    h: Mat<f64>,
-    d: Mat<f64>,
-}
-
-fn toy(seed: u64) -> Toy {
-    let mut rng = substream_rng(seed, "quant-identities");
-    let w = normal_matrix(&mut rng, M, N);
-    let xf = normal_matrix(&mut rng, N, TOKENS);
-    let xq = &xf + normal_matrix(&mut rng, N, TOKENS) * faer::Scale(0.1);
-    let h = &xq * xq.transpose() * faer::Scale(1.0 / TOKENS as f64);
-    let d = (&xf - &xq) * xq.transpose() * faer::Scale(1.0 / TOKENS as f64);
-    Toy { w, h, d }
+fn toy(seed: u64) -> ToyLayer {
+    toy_layer(seed, (M, N, TOKENS), ToyNoise::Independent(0.1))
 }
 
 /// `A[J, J]⁻¹` applied from the right to the row vector `a[J]`, by a dense solve.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{max_abs_diff_mat, normal_matrix};
+use common::{ToyLayer, ToyNoise, max_abs_diff_mat, toy_layer};
 use faer::{Mat, Side};
 use qpeft::quant::coreq::{
     AlphaMode, CoreqConfig, asymmetric_objective, coreq, shifted_target, symmetric_objective,
@@ -11,37 +11,17 @@ use qpeft::quant::coreq::{
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns};
-use qpeft::seed::substream_rng;
 
 const M: usize = 6;
 const N: usize = 12;
 const TOKENS: usize = 200;
 
-struct Toy {
-    w: Mat<f64>,
-    h: Mat<f64>,
-    d: Mat<f64>,
+fn toy(seed: u64) -> ToyLayer {
+    toy_layer(seed, (M, N, TOKENS), ToyNoise::Independent(0.3))
 }
 
-fn toy(seed: u64) -> Toy {
-    toy_with_noise(seed, false)
-}
-
-/// X_q = X_f + noise; with `mixed`, the noise mixes features, so D has real off-diagonal mass
-/// (a diagonal D gives P = α·triu(DCᵀ, 1)·C = 0, as Cᵀ is lower triangular).
-fn toy_with_noise(seed: u64, mixed: bool) -> Toy {
-    let mut rng = substream_rng(seed, "quant-solvers");
-    let w = normal_matrix(&mut rng, M, N);
-    let xf = normal_matrix(&mut rng, N, TOKENS);
-    let noise = if mixed {
-        normal_matrix(&mut rng, N, N) * &xf * faer::Scale(0.3)
-    } else {
-        normal_matrix(&mut rng, N, TOKENS) * faer::Scale(0.3)
-    };
-    let xq = &xf + noise;
-    let h = &xq * xq.transpose() * faer::Scale(1.0 / TOKENS as f64);
-    let d = (&xf - &xq) * xq.transpose() * faer::Scale(1.0 / TOKENS as f64);
-    Toy { w, h, d }
+fn toy_mixed(seed: u64) -> ToyLayer {
+    toy_layer(seed, (M, N, TOKENS), ToyNoise::Mixed(0.3))
 }
 
 fn spec(bits: u8) -> GridSpec {
@@ -54,7 +34,7 @@ fn spec(bits: u8) -> GridSpec {
 fn gptaq_snapshot_flush_is_exact_and_the_other_flushes_are_live() {
     let mut largest = [0.0f64; 2];
     for seed in 0..8 {
-        let t = toy_with_noise(seed, true);
+        let t = toy_mixed(seed);
         let run = |block, flush| {
             let config = GptqConfig {
                 block,

@@ -104,3 +104,35 @@ pub fn max_abs_diff_mat(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> f
     }
     max
 }
+
+/// The §10 toy layer: W `[m, n]`, H = X_q X_qᵀ/N and D = (X_f − X_q) X_qᵀ/N from random X_f.
+pub struct ToyLayer {
+    pub w: faer::Mat<f64>,
+    pub h: faer::Mat<f64>,
+    pub d: faer::Mat<f64>,
+}
+
+/// How X_q departs from X_f in a toy layer.
+#[derive(Clone, Copy)]
+pub enum ToyNoise {
+    /// X_q = X_f + σ·noise, independent per feature (D nearly diagonal).
+    Independent(f64),
+    /// X_q = X_f + σ·A·X_f with a random mixing A, so D has off-diagonal mass (a diagonal D
+    /// gives GPTAQ's P = α·triu(DCᵀ, 1)·C = 0, as Cᵀ is lower triangular).
+    Mixed(f64),
+}
+
+pub fn toy_layer(seed: u64, (m, n, tokens): (usize, usize, usize), noise: ToyNoise) -> ToyLayer {
+    let mut rng = qpeft::seed::substream_rng(seed, "toy-layer");
+    let w = normal_matrix(&mut rng, m, n);
+    let xf = normal_matrix(&mut rng, n, tokens);
+    let delta = match noise {
+        ToyNoise::Independent(sigma) => normal_matrix(&mut rng, n, tokens) * faer::Scale(sigma),
+        ToyNoise::Mixed(sigma) => normal_matrix(&mut rng, n, n) * &xf * faer::Scale(sigma),
+    };
+    let xq = &xf + delta;
+    let scale = faer::Scale(1.0 / tokens as f64);
+    let h = &xq * xq.transpose() * scale;
+    let d = (&xf - &xq) * xq.transpose() * scale;
+    ToyLayer { w, h, d }
+}
