@@ -4,6 +4,7 @@ mod data;
 mod embed;
 mod model;
 mod predict;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 use qpeft::device::DeviceSpec;
@@ -29,6 +30,8 @@ enum Command {
     Data(data::DataCommand),
     /// Write GLUE test-set submission files with a fine-tuned classifier.
     Predict(predict::PredictArgs),
+    /// Quantize every encoder linear layer (post-training, with calibration).
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// `--model`, shared by every command that loads one.
@@ -59,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Data(command) => data::run(command),
         Command::Predict(args) => predict::run(args),
+        Command::Quantize(args) => quantize::run(args),
     }
 }

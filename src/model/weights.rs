@@ -12,6 +12,8 @@ use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::quant::checkpoint::{METADATA_KEY, QuantMetadata, dequantize_packed};
+use crate::quant::grid::Bits;
 
 /// A safetensors file held in memory, with its header parsed once.
 pub struct WeightFile {
@@ -19,6 +21,8 @@ pub struct WeightFile {
     bytes: Vec<u8>,
     data_start: usize,
     metadata: Metadata,
+    /// Present in files written by `qpeft quantize`.
+    quantization: Option<QuantMetadata>,
 }
 
 impl WeightFile {
@@ -29,11 +33,20 @@ impl WeightFile {
                 path: path.to_path_buf(),
                 message: format!("not a valid safetensors file: {e}"),
             })?;
+        let quantization = match metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+        {
+            Some(json) => Some(QuantMetadata::parse(json, path)?),
+            None => None,
+        };
         Ok(WeightFile {
             path: path.to_path_buf(),
             bytes,
             data_start: 8 + header_len,
             metadata,
+            quantization,
         })
     }
 
@@ -43,6 +56,48 @@ impl WeightFile {
 
     pub fn contains(&self, name: &str) -> bool {
         self.metadata.info(name).is_some()
+    }
+
+    /// The quantization recorded in the header, for files written by `qpeft quantize`.
+    pub fn quantization(&self) -> Option<&QuantMetadata> {
+        self.quantization.as_ref()
+    }
+
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.metadata
+            .info(name)
+            .map(|info| info.shape.clone())
+            .ok_or_else(|| self.invalid(format!("tensor '{name}' is missing")))
+    }
+
+    /// Tensor `name` as stored: dtype, shape and little-endian bytes.
+    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| self.invalid(format!("tensor '{name}' is missing")))?;
+        let (start, end) = info.data_offsets;
+        Ok((
+            info.dtype,
+            info.shape.clone(),
+            &self.bytes[self.data_start + start..self.data_start + end],
+        ))
+    }
+
+    /// The raw little-endian bytes of tensor `name`, checking its dtype and shape.
+    fn read_raw(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| self.invalid(format!("tensor '{name}' is missing")))?;
+        if info.dtype != dtype || info.shape != shape {
+            return Err(self.invalid(format!(
+                "tensor '{name}' is {:?} {:?}, expected {dtype:?} {shape:?}",
+                info.dtype, info.shape
+            )));
+        }
+        let (start, end) = info.data_offsets;
+        Ok(&self.bytes[self.data_start + start..self.data_start + end])
     }
 
     /// All tensor names, sorted.
@@ -166,14 +221,53 @@ impl<'a> WeightScope<'a> {
         self.tensor(name, [len], device)
     }
 
-    /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`.
+    /// `[out, in]` weights of a quantized linear (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`).
+    fn dequantized_weight(&self, d_in: usize, d_out: usize) -> Result<Vec<f32>> {
+        let file = self.file;
+        let meta = file.quantization().ok_or_else(|| {
+            file.invalid(format!(
+                "'{}' has packed codes but the file has no `{METADATA_KEY}` metadata",
+                self.key("qcodes")
+            ))
+        })?;
+        let bits = Bits::new(meta.bits)?;
+        let groups = file
+            .shape(&self.key("qscale"))?
+            .get(1)
+            .copied()
+            .unwrap_or(0);
+        let codes = file.read_raw(
+            &self.key("qcodes"),
+            Dtype::U8,
+            &[d_out, (d_in * usize::from(meta.bits)).div_ceil(8)],
+        )?;
+        let f32s = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            file.read_f32(&self.key(name), shape)
+        };
+        let scale = f32s("qscale", &[d_out, groups])?;
+        let zero = f32s("qzero", &[d_out, groups])?;
+        let group: Vec<i32> = file
+            .read_raw(&self.key("qgroup"), Dtype::I32, &[d_in])?
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        dequantize_packed(codes, bits, (d_out, d_in), &scale, &zero, &group)
+            .map_err(|e| file.invalid(format!("{}: {e}", self.key("qcodes"))))
+    }
+
+    /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`, or quantized by
+    /// `qpeft quantize` (dequantized here).
     pub fn linear<B: Backend>(
         &self,
         d_in: usize,
         d_out: usize,
         device: &B::Device,
     ) -> Result<Linear<B>> {
-        let weight_out_in = self.file.read_f32(&self.key("weight"), &[d_out, d_in])?;
+        let weight_out_in = if !self.contains("weight") && self.contains("qcodes") {
+            self.dequantized_weight(d_in, d_out)?
+        } else {
+            self.file.read_f32(&self.key("weight"), &[d_out, d_in])?
+        };
         let weight_in_out = transpose(&weight_out_in, d_out, d_in);
         let weight = Tensor::from_data(TensorData::new(weight_in_out, [d_in, d_out]), device);
         let bias = self.tensor("bias", [d_out], device)?;

@@ -2,6 +2,7 @@
 //! faer matrices (no Burn). Weights are `[out, in]`; Hessians `[in, in]`.
 
 pub mod calib;
+pub mod checkpoint;
 pub mod codebook;
 pub mod coreq;
 pub mod gptq;

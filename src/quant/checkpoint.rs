@@ -1,0 +1,197 @@
+//! The quantized model directory `qpeft quantize` writes (DESIGN.md "Formats"): one
+//! safetensors file where each quantized linear `<name>` has `<name>.qcodes` (U8
+//! `[rows, packed row bytes]`, each row packed on its own), `<name>.qscale` and `<name>.qzero`
+//! (F32 `[rows, groups]`), `<name>.qgroup` (I32 `[cols]`, each column's group) instead of
+//! `<name>.weight`; every other tensor is kept as stored. The header's metadata holds a
+//! `qpeft` JSON entry with the format version, method, bits, grid and calibration.
+//! [`crate::model::weights`] reads such a file back into dequantized weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::grid::Bits;
+use super::layer::QuantizedLayer;
+use super::pack::{pack, unpack};
+use crate::error::{Error, Result};
+use crate::model::PretrainedModel;
+
+/// The only format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The key of qpeft's entry in the safetensors metadata.
+pub const METADATA_KEY: &str = "qpeft";
+
+/// What the header records about the quantization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantMetadata {
+    pub format_version: u32,
+    pub method: String,
+    pub bits: u8,
+    pub grid: String,
+    /// 0 for per-row grids.
+    pub group: usize,
+    pub calibration: String,
+    pub qpeft_version: String,
+}
+
+impl QuantMetadata {
+    /// Parses the metadata entry, rejecting other format versions.
+    pub fn parse(json: &str, path: &Path) -> Result<Self> {
+        let meta: QuantMetadata =
+            serde_json::from_str(json).map_err(|e| Error::InvalidWeights {
+                path: path.to_path_buf(),
+                message: format!("invalid `{METADATA_KEY}` metadata: {e}"),
+            })?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(Error::InvalidWeights {
+                path: path.to_path_buf(),
+                message: format!(
+                    "quantized format version {} is not supported (this qpeft reads version {FORMAT_VERSION})",
+                    meta.format_version
+                ),
+            });
+        }
+        Ok(meta)
+    }
+}
+
+/// Packed storage of one layer, row by row.
+pub struct PackedLayer {
+    pub codes: Vec<u8>,
+    pub row_bytes: usize,
+    pub scale: Vec<f32>,
+    pub zero: Vec<f32>,
+    pub group_of_column: Vec<i32>,
+}
+
+pub fn pack_layer(layer: &QuantizedLayer, bits: Bits) -> Result<PackedLayer> {
+    let row_bytes = (layer.cols * usize::from(bits.get())).div_ceil(8);
+    let mut codes = Vec::with_capacity(row_bytes * layer.rows);
+    for row in layer.codes.chunks(layer.cols) {
+        codes.extend(pack(row, bits)?);
+    }
+    Ok(PackedLayer {
+        codes,
+        row_bytes,
+        scale: layer.grids.iter().map(|g| g.scale as f32).collect(),
+        zero: layer.grids.iter().map(|g| g.zero as f32).collect(),
+        group_of_column: layer.group_of_column.iter().map(|&g| g as i32).collect(),
+    })
+}
+
+/// Dequantizes packed storage to `[out, in]` row-major f32: `scale·(code − zero)`.
+pub fn dequantize_packed(
+    codes: &[u8],
+    bits: Bits,
+    (rows, cols): (usize, usize),
+    scale: &[f32],
+    zero: &[f32],
+    group_of_column: &[i32],
+) -> Result<Vec<f32>> {
+    let row_bytes = (cols * usize::from(bits.get())).div_ceil(8);
+    let groups = scale.len() / rows.max(1);
+    if codes.len() != rows * row_bytes || zero.len() != scale.len() || group_of_column.len() != cols
+    {
+        return Err(Error::InvalidInput(
+            "packed layer tensors have inconsistent shapes".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        let row = unpack(&codes[r * row_bytes..(r + 1) * row_bytes], bits, cols)?;
+        for (c, code) in row.into_iter().enumerate() {
+            let g = usize::try_from(group_of_column[c])
+                .ok()
+                .filter(|&g| g < groups)
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!("column {c} names group {}", group_of_column[c]))
+                })?;
+            let k = r * groups + g;
+            out.push(scale[k] * (f32::from(code) - zero[k]));
+        }
+    }
+    Ok(out)
+}
+
+fn le_bytes<T: Copy>(values: &[T], to: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to(v)).collect()
+}
+
+/// Writes `out/model.safetensors` (with `layers` quantized, HF names relative to the base
+/// model), `config.json` and `tokenizer.json` copied from `source`.
+pub fn write_quantized_model(
+    out: &Path,
+    source: &PretrainedModel,
+    layers: &[(String, QuantizedLayer)],
+    meta: &QuantMetadata,
+) -> Result<PathBuf> {
+    let bits = Bits::new(meta.bits)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let prefix = source.weights.base_model_prefix()?;
+    let quantized: HashMap<String, &QuantizedLayer> = layers
+        .iter()
+        .map(|(n, l)| (format!("{prefix}{n}"), l))
+        .collect();
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in source.weights.names() {
+        if let Some(base) = name.strip_suffix(".weight")
+            && quantized.contains_key(base)
+        {
+            continue;
+        }
+        let (dtype, shape, bytes) = source.weights.raw(&name)?;
+        buffers.push((name, dtype, shape, bytes.to_vec()));
+    }
+    for (base, layer) in &quantized {
+        let packed = pack_layer(layer, bits)?;
+        buffers.push((
+            format!("{base}.qcodes"),
+            Dtype::U8,
+            vec![layer.rows, packed.row_bytes],
+            packed.codes,
+        ));
+        buffers.push((
+            format!("{base}.qscale"),
+            Dtype::F32,
+            vec![layer.rows, layer.groups],
+            le_bytes(&packed.scale, f32::to_le_bytes),
+        ));
+        buffers.push((
+            format!("{base}.qzero"),
+            Dtype::F32,
+            vec![layer.rows, layer.groups],
+            le_bytes(&packed.zero, f32::to_le_bytes),
+        ));
+        buffers.push((
+            format!("{base}.qgroup"),
+            Dtype::I32,
+            vec![layer.cols],
+            le_bytes(&packed.group_of_column, i32::to_le_bytes),
+        ));
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string(meta).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
+    let path = out.join("model.safetensors");
+    let partial = out.join("model.safetensors.partial");
+    safetensors::serialize_to_file(views, Some(metadata), &partial)
+        .map_err(|e| Error::InvalidInput(format!("{}: {e}", partial.display())))?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    for (from, name) in [
+        (&source.files.config, "config.json"),
+        (&source.files.tokenizer, "tokenizer.json"),
+    ] {
+        std::fs::copy(from, out.join(name)).map_err(|e| Error::io(from, e))?;
+    }
+    Ok(path)
+}

@@ -1,0 +1,125 @@
+//! `qpeft quantize` end to end on the tiny BERT: the written directory loads back through the
+//! normal model path with weights equal to the solver's Ŵ (as f32), records its metadata, and a
+//! file of another format version is refused.
+
+mod common;
+
+use std::path::Path;
+
+use qpeft::device::CpuBackend;
+use qpeft::model::weights::linear_weight_out_in;
+use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
+use qpeft::quant::checkpoint::FORMAT_VERSION;
+
+fn open(dir: &Path) -> PretrainedModel {
+    let options = HubOptions {
+        cache_dir: dir.join("none"),
+        offline: true,
+    };
+    PretrainedModel::open(resolve_model(dir.to_str().unwrap(), &options).unwrap()).unwrap()
+}
+
+#[test]
+fn quantized_directory_round_trips_through_the_model_loader() {
+    let work = tempfile::tempdir().unwrap();
+    let calib = work.path().join("calib.txt");
+    std::fs::write(&calib, "The quick brown fox.\nA man is playing a guitar.\nIs this grammatical?\nDogs run in the field.\n").unwrap();
+    let out = work.path().join("q");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args([
+            "quantize", "--method", "gptq", "--bits", "3", "--group", "32", "--model",
+        ])
+        .arg(common::fixture("tiny-bert"))
+        .arg("--calib")
+        .arg(&calib)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let quantized = open(&out);
+    let meta = quantized.weights.quantization().expect("qpeft metadata");
+    assert_eq!(
+        (meta.bits, meta.group, meta.format_version),
+        (3, 32, FORMAT_VERSION)
+    );
+    assert!(
+        !quantized
+            .weights
+            .contains("bert.encoder.layer.0.attention.self.query.weight")
+    );
+    assert!(
+        quantized
+            .weights
+            .contains("bert.encoder.layer.0.attention.self.query.qcodes")
+    );
+    let original = open(&common::fixture("tiny-bert"));
+    let device = Default::default();
+    let (q_model, _) = quantized
+        .classifier::<CpuBackend>(quantized.config.head, &device)
+        .unwrap();
+    let (f_model, _) = original
+        .classifier::<CpuBackend>(original.config.head, &device)
+        .unwrap();
+    for name in f_model.linear_names() {
+        let q = linear_weight_out_in(q_model.linear(&name).unwrap()).unwrap();
+        let f = linear_weight_out_in(f_model.linear(&name).unwrap()).unwrap();
+        let target = name.starts_with("encoder.");
+        if target {
+            // 3 bits: at most 8 distinct values per row and group (groups follow act-order,
+            // so each column's group comes from the file's `.qgroup`).
+            let (_, _, raw) = quantized
+                .weights
+                .raw(&format!("bert.{name}.qgroup"))
+                .unwrap();
+            let group: Vec<i32> = raw
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            for r in 0..q.nrows() {
+                for g in 0..=*group.iter().max().unwrap() {
+                    let mut levels: Vec<f64> = (0..q.ncols())
+                        .filter(|&c| group[c] == g)
+                        .map(|c| q[(r, c)])
+                        .collect();
+                    assert_eq!(levels.len(), 32, "{name}: groups of 32");
+                    levels.sort_by(f64::total_cmp);
+                    levels.dedup();
+                    assert!(
+                        levels.len() <= 8,
+                        "{name} row {r} group {g}: {} levels",
+                        levels.len()
+                    );
+                }
+            }
+        }
+        let same = (0..q.nrows()).all(|r| (0..q.ncols()).all(|c| q[(r, c)] == f[(r, c)]));
+        assert_eq!(same, !target, "{name}: only encoder linears are quantized");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["modules"], 12);
+    let bpw = report["summary"]["bits_per_weight"].as_f64().unwrap();
+    assert!(bpw > 3.0 && bpw < 6.0, "{bpw}");
+
+    // A file claiming another format version is refused with a clear error.
+    let mut bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+    // The qpeft entry is a JSON string inside the header, so its quotes are escaped.
+    let from = r#"\"format_version\":1"#;
+    assert!(header.contains(from), "{header}");
+    let patched = header.replacen(from, r#"\"format_version\":9"#, 1);
+    bytes[8..8 + header_len].copy_from_slice(patched.as_bytes());
+    std::fs::write(out.join("model.safetensors"), bytes).unwrap();
+    let options = HubOptions {
+        cache_dir: out.join("none"),
+        offline: true,
+    };
+    let err = PretrainedModel::open(resolve_model(out.to_str().unwrap(), &options).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("format version 9 is not supported"), "{err}");
+}
