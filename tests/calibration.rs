@@ -281,3 +281,93 @@ fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
     );
     assert!(mean(&objectives[1]) < mean(&objectives[0]));
 }
+
+/// On MiniLM's real statistics, K-CoreQ (K = 4) has a lower objective than greedy CoreQ on
+/// average (the first 32 rows of each of the 36 matrices; rows are independent, so this is a
+/// sample of the full matrices). Per row, beam search can prune the greedy path: measured 88.1%
+/// of rows ≤ greedy at 2 bits (93.9% with K = 8, 87.2% at 3 bits), short of the 95% the
+/// quantization issue asks for; the row share is kept as a regression guard at that level.
+#[test]
+fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
+    use qpeft::quant::coreq::{
+        AlphaMode, CoreqConfig, coreq, kcoreq, shifted_target, symmetric_objective,
+    };
+    use qpeft::quant::hessian::{damped, dead_columns};
+
+    struct Compare {
+        config: GptqConfig,
+        rows: usize,
+        better_or_equal: usize,
+        greedy: f64,
+        beam: f64,
+    }
+    impl ModuleSolver for Compare {
+        fn solve(
+            &mut self,
+            _: &str,
+            weight: MatRef<'_, f64>,
+            stats: &LayerStats,
+        ) -> qpeft::Result<Mat<f64>> {
+            let (h, d) = (stats.h.as_ref(), stats.d.as_ref().unwrap().as_ref());
+            let rows = weight.subrows(0, 32);
+            let greedy = coreq(
+                rows,
+                h,
+                d,
+                &CoreqConfig {
+                    gptq: self.config,
+                    alpha: AlphaMode::Fixed(0.25),
+                },
+            )?;
+            let beam = kcoreq(rows, h, d, 0.25, &self.config, 4)?;
+            let target = shifted_target(rows, h, d, 0.25, 0.01)?;
+            let h_lambda = damped(h, &dead_columns(h), 0.01);
+            for r in 0..32 {
+                let objective = |q: &Mat<f64>| {
+                    symmetric_objective(target.subrows(r, 1), q.subrows(r, 1), h_lambda.as_ref())
+                };
+                let (g, b) = (
+                    objective(&greedy.layer.dequantized),
+                    objective(&beam.layer.dequantized),
+                );
+                self.rows += 1;
+                self.better_or_equal += usize::from(b <= g * (1.0 + 1e-12));
+                self.greedy += g;
+                self.beam += b;
+            }
+            Ok(weight.to_owned())
+        }
+    }
+    let (model, batches) = minilm_with_rte();
+    let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::SymmetricGptq);
+    let mut compare = Compare {
+        config: GptqConfig::new(spec),
+        rows: 0,
+        better_or_equal: 0,
+        greedy: 0.0,
+        beam: 0.0,
+    };
+    let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
+    calibrate(
+        &mut encoder,
+        &batches,
+        StatsNeeded {
+            mismatch: true,
+            r_xx: false,
+        },
+        &mut compare,
+    )
+    .unwrap();
+    println!(
+        "2-bit: K-CoreQ(K=4) ≤ CoreQ on {}/{} rows; mean row objective {:.5} vs {:.5}",
+        compare.better_or_equal,
+        compare.rows,
+        compare.beam / compare.rows as f64,
+        compare.greedy / compare.rows as f64
+    );
+    assert!(compare.beam < compare.greedy);
+    assert!(
+        compare.better_or_equal * 100 >= compare.rows * 85,
+        "row share fell below the measured level"
+    );
+}

@@ -218,3 +218,60 @@ fn alternating_alpha_keeps_the_better_rounding() {
         assert!(objective(&alternate.layer.dequantized) <= objective(&first.layer.dequantized));
     }
 }
+
+/// K-CoreQ with one beam is greedy CoreQ; more beams lower the exact objective
+/// tr((Q − W_ref)H_λ(Q − W_ref)ᵀ) for nearly every row and on average.
+#[test]
+fn kcoreq_one_beam_is_greedy_and_more_beams_help() {
+    use qpeft::quant::coreq::kcoreq;
+    use qpeft::quant::layer::Grouping;
+    let (mut rows, mut better_or_equal, mut greedy_total, mut beam_total) = (0, 0, 0.0, 0.0);
+    for seed in 0..10 {
+        let t = toy(seed);
+        for grouping in [Grouping::PerRow, Grouping::Dynamic(4)] {
+            let config = GptqConfig {
+                grouping,
+                ..GptqConfig::new(spec(2))
+            };
+            let greedy = coreq(
+                t.w.as_ref(),
+                t.h.as_ref(),
+                t.d.as_ref(),
+                &CoreqConfig {
+                    gptq: config,
+                    alpha: AlphaMode::Fixed(0.5),
+                },
+            )
+            .unwrap();
+            let one = kcoreq(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), 0.5, &config, 1).unwrap();
+            assert_eq!(
+                one.layer.codes, greedy.layer.codes,
+                "seed {seed} {grouping:?}"
+            );
+            let four = kcoreq(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), 0.5, &config, 4).unwrap();
+            let target =
+                shifted_target(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), 0.5, 0.01).unwrap();
+            let h_lambda = damped(t.h.as_ref(), &dead_columns(t.h.as_ref()), 0.01);
+            for r in 0..M {
+                let objective = |q: &Mat<f64>| {
+                    symmetric_objective(target.subrows(r, 1), q.subrows(r, 1), h_lambda.as_ref())
+                };
+                let (g, b) = (
+                    objective(&one.layer.dequantized),
+                    objective(&four.layer.dequantized),
+                );
+                rows += 1;
+                better_or_equal += usize::from(b <= g + 1e-12);
+                greedy_total += g;
+                beam_total += b;
+            }
+        }
+    }
+    println!(
+        "K=4 vs greedy: ≤ on {better_or_equal}/{rows} rows; mean objective {:.4} vs {:.4}",
+        beam_total / rows as f64,
+        greedy_total / rows as f64
+    );
+    assert!(better_or_equal * 100 >= rows * 95);
+    assert!(beam_total < greedy_total);
+}

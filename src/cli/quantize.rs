@@ -30,6 +30,7 @@ pub enum MethodArg {
     Gptq,
     Gptaq,
     Coreq,
+    Kcoreq,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,9 +66,13 @@ pub struct QuantizeArgs {
     /// MSE clipping search for the grids (|e|^2.4).
     #[arg(long)]
     pub mse: bool,
-    /// α: GPTAQ's mismatch weight (default 0.25); CoreQ's fixed α (default: alternate from 0.25).
+    /// α: GPTAQ's mismatch weight (default 0.25); CoreQ's fixed α (default: alternate from
+    /// 0.25); K-CoreQ's α (default 0.25).
     #[arg(long)]
     pub alpha: Option<f64>,
+    /// K-CoreQ's beam width K.
+    #[arg(long, default_value_t = 4)]
+    pub beams: usize,
     /// Calibration text: a GLUE task's training sentences, or a file with one text per line.
     #[arg(long, default_value = "rte")]
     pub calib: String,
@@ -130,7 +135,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let kind = match args.grid.unwrap_or(match args.method {
         MethodArg::Rtn | MethodArg::Gptq => GridArg::Asym,
         MethodArg::Gptaq => GridArg::Quarot,
-        MethodArg::Coreq => GridArg::Sym,
+        MethodArg::Coreq | MethodArg::Kcoreq => GridArg::Sym,
     }) {
         GridArg::Asym => UniformKind::Asymmetric,
         GridArg::Sym => UniformKind::SymmetricGptq,
@@ -148,6 +153,10 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             alpha: args
                 .alpha
                 .map_or(AlphaMode::Alternate { initial: 0.25 }, AlphaMode::Fixed),
+        },
+        MethodArg::Kcoreq => Method::Kcoreq {
+            alpha: args.alpha.unwrap_or(0.25),
+            beams: args.beams,
         },
     };
     let grid = GridSpec {

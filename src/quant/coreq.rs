@@ -149,3 +149,140 @@ pub fn coreq(
         }
     }
 }
+
+/// K-CoreQ (§7.4): per row, a beam of `beams` partial roundings in successive-rounding order
+/// (ascending diag H_λ, last to first). Column i contributes Lh_ii²·(Q_i − Ŵ_i)², with
+/// Ŵ_i = W_ref,i + Σ_{j>i} (W_ref,j − Q_j)·Lh_ji/Lh_ii depending only on the decided suffix,
+/// so beam scores are exact partial objectives. Every level of the grid is a candidate; the
+/// best `beams` of `beams·2^b` survive. Grids are fitted on W_ref, so beams share them.
+/// `beams = 1` is greedy CoreQ.
+pub fn kcoreq(
+    w: MatRef<'_, f64>,
+    h: MatRef<'_, f64>,
+    d: MatRef<'_, f64>,
+    alpha: f64,
+    config: &GptqConfig,
+    beams: usize,
+) -> Result<CoreqLayer> {
+    use super::grid::UniformGrid;
+    use super::layer::{Grouping, fit_rows};
+
+    if beams == 0 {
+        return Err(Error::InvalidInput(
+            "K-CoreQ needs at least one beam".into(),
+        ));
+    }
+    let (m, n) = (w.nrows(), w.ncols());
+    let group = config.grouping.width(n)?;
+    let dead = dead_columns(h);
+    let mut target = shifted_target(w, h, d, alpha, config.percdamp)?;
+    for j in (0..n).filter(|&j| dead[j]) {
+        target.col_mut(j).fill(0.0);
+    }
+    let h_lambda = h_lambda(h, config.percdamp);
+    // Successive rounding runs over ascending diag H_λ from the last; `processing[p]` is the
+    // original column decided p-th (the act-order of GPTQ).
+    let mut ascending: Vec<usize> = (0..n).collect();
+    ascending.sort_by(|&a, &b| h_lambda[(a, a)].total_cmp(&h_lambda[(b, b)]));
+    let h_asc = Mat::from_fn(n, n, |i, j| h_lambda[(ascending[i], ascending[j])]);
+    let lh = h_asc
+        .llt(Side::Lower)
+        .map_err(|_| Error::InvalidInput("damped H is not positive definite".into()))?
+        .L()
+        .to_owned();
+    let groups = n.div_ceil(group);
+    // Grids per (row, group), on W_ref; the group of each original column.
+    let mut group_of_column = vec![0usize; n];
+    let mut grids = vec![
+        UniformGrid {
+            scale: 1.0,
+            zero: 0.0,
+            max_code: 1
+        };
+        m * groups
+    ];
+    let processing: Vec<usize> = ascending.iter().rev().copied().collect();
+    for k in 0..groups {
+        let columns: Vec<usize> = match config.grouping {
+            Grouping::Static(_) => (k * group..((k + 1) * group).min(n)).collect(),
+            _ => processing[k * group..((k + 1) * group).min(n)].to_vec(),
+        };
+        let block = Mat::from_fn(m, columns.len(), |r, t| target[(r, columns[t])]);
+        for (r, grid) in fit_rows(block.as_ref(), &config.grid)
+            .into_iter()
+            .enumerate()
+        {
+            grids[r * groups + k] = grid;
+        }
+        for c in columns {
+            group_of_column[c] = k;
+        }
+    }
+
+    struct Beam {
+        score: f64,
+        codes: Vec<u32>,
+        /// tail[i] = Σ over decided j of (W_ref,j − Q_j)·Lh_ji, for undecided i.
+        tail: Vec<f64>,
+    }
+    let mut codes = vec![0u8; m * n];
+    let mut dequantized = Mat::<f64>::zeros(m, n);
+    let mut loss = 0.0;
+    for r in 0..m {
+        let mut beam = vec![Beam {
+            score: 0.0,
+            codes: vec![0; n],
+            tail: vec![0.0; n],
+        }];
+        for i in (0..n).rev() {
+            let column = ascending[i];
+            let grid = grids[r * groups + group_of_column[column]];
+            let diag = lh[(i, i)];
+            let mut candidates: Vec<(f64, usize, u32)> =
+                Vec::with_capacity(beam.len() * (grid.max_code as usize + 1));
+            for (b, state) in beam.iter().enumerate() {
+                let hat = target[(r, column)] + state.tail[i] / diag;
+                for code in 0..=grid.max_code {
+                    let residual = grid.dequantize(code) - hat;
+                    candidates.push((state.score + diag * diag * residual * residual, b, code));
+                }
+            }
+            candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+            candidates.truncate(beams);
+            beam = candidates
+                .into_iter()
+                .map(|(score, parent, code)| {
+                    let mut codes = beam[parent].codes.clone();
+                    codes[i] = code;
+                    let mut tail = beam[parent].tail.clone();
+                    let residual = target[(r, column)] - grid.dequantize(code);
+                    for (k, t) in tail.iter_mut().enumerate().take(i) {
+                        *t += residual * lh[(i, k)];
+                    }
+                    Beam { score, codes, tail }
+                })
+                .collect();
+        }
+        let best = &beam[0];
+        loss += best.score;
+        for (&column, &code) in ascending.iter().zip(&best.codes) {
+            let grid = grids[r * groups + group_of_column[column]];
+            codes[r * n + column] = code as u8;
+            dequantized[(r, column)] = grid.dequantize(code);
+        }
+    }
+    Ok(CoreqLayer {
+        layer: QuantizedLayer {
+            rows: m,
+            cols: n,
+            codes,
+            grids,
+            groups,
+            group_of_column,
+            dequantized,
+            loss,
+            damping_retries: 0,
+        },
+        alpha,
+    })
+}

@@ -7,7 +7,8 @@ use faer::{Mat, MatRef};
 
 use super::calib::ModuleSolver;
 use super::coreq::{
-    AlphaMode, CoreqConfig, asymmetric_objective, coreq, frobenius_inner, symmetric_objective,
+    AlphaMode, CoreqConfig, asymmetric_objective, coreq, frobenius_inner, kcoreq,
+    symmetric_objective,
 };
 use super::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
 use super::grid::Rounding;
@@ -21,8 +22,18 @@ use crate::error::{Error, Result};
 pub enum Method {
     Rtn,
     Gptq,
-    Gptaq { alpha: f64, flush: GptaqFlush },
-    Coreq { alpha: AlphaMode },
+    Gptaq {
+        alpha: f64,
+        flush: GptaqFlush,
+    },
+    Coreq {
+        alpha: AlphaMode,
+    },
+    /// K-CoreQ beam search with a fixed α (§7.4).
+    Kcoreq {
+        alpha: f64,
+        beams: usize,
+    },
 }
 
 impl Method {
@@ -30,7 +41,7 @@ impl Method {
     pub fn needs(self) -> StatsNeeded {
         match self {
             Method::Rtn | Method::Gptq => StatsNeeded::default(),
-            Method::Gptaq { .. } | Method::Coreq { .. } => StatsNeeded {
+            Method::Gptaq { .. } | Method::Coreq { .. } | Method::Kcoreq { .. } => StatsNeeded {
                 mismatch: true,
                 r_xx: false,
             },
@@ -111,6 +122,18 @@ impl ModuleSolver for MethodSolver {
                 let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config)?;
                 alpha = Some(result.alpha);
                 result.layer
+            }
+            Method::Kcoreq { alpha: a, beams } => {
+                alpha = Some(a);
+                kcoreq(
+                    weight,
+                    stats.h.as_ref(),
+                    d()?.as_ref(),
+                    a,
+                    &self.config,
+                    beams,
+                )?
+                .layer
             }
         };
         let q = layer.dequantized.as_ref();
