@@ -86,18 +86,13 @@ impl WeightFile {
 
     /// The raw little-endian bytes of tensor `name`, checking its dtype and shape.
     fn read_raw(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
-        let info = self
-            .metadata
-            .info(name)
-            .ok_or_else(|| self.invalid(format!("tensor '{name}' is missing")))?;
-        if info.dtype != dtype || info.shape != shape {
+        let (actual_dtype, actual_shape, bytes) = self.raw(name)?;
+        if actual_dtype != dtype || actual_shape != shape {
             return Err(self.invalid(format!(
-                "tensor '{name}' is {:?} {:?}, expected {dtype:?} {shape:?}",
-                info.dtype, info.shape
+                "tensor '{name}' is {actual_dtype:?} {actual_shape:?}, expected {dtype:?} {shape:?}"
             )));
         }
-        let (start, end) = info.data_offsets;
-        Ok(&self.bytes[self.data_start + start..self.data_start + end])
+        Ok(bytes)
     }
 
     /// All tensor names, sorted.

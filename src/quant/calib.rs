@@ -122,15 +122,15 @@ pub fn calibrate<B: Backend>(
                     encoder.layers[layer].group_input(h_q[i].clone(), bias.clone(), group),
                     &masks[i],
                 )?;
-                let x_f = if full_precision_needed {
-                    tokens_of(
+                if full_precision_needed {
+                    let x_f = tokens_of(
                         reference.layers[layer].group_input(h_f[i].clone(), bias.clone(), group),
                         &masks[i],
-                    )?
+                    )?;
+                    acc.add(x_q.as_ref(), x_f.as_ref());
                 } else {
-                    x_q.clone()
-                };
-                acc.add(x_q.as_ref(), x_f.as_ref());
+                    acc.add(x_q.as_ref(), x_q.as_ref());
+                }
             }
             let stats = acc.finish();
             for suffix in names.iter() {
