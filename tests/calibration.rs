@@ -369,3 +369,33 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
         "row share fell below the measured level"
     );
 }
+
+/// Advancing a layer's stages through its four groups is exactly its forward pass.
+#[test]
+fn staged_forward_equals_forward() {
+    let model = tiny();
+    let batch = batch_of(
+        &model,
+        &[TextInput::pair(
+            "Dogs run.",
+            "A man is playing a guitar on the stage.",
+        )],
+        32,
+    );
+    let encoder = model.encoder::<B>(&Default::default()).unwrap();
+    let bias = qpeft::model::bert::attention_mask_bias(&batch.attention_mask);
+    let x = encoder.embeddings.forward(&batch);
+    for layer in &encoder.layers {
+        let mut stages = layer.stages(x.clone());
+        for _ in 0..4 {
+            stages.advance(layer, bias.clone());
+        }
+        let staged: Vec<f32> = stages.input().clone().into_data().to_vec().unwrap();
+        let direct: Vec<f32> = layer
+            .forward(x.clone(), bias.clone())
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(staged, direct);
+    }
+}

@@ -221,26 +221,18 @@ impl<B: Backend> EncoderLayer<B> {
         self.output.forward(inner, attended)
     }
 
-    /// The input of linear group `group` (0: query/key/value, 1: attention output,
-    /// 2: intermediate, 3: output dense), computing no more of the layer than that needs.
-    pub fn group_input(
-        &self,
-        x: Tensor<B, 3>,
-        mask_bias: Tensor<B, 4>,
-        group: usize,
-    ) -> Tensor<B, 3> {
-        if group == 0 {
-            return x;
+    /// The layer's forward pass one group of linear layers at a time, so that each group can
+    /// be changed (quantized) before the next one runs: [`LayerStages::input`] is the input of
+    /// the current group (0: query/key/value, 1: attention output, 2: intermediate,
+    /// 3: output dense); [`LayerStages::advance`] runs the current group with the layer's
+    /// weights as they are now. Together this is exactly [`EncoderLayer::forward`].
+    pub fn stages(&self, x: Tensor<B, 3>) -> LayerStages<B> {
+        LayerStages {
+            x: x.clone(),
+            attended: None,
+            input: x,
+            group: 0,
         }
-        let context = self.attention.self_attention.forward(x.clone(), mask_bias);
-        if group == 1 {
-            return context;
-        }
-        let attended = self.attention.output.forward(context, x);
-        if group == 2 {
-            return attended;
-        }
-        gelu(self.intermediate.dense.forward(attended))
     }
 
     /// The linear layer with HF name `suffix` (one of [`LAYER_LINEARS`]).
@@ -266,6 +258,45 @@ impl<B: Backend> EncoderLayer<B> {
             "output.dense" => &mut self.output.dense,
             _ => return None,
         })
+    }
+}
+
+/// An encoder layer's forward pass in progress (see [`EncoderLayer::stages`]).
+#[derive(Debug, Clone)]
+pub struct LayerStages<B: Backend> {
+    x: Tensor<B, 3>,
+    /// The post-attention LayerNorm output, needed again by the last residual.
+    attended: Option<Tensor<B, 3>>,
+    input: Tensor<B, 3>,
+    group: usize,
+}
+
+impl<B: Backend> LayerStages<B> {
+    /// The input of the current group.
+    pub fn input(&self) -> &Tensor<B, 3> {
+        &self.input
+    }
+
+    /// Runs the current group through `layer`; after the fourth group, `input()` is the
+    /// layer's output.
+    pub fn advance(&mut self, layer: &EncoderLayer<B>, mask_bias: Tensor<B, 4>) {
+        let current = self.input.clone();
+        self.input = match self.group {
+            0 => layer.attention.self_attention.forward(current, mask_bias),
+            1 => {
+                let attended = layer.attention.output.forward(current, self.x.clone());
+                self.attended = Some(attended.clone());
+                attended
+            }
+            2 => gelu(layer.intermediate.dense.forward(current)),
+            _ => layer.output.forward(
+                current,
+                self.attended
+                    .clone()
+                    .expect("set by the attention output stage"),
+            ),
+        };
+        self.group += 1;
     }
 }
 

@@ -105,9 +105,23 @@ pub fn calibrate<B: Backend>(
         ProgressStyle::with_template("{msg:40} {bar:30} {pos}/{len} [{elapsed}<{eta}]")
             .expect("valid template"),
     );
+    let full_precision_needed = needed.mismatch || needed.r_xx;
     let mut records = Vec::with_capacity(modules);
     for layer in 0..encoder.layers.len() {
-        for (group, names) in GROUPS.iter().enumerate() {
+        // Each stream advances one group at a time, so a group's input is computed once, after
+        // the groups before it were quantized (true-sequential at the cost of one forward).
+        let mut q_stages: Vec<_> = h_q
+            .iter()
+            .map(|h| encoder.layers[layer].stages(h.clone()))
+            .collect();
+        let mut f_stages: Vec<_> = if full_precision_needed {
+            h_f.iter()
+                .map(|h| reference.layers[layer].stages(h.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for names in GROUPS.iter() {
             let width = {
                 let first = encoder.layers[layer]
                     .linear(names[0])
@@ -115,18 +129,10 @@ pub fn calibrate<B: Backend>(
                 first.weight.dims()[0]
             };
             let mut acc = StatsAccumulator::new(width, needed);
-            // H alone needs only the quantized stream.
-            let full_precision_needed = needed.mismatch || needed.r_xx;
-            for (i, bias) in biases.iter().enumerate() {
-                let x_q = tokens_of(
-                    encoder.layers[layer].group_input(h_q[i].clone(), bias.clone(), group),
-                    &masks[i],
-                )?;
+            for (i, stage) in q_stages.iter().enumerate() {
+                let x_q = tokens_of(stage.input().clone(), &masks[i])?;
                 if full_precision_needed {
-                    let x_f = tokens_of(
-                        reference.layers[layer].group_input(h_f[i].clone(), bias.clone(), group),
-                        &masks[i],
-                    )?;
+                    let x_f = tokens_of(f_stages[i].input().clone(), &masks[i])?;
                     acc.add(x_q.as_ref(), x_f.as_ref());
                 } else {
                     acc.add(x_q.as_ref(), x_q.as_ref());
@@ -150,12 +156,16 @@ pub fn calibrate<B: Backend>(
                 });
                 progress.inc(1);
             }
-        }
-        for (i, bias) in biases.iter().enumerate() {
-            if needed.mismatch || needed.r_xx {
-                h_f[i] = reference.layers[layer].forward(h_f[i].clone(), bias.clone());
+            for (i, bias) in biases.iter().enumerate() {
+                q_stages[i].advance(&encoder.layers[layer], bias.clone());
+                if full_precision_needed {
+                    f_stages[i].advance(&reference.layers[layer], bias.clone());
+                }
             }
-            h_q[i] = encoder.layers[layer].forward(h_q[i].clone(), bias.clone());
+        }
+        h_q = q_stages.iter().map(|s| s.input().clone()).collect();
+        if full_precision_needed {
+            h_f = f_stages.iter().map(|s| s.input().clone()).collect();
         }
     }
     progress.finish_and_clear();
