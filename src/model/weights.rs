@@ -111,19 +111,13 @@ impl WeightFile {
 
     /// Reads tensor `name` as f32 (F32, F16 and BF16 are accepted), checking its shape.
     pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let info = self
-            .metadata
-            .info(name)
-            .ok_or_else(|| self.invalid(format!("tensor '{name}' is missing")))?;
-        if info.shape != shape {
+        let (dtype, actual_shape, raw) = self.raw(name)?;
+        if actual_shape != shape {
             return Err(self.invalid(format!(
-                "tensor '{name}' has shape {:?}, expected {shape:?}",
-                info.shape
+                "tensor '{name}' has shape {actual_shape:?}, expected {shape:?}"
             )));
         }
-        let (start, end) = info.data_offsets;
-        let raw = &self.bytes[self.data_start + start..self.data_start + end];
-        let values: Vec<f32> = match info.dtype {
+        let values: Vec<f32> = match dtype {
             Dtype::F32 => raw
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
