@@ -4,11 +4,8 @@
 mod common;
 
 use faer::{Mat, MatRef};
-use qpeft::data::{Split, Task, load};
 use qpeft::device::CpuBackend;
-use qpeft::model::{
-    DEFAULT_MODEL, HubOptions, PretrainedModel, TextInput, encoder_input, resolve_model,
-};
+use qpeft::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
 use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::gptq::GptqConfig;
 use qpeft::quant::grid::{Bits, GridSpec, UniformKind};
@@ -44,19 +41,6 @@ fn tiny() -> PretrainedModel {
     PretrainedModel::open(resolve_model(dir.to_str().unwrap(), &options).unwrap()).unwrap()
 }
 
-fn batch_of(
-    model: &PretrainedModel,
-    texts: &[TextInput],
-    max_length: usize,
-) -> qpeft::model::EncoderInput<B> {
-    let encoded = model
-        .tokenizer(max_length)
-        .unwrap()
-        .encode_batch(texts)
-        .unwrap();
-    encoder_input::<B>(&encoded, &Default::default())
-}
-
 /// With nothing quantized both streams agree: D = 0 and H = R_xx exactly, and layer 0's
 /// {q, k, v} statistics are XᵀX/N of the embedding output without the padded positions.
 #[test]
@@ -71,12 +55,14 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
         ),
         TextInput::single("Dogs run."),
     ];
-    let batch = batch_of(&model, &texts, 32);
+    let batch = common::batch_of(&model, &texts, 32);
     let mut encoder = model.encoder::<B>(&device).unwrap();
     let mut recorder = Recorder::default();
     let needed = StatsNeeded {
+        quantized: true,
         mismatch: true,
         r_xx: true,
+        abs_mean: false,
     };
     calibrate(
         &mut encoder,
@@ -129,7 +115,7 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
 #[test]
 fn quantized_groups_make_the_later_streams_differ() {
     let model = tiny();
-    let batch = batch_of(
+    let batch = common::batch_of(
         &model,
         &[TextInput::single("A man is playing a guitar on the stage.")],
         32,
@@ -154,8 +140,10 @@ fn quantized_groups_make_the_later_streams_differ() {
         &mut encoder,
         std::slice::from_ref(&batch),
         StatsNeeded {
+            quantized: true,
             mismatch: true,
             r_xx: false,
+            abs_mean: false,
         },
         &mut both,
     )
@@ -173,37 +161,18 @@ fn quantized_groups_make_the_later_streams_differ() {
     );
 }
 
-/// all-MiniLM-L6-v2 and calibration batches of 32 real RTE training pairs.
-fn minilm_with_rte() -> (PretrainedModel, Vec<qpeft::model::EncoderInput<B>>) {
-    let files =
-        resolve_model(DEFAULT_MODEL, &HubOptions::from_env()).expect("default model (make model)");
-    let model = PretrainedModel::open(files).unwrap();
-    let rte = load(&common::glue_dir(), Task::Rte, Split::Train).unwrap();
-    let texts: Vec<TextInput> = rte.examples[..32]
-        .iter()
-        .map(|e| TextInput {
-            first: e.text_a.clone(),
-            second: e.text_b.clone(),
-        })
-        .collect();
-    let batches = texts
-        .chunks(16)
-        .map(|chunk| batch_of(&model, chunk, 128))
-        .collect();
-    (model, batches)
-}
-
 /// On all-MiniLM-L6-v2 with real RTE sentences, GPTQ's layer-output error (which it minimizes)
 /// is below RTN's for every one of the 36 target matrices.
 #[test]
 fn gptq_beats_rtn_on_every_minilm_layer() {
-    let (model, batches) = minilm_with_rte();
+    let (model, batches) = common::minilm_with_rte();
     let spec = GridSpec::new(Bits::new(3).unwrap(), UniformKind::Asymmetric);
     let mut errors = Vec::new();
     for method in [Method::Rtn, Method::Gptq] {
         let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
         let mut solver = MethodSolver::new(method, GptqConfig::new(spec));
-        calibrate(&mut encoder, &batches, method.needs(), &mut solver).unwrap();
+        let needs = solver.needs();
+        calibrate(&mut encoder, &batches, needs, &mut solver).unwrap();
         assert_eq!(solver.reports.len(), 36);
         let solve_seconds: f64 = solver.reports.iter().map(|r| r.seconds).sum();
         println!("{method:?}: solver time {solve_seconds:.2} s of 36 modules");
@@ -232,7 +201,7 @@ fn gptq_beats_rtn_on_every_minilm_layer() {
 /// method on its own quantized stream) its asymmetric objective is below GPTQ's on average.
 #[test]
 fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
-    let (model, batches) = minilm_with_rte();
+    let (model, batches) = common::minilm_with_rte();
     let spec = GridSpec::new(Bits::new(3).unwrap(), UniformKind::SymmetricGptq);
     let config = GptqConfig {
         grouping: qpeft::quant::layer::Grouping::Dynamic(128),
@@ -252,8 +221,10 @@ fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
             &mut encoder,
             &batches,
             StatsNeeded {
+                quantized: true,
                 mismatch: true,
                 r_xx: false,
+                abs_mean: false,
             },
             &mut solver,
         )
@@ -336,7 +307,7 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
             Ok(weight.to_owned())
         }
     }
-    let (model, batches) = minilm_with_rte();
+    let (model, batches) = common::minilm_with_rte();
     let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::SymmetricGptq);
     let mut compare = Compare {
         config: GptqConfig::new(spec),
@@ -350,8 +321,10 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
         &mut encoder,
         &batches,
         StatsNeeded {
+            quantized: true,
             mismatch: true,
             r_xx: false,
+            abs_mean: false,
         },
         &mut compare,
     )
@@ -374,7 +347,7 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
 #[test]
 fn staged_forward_equals_forward() {
     let model = tiny();
-    let batch = batch_of(
+    let batch = common::batch_of(
         &model,
         &[TextInput::pair(
             "Dogs run.",

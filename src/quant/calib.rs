@@ -37,6 +37,12 @@ pub trait ModuleSolver {
         weight: MatRef<'_, f64>,
         stats: &LayerStats,
     ) -> Result<Mat<f64>>;
+
+    /// Called once per group of modules that share `stats`, before their `solve` calls, so
+    /// that work depending only on the input (an activation scaling) is done once.
+    fn start_group(&mut self, _stats: &LayerStats) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Per-module outcome of calibration.
@@ -99,28 +105,31 @@ pub fn calibrate<B: Backend>(
         .iter()
         .map(|b| reference.embeddings.forward(b))
         .collect();
-    let mut h_q = h_f.clone();
+    // The quantized stream starts as the full-precision one; either may be skipped when no
+    // statistic reads it (§3 table), but one always runs.
+    let quantized_needed = needed.quantized_stream();
+    let full_precision_needed = needed.full_precision() || !quantized_needed;
+    let mut h_q = quantized_needed.then(|| h_f.clone());
     let modules: usize = GROUPS.iter().map(|g| g.len()).sum::<usize>() * encoder.layers.len();
     let progress = ProgressBar::new(modules as u64).with_style(
         ProgressStyle::with_template("{msg:40} {bar:30} {pos}/{len} [{elapsed}<{eta}]")
             .expect("valid template"),
     );
-    let full_precision_needed = needed.mismatch || needed.r_xx;
     let mut records = Vec::with_capacity(modules);
     for layer in 0..encoder.layers.len() {
         // Each stream advances one group at a time, so a group's input is computed once, after
         // the groups before it were quantized (true-sequential at the cost of one forward).
-        let mut q_stages: Vec<_> = h_q
-            .iter()
-            .map(|h| encoder.layers[layer].stages(h.clone()))
-            .collect();
-        let mut f_stages: Vec<_> = if full_precision_needed {
+        let mut q_stages: Option<Vec<_>> = h_q.as_ref().map(|states| {
+            states
+                .iter()
+                .map(|h| encoder.layers[layer].stages(h.clone()))
+                .collect()
+        });
+        let mut f_stages: Option<Vec<_>> = full_precision_needed.then(|| {
             h_f.iter()
                 .map(|h| reference.layers[layer].stages(h.clone()))
                 .collect()
-        } else {
-            Vec::new()
-        };
+        });
         for names in GROUPS.iter() {
             let width = {
                 let first = encoder.layers[layer]
@@ -129,16 +138,23 @@ pub fn calibrate<B: Backend>(
                 first.weight.dims()[0]
             };
             let mut acc = StatsAccumulator::new(width, needed);
-            for (i, stage) in q_stages.iter().enumerate() {
-                let x_q = tokens_of(stage.input().clone(), &masks[i])?;
-                if full_precision_needed {
-                    let x_f = tokens_of(f_stages[i].input().clone(), &masks[i])?;
-                    acc.add(x_q.as_ref(), x_f.as_ref());
-                } else {
-                    acc.add(x_q.as_ref(), x_q.as_ref());
+            for (i, mask) in masks.iter().enumerate() {
+                let x_q = q_stages
+                    .as_ref()
+                    .map(|stages| tokens_of(stages[i].input().clone(), mask))
+                    .transpose()?;
+                let x_f = f_stages
+                    .as_ref()
+                    .map(|stages| tokens_of(stages[i].input().clone(), mask))
+                    .transpose()?;
+                match (&x_q, &x_f) {
+                    (Some(q), Some(f)) => acc.add(q.as_ref(), f.as_ref()),
+                    (Some(x), None) | (None, Some(x)) => acc.add(x.as_ref(), x.as_ref()),
+                    (None, None) => unreachable!("one stream always runs"),
                 }
             }
             let stats = acc.finish();
+            solver.start_group(&stats)?;
             for suffix in names.iter() {
                 let name = format!("encoder.layer.{layer}.{suffix}");
                 progress.set_message(name.clone());
@@ -157,15 +173,19 @@ pub fn calibrate<B: Backend>(
                 progress.inc(1);
             }
             for (i, bias) in biases.iter().enumerate() {
-                q_stages[i].advance(&encoder.layers[layer], bias.clone());
-                if full_precision_needed {
-                    f_stages[i].advance(&reference.layers[layer], bias.clone());
+                if let Some(stages) = q_stages.as_mut() {
+                    stages[i].advance(&encoder.layers[layer], bias.clone());
+                }
+                if let Some(stages) = f_stages.as_mut() {
+                    stages[i].advance(&reference.layers[layer], bias.clone());
                 }
             }
         }
-        h_q = q_stages.iter().map(|s| s.input().clone()).collect();
-        if full_precision_needed {
-            h_f = f_stages.iter().map(|s| s.input().clone()).collect();
+        if let Some(stages) = q_stages {
+            h_q = Some(stages.iter().map(|s| s.input().clone()).collect());
+        }
+        if let Some(stages) = f_stages {
+            h_f = stages.iter().map(|s| s.input().clone()).collect();
         }
     }
     progress.finish_and_clear();

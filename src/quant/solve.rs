@@ -11,7 +11,6 @@ use super::coreq::{
     symmetric_objective,
 };
 use super::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
-use super::grid::Rounding;
 use super::layer::{Grouping, QuantizedLayer, rtn};
 use super::stats::{LayerStats, StatsNeeded};
 use crate::error::{Error, Result};
@@ -37,13 +36,18 @@ pub enum Method {
 }
 
 impl Method {
-    /// The statistics the method needs besides H.
+    /// The statistics the method reads.
     pub fn needs(self) -> StatsNeeded {
         match self {
-            Method::Rtn | Method::Gptq => StatsNeeded::default(),
+            Method::Rtn => StatsNeeded::default(),
+            Method::Gptq => StatsNeeded {
+                quantized: true,
+                ..StatsNeeded::default()
+            },
             Method::Gptaq { .. } | Method::Coreq { .. } | Method::Kcoreq { .. } => StatsNeeded {
+                quantized: true,
                 mismatch: true,
-                r_xx: false,
+                ..StatsNeeded::default()
             },
         }
     }
@@ -81,6 +85,74 @@ impl MethodSolver {
             layers: Vec::new(),
         }
     }
+
+    /// The method's statistics, and the quantized stream's H for the report, so every
+    /// method's output error is measured on the same inputs.
+    pub fn needs(&self) -> StatsNeeded {
+        self.method.needs().union(StatsNeeded {
+            quantized: true,
+            ..StatsNeeded::default()
+        })
+    }
+}
+
+/// Quantizes `weight` (`[out, in]`) with `method` on `stats`; returns the layer and, for
+/// CoreQ, the α it used. Any target can be passed as `weight` (SRR quantizes a residual).
+pub fn solve_layer(
+    method: Method,
+    config: &GptqConfig,
+    weight: MatRef<'_, f64>,
+    stats: &LayerStats,
+) -> Result<(QuantizedLayer, Option<f64>)> {
+    let d = || {
+        stats.d.as_ref().ok_or_else(|| {
+            Error::InvalidInput(format!("{method:?} needs the mismatch statistic D"))
+        })
+    };
+    Ok(match method {
+        Method::Rtn => {
+            // RTN has no processing order, so a dynamic group is a static one.
+            let grouping = match config.grouping {
+                Grouping::Dynamic(g) => Grouping::Static(g),
+                other => other,
+            };
+            (rtn(weight, &config.grid, grouping, config.rounding)?, None)
+        }
+        Method::Gptq => (gptq(weight, stats.h.as_ref(), config)?, None),
+        Method::Gptaq { alpha, flush } => {
+            let mismatch = Mismatch {
+                d: d()?.as_ref(),
+                alpha,
+                flush,
+            };
+            (gptaq(weight, stats.h.as_ref(), mismatch, config)?, None)
+        }
+        Method::Coreq { alpha: mode } => {
+            let config = CoreqConfig {
+                gptq: *config,
+                alpha: mode,
+            };
+            let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config)?;
+            (result.layer, Some(result.alpha))
+        }
+        Method::Kcoreq { alpha, beams } => {
+            let result = kcoreq(
+                weight,
+                stats.h.as_ref(),
+                d()?.as_ref(),
+                alpha,
+                config,
+                beams,
+            )?;
+            (result.layer, Some(alpha))
+        }
+    })
+}
+
+/// Relative output error ‖(Ŵ − W)X‖/‖WX‖ from a second moment `m` = XXᵀ/N.
+pub fn relative_error(w: MatRef<'_, f64>, w_hat: MatRef<'_, f64>, m: MatRef<'_, f64>) -> f64 {
+    let signal = frobenius_inner((w * m).as_ref(), w);
+    (symmetric_objective(w, w_hat, m) / signal).sqrt()
 }
 
 impl ModuleSolver for MethodSolver {
@@ -91,58 +163,12 @@ impl ModuleSolver for MethodSolver {
         stats: &LayerStats,
     ) -> Result<Mat<f64>> {
         let started = Instant::now();
-        let d = || {
-            stats.d.as_ref().ok_or_else(|| {
-                Error::InvalidInput(format!("{:?} needs the mismatch statistic D", self.method))
-            })
-        };
-        let mut alpha = None;
-        let layer = match self.method {
-            Method::Rtn => {
-                let grouping = match self.config.grouping {
-                    Grouping::Dynamic(g) => Grouping::Static(g),
-                    other => other,
-                };
-                rtn(weight, &self.config.grid, grouping, Rounding::Nearest)?
-            }
-            Method::Gptq => gptq(weight, stats.h.as_ref(), &self.config)?,
-            Method::Gptaq { alpha, flush } => {
-                let mismatch = Mismatch {
-                    d: d()?.as_ref(),
-                    alpha,
-                    flush,
-                };
-                gptaq(weight, stats.h.as_ref(), mismatch, &self.config)?
-            }
-            Method::Coreq { alpha: mode } => {
-                let config = CoreqConfig {
-                    gptq: self.config,
-                    alpha: mode,
-                };
-                let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config)?;
-                alpha = Some(result.alpha);
-                result.layer
-            }
-            Method::Kcoreq { alpha: a, beams } => {
-                alpha = Some(a);
-                kcoreq(
-                    weight,
-                    stats.h.as_ref(),
-                    d()?.as_ref(),
-                    a,
-                    &self.config,
-                    beams,
-                )?
-                .layer
-            }
-        };
+        let (layer, alpha) = solve_layer(self.method, &self.config, weight, stats)?;
         let q = layer.dequantized.as_ref();
-        let symmetric = symmetric_objective(weight, q, stats.h.as_ref());
-        let signal = frobenius_inner((weight * stats.h.as_ref()).as_ref(), weight);
         self.reports.push(ModuleReport {
             name: name.to_string(),
-            relative_output_error: (symmetric / signal).sqrt(),
-            symmetric_objective: symmetric,
+            relative_output_error: relative_error(weight, q, stats.h.as_ref()),
+            symmetric_objective: symmetric_objective(weight, q, stats.h.as_ref()),
             asymmetric_objective: stats
                 .d
                 .as_ref()

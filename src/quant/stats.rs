@@ -1,19 +1,55 @@
 //! Calibration statistics (ALGORITHMS.md §0, §3.1), accumulated in f64 from token batches:
-//! H = X_q X_qᵀ/N, D = (X_f − X_q) X_qᵀ/N, R_xx = X_f X_fᵀ/N, G = H + D.
+//! H = X_q X_qᵀ/N, D = (X_f − X_q) X_qᵀ/N, R_xx = X_f X_fᵀ/N, G = H + D, and LQER's
+//! per-feature mean |x_f| (§11.4).
 //!
 //! Batches arrive token-major, `[tokens, n]` (one token per row), so the products are
 //! `XᵀX`-shaped; padded positions must already be removed (§3.3).
 
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 /// Which statistics a solver needs (§3 table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsNeeded {
+    /// H of the partly quantized stream (every PTQ solver but RTN). Without it only the
+    /// full-precision stream runs, and H is that stream's second moment, i.e. R_xx.
+    pub quantized: bool,
     /// D = ΔX X_qᵀ/N (GPTAQ, CoreQ, ResComp, Qronos).
     pub mismatch: bool,
     /// R_xx of the full-precision inputs (QERA-exact, SRR, LQ-LoRA).
     pub r_xx: bool,
+    /// Per-feature mean |x_f| and the maximum of its per-batch values (LQER, §11.4).
+    pub abs_mean: bool,
+}
+
+impl StatsNeeded {
+    /// Whether anything is read from the full-precision stream.
+    pub fn full_precision(self) -> bool {
+        self.mismatch || self.r_xx || self.abs_mean
+    }
+
+    /// Whether the partly quantized stream must run.
+    pub fn quantized_stream(self) -> bool {
+        self.quantized || self.mismatch
+    }
+
+    /// Everything either side needs.
+    pub fn union(self, other: StatsNeeded) -> StatsNeeded {
+        StatsNeeded {
+            quantized: self.quantized || other.quantized,
+            mismatch: self.mismatch || other.mismatch,
+            r_xx: self.r_xx || other.r_xx,
+            abs_mean: self.abs_mean || other.abs_mean,
+        }
+    }
+}
+
+/// Per-feature |x_f| sums: over all tokens, and the largest per-batch mean seen.
+#[derive(Debug, Clone)]
+struct AbsMeans {
+    sum: Vec<f64>,
+    batch_max: Vec<f64>,
 }
 
 /// Streaming sums for one module input of width n.
@@ -22,6 +58,9 @@ pub struct StatsAccumulator {
     h: Mat<f64>,
     d: Option<Mat<f64>>,
     r_xx: Option<Mat<f64>>,
+    abs: Option<AbsMeans>,
+    /// One stream only: H is R_xx, accumulated once.
+    single_stream: bool,
     tokens: usize,
 }
 
@@ -31,6 +70,10 @@ pub struct LayerStats {
     pub h: Mat<f64>,
     pub d: Option<Mat<f64>>,
     pub r_xx: Option<Mat<f64>>,
+    /// Mean over tokens of |x_f,i|.
+    pub abs_mean: Option<Vec<f64>>,
+    /// The maximum over batches of the batch mean of |x_f,i| (QERA's LQER code).
+    pub abs_mean_batch_max: Option<Vec<f64>>,
     pub tokens: usize,
 }
 
@@ -41,18 +84,45 @@ impl LayerStats {
     }
 }
 
+/// `lower(acc) += lower(XᵀX)`: Gram matrices are symmetric, so half the product suffices.
+fn add_gram_lower(acc: faer::MatMut<'_, f64>, x: MatRef<'_, f64>, par: Par) {
+    triangular::matmul(
+        acc,
+        BlockStructure::TriangularLower,
+        Accum::Add,
+        x.transpose(),
+        BlockStructure::Rectangular,
+        x,
+        BlockStructure::Rectangular,
+        1.0,
+        par,
+    );
+}
+
+fn symmetric_from_lower(lower: &Mat<f64>) -> Mat<f64> {
+    Mat::from_fn(lower.nrows(), lower.ncols(), |i, j| {
+        if i >= j { lower[(i, j)] } else { lower[(j, i)] }
+    })
+}
+
 impl StatsAccumulator {
     pub fn new(n: usize, needed: StatsNeeded) -> Self {
         StatsAccumulator {
             h: Mat::zeros(n, n),
             d: needed.mismatch.then(|| Mat::zeros(n, n)),
-            r_xx: needed.r_xx.then(|| Mat::zeros(n, n)),
+            r_xx: (needed.r_xx && needed.quantized_stream()).then(|| Mat::zeros(n, n)),
+            single_stream: !needed.quantized_stream(),
+            abs: needed.abs_mean.then(|| AbsMeans {
+                sum: vec![0.0; n],
+                batch_max: vec![0.0; n],
+            }),
             tokens: 0,
         }
     }
 
     /// Adds a batch: `x_q` and `x_f` are `[tokens, n]`, the same tokens through the partly
-    /// quantized and the full-precision model.
+    /// quantized and the full-precision model (the same matrix when only the full-precision
+    /// stream runs).
     pub fn add(&mut self, x_q: MatRef<'_, f64>, x_f: MatRef<'_, f64>) {
         assert_eq!(
             (x_q.nrows(), x_q.ncols()),
@@ -66,14 +136,23 @@ impl StatsAccumulator {
         );
         let par = Par::rayon(0);
         // Hs += X_qᵀ X_q (in the spec's column-per-token notation: X_q X_qᵀ).
-        matmul(self.h.as_mut(), Accum::Add, x_q.transpose(), x_q, 1.0, par);
+        add_gram_lower(self.h.as_mut(), x_q, par);
         if let Some(d) = self.d.as_mut() {
             let delta = x_f - x_q;
             // Ds += ΔXᵀ X_q, i.e. D[i, j] = ⟨Δx_i, x_q,j⟩.
             matmul(d.as_mut(), Accum::Add, delta.transpose(), x_q, 1.0, par);
         }
         if let Some(r) = self.r_xx.as_mut() {
-            matmul(r.as_mut(), Accum::Add, x_f.transpose(), x_f, 1.0, par);
+            add_gram_lower(r.as_mut(), x_f, par);
+        }
+        if let Some(abs) = self.abs.as_mut()
+            && x_f.nrows() > 0
+        {
+            for j in 0..x_f.ncols() {
+                let batch: f64 = x_f.col(j).iter().map(|v| v.abs()).sum();
+                abs.sum[j] += batch;
+                abs.batch_max[j] = abs.batch_max[j].max(batch / x_f.nrows() as f64);
+            }
         }
         self.tokens += x_q.nrows();
     }
@@ -83,11 +162,27 @@ impl StatsAccumulator {
     }
 
     pub fn finish(self) -> LayerStats {
-        let scale = faer::Scale(1.0 / self.tokens.max(1) as f64);
+        let inverse = 1.0 / self.tokens.max(1) as f64;
+        let scale = faer::Scale(inverse);
+        let h = symmetric_from_lower(&self.h) * scale;
+        let r_xx = match self.r_xx {
+            Some(r) => Some(symmetric_from_lower(&r) * scale),
+            None if self.single_stream => Some(h.clone()),
+            None => None,
+        };
+        let (abs_mean, abs_mean_batch_max) = match self.abs {
+            Some(abs) => (
+                Some(abs.sum.iter().map(|s| s * inverse).collect()),
+                Some(abs.batch_max),
+            ),
+            None => (None, None),
+        };
         LayerStats {
-            h: &self.h * scale,
+            h,
             d: self.d.map(|d| d * scale),
-            r_xx: self.r_xx.map(|r| r * scale),
+            r_xx,
+            abs_mean,
+            abs_mean_batch_max,
             tokens: self.tokens,
         }
     }
@@ -104,8 +199,10 @@ mod tests {
         let x_q = Mat::from_fn(50, 4, |t, j| ((t * 7 + j * 3) as f64 * 0.21).sin());
         let x_f = Mat::from_fn(50, 4, |t, j| x_q[(t, j)] + 0.1 * ((t + j) as f64).cos());
         let needed = StatsNeeded {
+            quantized: true,
             mismatch: true,
             r_xx: true,
+            abs_mean: true,
         };
         let mut one = StatsAccumulator::new(4, needed);
         one.add(x_q.as_ref(), x_f.as_ref());
@@ -114,6 +211,14 @@ mod tests {
         split.add(x_q.subrows(17, 33), x_f.subrows(17, 33));
         let (a, b) = (one.finish(), split.finish());
         assert_eq!(b.tokens, 50);
+        let mean_abs_0 = x_f.col(0).iter().map(|v| v.abs()).sum::<f64>() / 50.0;
+        assert!((b.abs_mean.as_ref().unwrap()[0] - mean_abs_0).abs() < 1e-15);
+        let first_batch = x_f.col(0).iter().take(17).map(|v| v.abs()).sum::<f64>() / 17.0;
+        let second_batch = x_f.col(0).iter().skip(17).map(|v| v.abs()).sum::<f64>() / 33.0;
+        assert_eq!(
+            b.abs_mean_batch_max.as_ref().unwrap()[0],
+            first_batch.max(second_batch)
+        );
         let g = a.g().unwrap();
         let expected_g = x_f.transpose() * &x_q * faer::Scale(1.0 / 50.0);
         for i in 0..4 {

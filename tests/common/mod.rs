@@ -136,3 +136,46 @@ pub fn toy_layer(seed: u64, (m, n, tokens): (usize, usize, usize), noise: ToyNoi
     let d = (&xf - &xq) * xq.transpose() * scale;
     ToyLayer { w, h, d }
 }
+
+/// Burn batches of `texts`, tokenized by `model`'s tokenizer.
+pub fn batch_of(
+    model: &qpeft::model::PretrainedModel,
+    texts: &[qpeft::model::TextInput],
+    max_length: usize,
+) -> qpeft::model::EncoderInput<qpeft::device::CpuBackend> {
+    let encoded = model
+        .tokenizer(max_length)
+        .unwrap()
+        .encode_batch(texts)
+        .unwrap();
+    qpeft::model::encoder_input(&encoded, &Default::default())
+}
+
+/// all-MiniLM-L6-v2 and calibration batches of 32 real RTE training pairs.
+pub fn minilm_with_rte() -> (
+    qpeft::model::PretrainedModel,
+    Vec<qpeft::model::EncoderInput<qpeft::device::CpuBackend>>,
+) {
+    use qpeft::model::{DEFAULT_MODEL, HubOptions, PretrainedModel, TextInput, resolve_model};
+    let files =
+        resolve_model(DEFAULT_MODEL, &HubOptions::from_env()).expect("default model (make model)");
+    let model = PretrainedModel::open(files).unwrap();
+    let rte = qpeft::data::load(
+        &glue_dir(),
+        qpeft::data::Task::Rte,
+        qpeft::data::Split::Train,
+    )
+    .unwrap();
+    let texts: Vec<TextInput> = rte.examples[..32]
+        .iter()
+        .map(|e| TextInput {
+            first: e.text_a.clone(),
+            second: e.text_b.clone(),
+        })
+        .collect();
+    let batches = texts
+        .chunks(16)
+        .map(|chunk| batch_of(&model, chunk, 128))
+        .collect();
+    (model, batches)
+}
