@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod quant;
+pub mod reconstruct;
 pub mod seed;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 
 mod data;
 mod embed;
+mod init;
 mod model;
 mod predict;
 mod quantize;
@@ -32,6 +33,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Quantize every encoder linear layer (post-training, with calibration).
     Quantize(quantize::QuantizeArgs),
+    /// Quantize every encoder linear layer and initialize its low-rank adapters (QLoRA,
+    /// LoftQ, ZeroQuant-V2, LQER, QERA, LQ-LoRA, SRR).
+    Init(init::InitArgs),
 }
 
 /// `--model`, shared by every command that loads one.
@@ -63,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(command) => data::run(command),
         Command::Predict(args) => predict::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Init(args) => init::run(args),
     }
 }

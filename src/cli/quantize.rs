@@ -10,14 +10,15 @@ use clap::ValueEnum;
 use qpeft::data::{Split, Task, load};
 use qpeft::device::BackendTask;
 use qpeft::model::{PretrainedModel, TextInput, encoder_input};
-use qpeft::quant::calib::calibrate;
+use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::checkpoint::{FORMAT_VERSION, QuantMetadata, write_quantized_model};
 use qpeft::quant::coreq::AlphaMode;
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
-use qpeft::quant::grid::{Bits, GridSpec, MseSearch, UniformKind};
-use qpeft::quant::layer::Grouping;
+use qpeft::quant::grid::{Bits, GridSpec, MseSearch, Rounding, UniformKind};
+use qpeft::quant::layer::{Grouping, QuantizedLayer};
 use qpeft::quant::solve::{Method, MethodSolver};
-use qpeft::seed::substream_rng;
+use qpeft::quant::stats::StatsNeeded;
+use qpeft::seed::{substream_rng, substream_seed};
 use rand::seq::SliceRandom;
 use serde_json::json;
 
@@ -45,18 +46,18 @@ pub enum GridArg {
     Mxint,
 }
 
+/// The base quantizer's settings, shared by `quantize` and `init`.
 #[derive(clap::Args, Debug)]
-pub struct QuantizeArgs {
-    #[arg(long)]
-    pub method: MethodArg,
+pub struct QuantizerArgs {
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
-    /// Grid (default: the method's reference grid: asym for rtn/gptq, quarot for gptaq, sym for coreq).
+    /// Grid (default: the method's reference grid: asym for rtn/gptq, quarot for gptaq, sym for
+    /// coreq/kcoreq; `init` defaults to mxint).
     #[arg(long)]
     pub grid: Option<GridArg>,
-    /// Group size along the input dimension; 0 for one grid per row.
-    #[arg(long, default_value_t = 0)]
-    pub group: usize,
+    /// Group size along the input dimension; 0 for one grid per row (`init` defaults to 32).
+    #[arg(long)]
+    pub group: Option<usize>,
     /// Fit all group grids up front on the original weights.
     #[arg(long)]
     pub static_groups: bool,
@@ -66,6 +67,9 @@ pub struct QuantizeArgs {
     /// MSE clipping search for the grids (|e|^2.4).
     #[arg(long)]
     pub mse: bool,
+    /// Unbiased stochastic rounding, seeded by --seed (stochastic OPTQ with gptq, §9).
+    #[arg(long)]
+    pub stochastic: bool,
     /// α: GPTAQ's mismatch weight (default 0.25); CoreQ's fixed α (default: alternate from
     /// 0.25); K-CoreQ's α (default 0.25).
     #[arg(long)]
@@ -73,6 +77,83 @@ pub struct QuantizeArgs {
     /// K-CoreQ's beam width K.
     #[arg(long, default_value_t = 4)]
     pub beams: usize,
+}
+
+/// A fully resolved base quantizer.
+pub struct Quantizer {
+    pub method: Method,
+    pub config: GptqConfig,
+    pub kind: UniformKind,
+    pub group: usize,
+}
+
+impl QuantizerArgs {
+    /// The method and its configuration; `default_grid` and `default_group` fill what the
+    /// command line left out.
+    pub fn resolve(
+        &self,
+        method: MethodArg,
+        default_grid: GridArg,
+        default_group: usize,
+        seed: u64,
+    ) -> anyhow::Result<Quantizer> {
+        let bits = Bits::new(self.bits)?;
+        let kind = match self.grid.unwrap_or(default_grid) {
+            GridArg::Asym => UniformKind::Asymmetric,
+            GridArg::Sym => UniformKind::SymmetricGptq,
+            GridArg::Quarot => UniformKind::SymmetricQuarot,
+            GridArg::Mxint => UniformKind::MxInt,
+        };
+        let method = match method {
+            MethodArg::Rtn => Method::Rtn,
+            MethodArg::Gptq => Method::Gptq,
+            MethodArg::Gptaq => Method::Gptaq {
+                alpha: self.alpha.unwrap_or(0.25),
+                flush: GptaqFlush::Snapshot,
+            },
+            MethodArg::Coreq => Method::Coreq {
+                alpha: self
+                    .alpha
+                    .map_or(AlphaMode::Alternate { initial: 0.25 }, AlphaMode::Fixed),
+            },
+            MethodArg::Kcoreq => Method::Kcoreq {
+                alpha: self.alpha.unwrap_or(0.25),
+                beams: self.beams,
+            },
+        };
+        let grid = GridSpec {
+            mse: self.mse.then(MseSearch::default),
+            ..GridSpec::new(bits, kind)
+        };
+        let group = self.group.unwrap_or(default_group);
+        let config = GptqConfig {
+            grouping: match (group, self.static_groups) {
+                (0, _) => Grouping::PerRow,
+                (g, false) => Grouping::Dynamic(g),
+                (g, true) => Grouping::Static(g),
+            },
+            act_order: !self.no_act_order,
+            rounding: if self.stochastic {
+                Rounding::Stochastic {
+                    seed: substream_seed(seed, "stochastic-rounding"),
+                }
+            } else {
+                Rounding::Nearest
+            },
+            ..GptqConfig::new(grid)
+        };
+        Ok(Quantizer {
+            method,
+            config,
+            kind,
+            group,
+        })
+    }
+}
+
+/// The calibration set, shared by `quantize` and `init`.
+#[derive(clap::Args, Debug)]
+pub struct CalibArgs {
     /// Calibration text: a GLUE task's training sentences, or a file with one text per line.
     #[arg(long, default_value = "rte")]
     pub calib: String,
@@ -84,6 +165,28 @@ pub struct QuantizeArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+impl CalibArgs {
+    /// How the header describes the calibration.
+    pub fn describe(&self, texts: usize) -> String {
+        format!(
+            "{} ({texts} texts, max length {}, seed {})",
+            self.calib, self.max_length, self.seed
+        )
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuantizeArgs {
+    #[arg(long)]
+    pub method: MethodArg,
+    #[command(flatten)]
+    pub quantizer: QuantizerArgs,
+    #[command(flatten)]
+    pub calib: CalibArgs,
     /// Output directory for the quantized model and report.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -91,11 +194,11 @@ pub struct QuantizeArgs {
     pub model: ModelArg,
     #[command(flatten)]
     pub device: DeviceArg,
-    #[command(flatten)]
-    pub data: DataDirArg,
 }
 
-fn calibration_texts(args: &QuantizeArgs) -> anyhow::Result<Vec<TextInput>> {
+/// `--calib` as texts: a file's lines or a GLUE task's training pairs, shuffled by the seed
+/// and truncated to `--calib-samples`.
+pub fn calibration_texts(args: &CalibArgs) -> anyhow::Result<Vec<TextInput>> {
     let path = Path::new(&args.calib);
     let mut texts: Vec<TextInput> = if path.is_file() {
         std::fs::read_to_string(path)
@@ -131,81 +234,43 @@ fn calibration_texts(args: &QuantizeArgs) -> anyhow::Result<Vec<TextInput>> {
 }
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
-    let bits = Bits::new(args.bits)?;
-    let kind = match args.grid.unwrap_or(match args.method {
+    let default_grid = match args.method {
         MethodArg::Rtn | MethodArg::Gptq => GridArg::Asym,
         MethodArg::Gptaq => GridArg::Quarot,
         MethodArg::Coreq | MethodArg::Kcoreq => GridArg::Sym,
-    }) {
-        GridArg::Asym => UniformKind::Asymmetric,
-        GridArg::Sym => UniformKind::SymmetricGptq,
-        GridArg::Quarot => UniformKind::SymmetricQuarot,
-        GridArg::Mxint => UniformKind::MxInt,
     };
-    let method = match args.method {
-        MethodArg::Rtn => Method::Rtn,
-        MethodArg::Gptq => Method::Gptq,
-        MethodArg::Gptaq => Method::Gptaq {
-            alpha: args.alpha.unwrap_or(0.25),
-            flush: GptaqFlush::Snapshot,
-        },
-        MethodArg::Coreq => Method::Coreq {
-            alpha: args
-                .alpha
-                .map_or(AlphaMode::Alternate { initial: 0.25 }, AlphaMode::Fixed),
-        },
-        MethodArg::Kcoreq => Method::Kcoreq {
-            alpha: args.alpha.unwrap_or(0.25),
-            beams: args.beams,
-        },
-    };
-    let grid = GridSpec {
-        mse: args.mse.then(MseSearch::default),
-        ..GridSpec::new(bits, kind)
-    };
-    let config = GptqConfig {
-        grouping: match (args.group, args.static_groups) {
-            (0, _) => Grouping::PerRow,
-            (g, false) => Grouping::Dynamic(g),
-            (g, true) => Grouping::Static(g),
-        },
-        act_order: !args.no_act_order,
-        ..GptqConfig::new(grid)
-    };
+    let Quantizer {
+        method,
+        config,
+        kind,
+        group,
+    } = args
+        .quantizer
+        .resolve(args.method, default_grid, 0, args.calib.seed)?;
     let pretrained = PretrainedModel::open(args.model.resolve()?)
         .with_context(|| format!("loading model '{}'", args.model.model))?;
-    let texts = calibration_texts(&args)?;
+    let texts = calibration_texts(&args.calib)?;
     let started = Instant::now();
-    let solver = args.device.device.run(Quantize {
+    let mut solver = MethodSolver::new(method, config);
+    args.device.device.run(Calibrate {
         pretrained: &pretrained,
         texts: &texts,
-        args: &args,
-        solver: MethodSolver::new(method, config),
+        calib: &args.calib,
+        needs: solver.needs(),
+        solver: &mut solver,
     })??;
     let seconds = started.elapsed().as_secs_f64();
     let meta = QuantMetadata {
         format_version: FORMAT_VERSION,
         method: format!("{method:?}"),
-        bits: args.bits,
+        bits: args.quantizer.bits,
         grid: format!("{kind:?}"),
-        group: args.group,
-        calibration: format!(
-            "{} ({} texts, max length {}, seed {})",
-            args.calib,
-            texts.len(),
-            args.max_length,
-            args.seed
-        ),
+        group,
+        calibration: args.calib.describe(texts.len()),
         qpeft_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let path = write_quantized_model(&args.out, &pretrained, &solver.layers, &meta)?;
-    let (mut bits_total, mut weights) = (0usize, 0usize);
-    for (_, layer) in &solver.layers {
-        let row_bytes = (layer.cols * usize::from(args.bits)).div_ceil(8);
-        bits_total += layer.rows * row_bytes * 8 + 64 * layer.rows * layer.groups + 32 * layer.cols;
-        weights += layer.rows * layer.cols;
-    }
-    let bpw = bits_total as f64 / weights as f64;
+    let path = write_quantized_model(&args.out, &pretrained, &solver.layers, &meta, &[], &[])?;
+    let bpw = bits_per_weight(solver.layers.iter().map(|(_, l)| l), args.quantizer.bits);
     let mean_error = solver
         .reports
         .iter()
@@ -235,33 +300,47 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", report_path.display()))?;
     println!(
         "{method:?} {}-bit {kind:?}: {} modules, mean relative output error {mean_error:.4}, {bpw:.3} bits/weight, {seconds:.1} s",
-        args.bits,
+        args.quantizer.bits,
         solver.reports.len()
     );
     println!("wrote {} and {}", path.display(), report_path.display());
     Ok(())
 }
 
-struct Quantize<'a> {
-    pretrained: &'a PretrainedModel,
-    texts: &'a [TextInput],
-    args: &'a QuantizeArgs,
-    solver: MethodSolver,
+/// Bits per weight of packed layers, counting the stored metadata: f32 scale and zero per
+/// group and row, an i32 group index per column.
+pub fn bits_per_weight<'a>(layers: impl Iterator<Item = &'a QuantizedLayer>, bits: u8) -> f64 {
+    let (mut stored, mut weights) = (0usize, 0usize);
+    for layer in layers {
+        let row_bytes = (layer.cols * usize::from(bits)).div_ceil(8);
+        stored += layer.rows * row_bytes * 8 + 64 * layer.rows * layer.groups + 32 * layer.cols;
+        weights += layer.rows * layer.cols;
+    }
+    stored as f64 / weights.max(1) as f64
 }
 
-impl BackendTask for Quantize<'_> {
-    type Output = anyhow::Result<MethodSolver>;
+/// Tokenizes the calibration texts and runs two-stream calibration with `solver` on the
+/// chosen backend.
+pub struct Calibrate<'a, S: ModuleSolver> {
+    pub pretrained: &'a PretrainedModel,
+    pub texts: &'a [TextInput],
+    pub calib: &'a CalibArgs,
+    pub needs: StatsNeeded,
+    pub solver: &'a mut S,
+}
 
-    fn run<B: Backend>(mut self, device: B::Device) -> Self::Output {
-        let tokenizer = self.pretrained.tokenizer(self.args.max_length)?;
+impl<S: ModuleSolver> BackendTask for Calibrate<'_, S> {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let tokenizer = self.pretrained.tokenizer(self.calib.max_length)?;
         let batches = self
             .texts
-            .chunks(self.args.batch_size.max(1))
+            .chunks(self.calib.batch_size.max(1))
             .map(|chunk| Ok(encoder_input::<B>(&tokenizer.encode_batch(chunk)?, &device)))
             .collect::<qpeft::Result<Vec<_>>>()?;
         let mut encoder = self.pretrained.encoder::<B>(&device)?;
-        let needs = self.solver.method.needs();
-        calibrate(&mut encoder, &batches, needs, &mut self.solver)?;
-        Ok(self.solver)
+        calibrate(&mut encoder, &batches, self.needs, self.solver)?;
+        Ok(())
     }
 }

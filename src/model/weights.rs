@@ -14,6 +14,7 @@ use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use crate::error::{Error, Result};
 use crate::quant::checkpoint::{METADATA_KEY, QuantMetadata, dequantize_packed};
 use crate::quant::grid::Bits;
+use crate::reconstruct::checkpoint::{ADAPTER_METADATA_KEY, AdapterMetadata};
 
 /// A safetensors file held in memory, with its header parsed once.
 pub struct WeightFile {
@@ -21,8 +22,10 @@ pub struct WeightFile {
     bytes: Vec<u8>,
     data_start: usize,
     metadata: Metadata,
-    /// Present in files written by `qpeft quantize`.
+    /// Present in files written by `qpeft quantize` and `qpeft init`.
     quantization: Option<QuantMetadata>,
+    /// Present in files written by `qpeft init`.
+    adapters: Option<AdapterMetadata>,
 }
 
 impl WeightFile {
@@ -33,20 +36,20 @@ impl WeightFile {
                 path: path.to_path_buf(),
                 message: format!("not a valid safetensors file: {e}"),
             })?;
-        let quantization = match metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(METADATA_KEY))
-        {
-            Some(json) => Some(QuantMetadata::parse(json, path)?),
-            None => None,
-        };
+        let entry = |key: &str| metadata.metadata().as_ref().and_then(|m| m.get(key));
+        let quantization = entry(METADATA_KEY)
+            .map(|json| QuantMetadata::parse(json, path))
+            .transpose()?;
+        let adapters = entry(ADAPTER_METADATA_KEY)
+            .map(|json| AdapterMetadata::parse(json, path))
+            .transpose()?;
         Ok(WeightFile {
             path: path.to_path_buf(),
             bytes,
             data_start: 8 + header_len,
             metadata,
             quantization,
+            adapters,
         })
     }
 
@@ -61,6 +64,11 @@ impl WeightFile {
     /// The quantization recorded in the header, for files written by `qpeft quantize`.
     pub fn quantization(&self) -> Option<&QuantMetadata> {
         self.quantization.as_ref()
+    }
+
+    /// The adapters recorded in the header, for files written by `qpeft init`.
+    pub fn adapters(&self) -> Option<&AdapterMetadata> {
+        self.adapters.as_ref()
     }
 
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
@@ -246,17 +254,45 @@ impl<'a> WeightScope<'a> {
 
     /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`, or quantized by
     /// `qpeft quantize` (dequantized here).
+    /// W += s·lora_B·lora_A: a layer of an init checkpoint read as a dense model is Q + L·R.
+    fn merge_adapter(
+        &self,
+        weight_out_in: &mut [f32],
+        adapters: &AdapterMetadata,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        let rank = adapters.rank;
+        let a = self.file.read_f32(&self.key("lora_A"), &[rank, d_in])?;
+        let b = self.file.read_f32(&self.key("lora_B"), &[d_out, rank])?;
+        let scale = adapters.scale();
+        for o in 0..d_out {
+            for i in 0..d_in {
+                let lr: f64 = (0..rank)
+                    .map(|j| f64::from(b[o * rank + j]) * f64::from(a[j * d_in + i]))
+                    .sum();
+                weight_out_in[o * d_in + i] += (scale * lr) as f32;
+            }
+        }
+        Ok(())
+    }
+
     pub fn linear<B: Backend>(
         &self,
         d_in: usize,
         d_out: usize,
         device: &B::Device,
     ) -> Result<Linear<B>> {
-        let weight_out_in = if !self.contains("weight") && self.contains("qcodes") {
+        let mut weight_out_in = if !self.contains("weight") && self.contains("qcodes") {
             self.dequantized_weight(d_in, d_out)?
         } else {
             self.file.read_f32(&self.key("weight"), &[d_out, d_in])?
         };
+        if let Some(adapters) = self.file.adapters()
+            && self.contains("lora_A")
+        {
+            self.merge_adapter(&mut weight_out_in, adapters, d_in, d_out)?;
+        }
         let weight_in_out = transpose(&weight_out_in, d_out, d_in);
         let weight = Tensor::from_data(TensorData::new(weight_in_out, [d_in, d_out]), device);
         let bias = self.tensor("bias", [d_out], device)?;

@@ -120,13 +120,24 @@ fn le_bytes<T: Copy>(values: &[T], to: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
     values.iter().flat_map(|&v| to(v)).collect()
 }
 
+/// An f32 tensor stored beside the quantized layers (the adapters of an init checkpoint).
+pub struct ExtraTensor {
+    /// HF name relative to the base model.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
 /// Writes `out/model.safetensors` (with `layers` quantized, HF names relative to the base
-/// model), `config.json` and `tokenizer.json` copied from `source`.
+/// model, plus `extras` and the `extra_metadata` header entries), `config.json` and
+/// `tokenizer.json` copied from `source`. The file appears only once complete.
 pub fn write_quantized_model(
     out: &Path,
     source: &PretrainedModel,
     layers: &[(String, QuantizedLayer)],
     meta: &QuantMetadata,
+    extras: &[ExtraTensor],
+    extra_metadata: &[(&str, String)],
 ) -> Result<PathBuf> {
     let bits = Bits::new(meta.bits)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -172,6 +183,14 @@ pub fn write_quantized_model(
             le_bytes(&packed.group_of_column, i32::to_le_bytes),
         ));
     }
+    for extra in extras {
+        buffers.push((
+            format!("{prefix}{}", extra.name),
+            Dtype::F32,
+            extra.shape.clone(),
+            le_bytes(&extra.values, f32::to_le_bytes),
+        ));
+    }
     let views = buffers
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -181,7 +200,12 @@ pub fn write_quantized_model(
         })
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
+    let mut metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
+    metadata.extend(
+        extra_metadata
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.clone())),
+    );
     let path = out.join("model.safetensors");
     let partial = out.join("model.safetensors.partial");
     safetensors::serialize_to_file(views, Some(metadata), &partial)

@@ -1,0 +1,9 @@
+//! Quantization-error reconstruction (ALGORITHMS.md §11): the initial Q + L·R of every target
+//! linear, from the PTQ quantizers of [`crate::quant`] and calibration statistics, written as
+//! the init checkpoint the trainer starts from. Numerics are pure functions on faer matrices.
+
+pub mod checkpoint;
+pub mod init;
+pub mod lowrank;
+pub mod scaling;
+pub mod solver;

@@ -1,0 +1,424 @@
+//! Quantization-error reconstruction (ALGORITHMS.md §10 "further derived checks", §11) on
+//! random layers and on real all-MiniLM-L6-v2 layers with R_xx from real RTE activations.
+
+mod common;
+
+use faer::{Mat, MatRef};
+use qpeft::device::CpuBackend;
+use qpeft::model::weights::linear_weight_out_in;
+use qpeft::quant::calib::{ModuleSolver, calibrate};
+use qpeft::quant::gptq::GptqConfig;
+use qpeft::quant::grid::{Bits, GridSpec, UniformKind};
+use qpeft::quant::layer::{Grouping, QuantizedLayer};
+use qpeft::quant::solve::{Method, solve_layer};
+use qpeft::quant::stats::{LayerStats, StatsNeeded};
+use qpeft::reconstruct::init::{InitConfig, Initializer, KRule, LayerInit, initialize};
+use qpeft::reconstruct::lowrank::{squared_norm, tail_fractions};
+use qpeft::reconstruct::scaling::{Scaling, ScalingKind};
+
+type B = CpuBackend;
+
+/// MXINT RTN with blocks of `group` (the protocol's quantizer).
+fn mxint(bits: u8, group: usize) -> GptqConfig {
+    GptqConfig {
+        grouping: Grouping::Static(group),
+        ..GptqConfig::new(GridSpec::new(Bits::new(bits).unwrap(), UniformKind::MxInt))
+    }
+}
+
+fn init(
+    name: &str,
+    w: MatRef<'_, f64>,
+    stats: &LayerStats,
+    quant: &GptqConfig,
+    init: Initializer,
+    rank: usize,
+) -> LayerInit {
+    let scaling = Scaling::from_stats(init.scaling(), stats).unwrap();
+    let mut quantize = |target: MatRef<'_, f64>| -> qpeft::Result<QuantizedLayer> {
+        Ok(solve_layer(Method::Rtn, quant, target, stats)?.0)
+    };
+    let config = InitConfig {
+        init,
+        rank,
+        split: None,
+        seed: 7,
+    };
+    initialize(name, w, &scaling, &mut quantize, &config).unwrap()
+}
+
+fn srr(rule: KRule) -> Initializer {
+    Initializer::Srr {
+        rule,
+        joint_refit: false,
+    }
+}
+
+/// ‖(W − Ŵ)S‖²_F with S = R_xx^{1/2}, as tr((W − Ŵ)R_xx(W − Ŵ)ᵀ).
+fn scaled_error_sq(w: MatRef<'_, f64>, w_hat: MatRef<'_, f64>, r_xx: MatRef<'_, f64>) -> f64 {
+    let e = w - w_hat;
+    let er = &e * r_xx;
+    (0..e.nrows())
+        .map(|i| (0..e.ncols()).map(|j| er[(i, j)] * e[(i, j)]).sum::<f64>())
+        .sum()
+}
+
+/// A random layer whose R_xx comes from `tokens` correlated inputs, and whose W has planted
+/// rank-`planted` structure of relative size `strength` on top of Gaussian noise.
+fn random_layer(
+    seed: u64,
+    (m, n, tokens): (usize, usize, usize),
+    planted: usize,
+    strength: f64,
+) -> (Mat<f64>, LayerStats) {
+    let mut rng = qpeft::seed::substream_rng(seed, "reconstruct-layer");
+    let mixing = common::normal_matrix(&mut rng, n, n);
+    let x = common::normal_matrix(&mut rng, tokens, n) * &mixing;
+    let r_xx = x.transpose() * &x * faer::Scale(1.0 / tokens as f64);
+    let noise = common::normal_matrix(&mut rng, m, n);
+    let left = common::normal_matrix(&mut rng, m, planted);
+    let right = common::normal_matrix(&mut rng, planted, n);
+    let w = noise + &left * &right * faer::Scale(strength);
+    let stats = LayerStats {
+        h: r_xx.clone(),
+        d: None,
+        r_xx: Some(r_xx),
+        abs_mean: None,
+        abs_mean_batch_max: None,
+        tokens,
+    };
+    (w, stats)
+}
+
+/// Keeps every weight and records each module's weight and statistics.
+#[derive(Default)]
+struct Recorder {
+    modules: Vec<(String, Mat<f64>, LayerStats)>,
+}
+
+impl ModuleSolver for Recorder {
+    fn solve(
+        &mut self,
+        name: &str,
+        weight: MatRef<'_, f64>,
+        stats: &LayerStats,
+    ) -> qpeft::Result<Mat<f64>> {
+        self.modules
+            .push((name.to_string(), weight.to_owned(), stats.clone()));
+        Ok(weight.to_owned())
+    }
+}
+
+/// The 12 target matrices of MiniLM's first and last layers with full-precision statistics
+/// over 32 real RTE pairs.
+fn minilm_modules() -> Vec<(String, Mat<f64>, LayerStats)> {
+    let (model, batches) = common::minilm_with_rte();
+    let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
+    let mut recorder = Recorder::default();
+    let needed = StatsNeeded {
+        r_xx: true,
+        abs_mean: true,
+        ..StatsNeeded::default()
+    };
+    calibrate(&mut encoder, &batches, needed, &mut recorder).unwrap();
+    assert_eq!(recorder.modules.len(), 36);
+    recorder
+        .modules
+        .into_iter()
+        .filter(|(name, _, _)| {
+            name.starts_with("encoder.layer.0.") || name.starts_with("encoder.layer.5.")
+        })
+        .collect()
+}
+
+fn assert_same_init(a: &LayerInit, b: &LayerInit, what: &str) {
+    assert_eq!(a.quantized.codes, b.quantized.codes, "{what}: same codes");
+    let (ab, bb) = (&a.l * &a.r, &b.l * &b.r);
+    let diff = common::max_abs_diff_mat(ab.as_ref(), bb.as_ref());
+    assert!(
+        diff <= 1e-12 * ab.norm_max().max(1.0),
+        "{what}: L·R differs by {diff:e}"
+    );
+}
+
+/// §10: SRR with k = 0 is QERA-exact and with k = r is LQ-LoRA (same Q, same L·R), on random
+/// and real layers.
+#[test]
+fn srr_ends_reproduce_qera_exact_and_lqlora() {
+    let quant = mxint(2, 32);
+    let (w, stats) = random_layer(1, (48, 64, 300), 0, 0.0);
+    let mut layers = vec![("random".to_string(), w, stats)];
+    layers.extend(minilm_modules().into_iter().take(6));
+    for (name, w, stats) in &layers {
+        let qera = init(name, w.as_ref(), stats, &quant, Initializer::QeraExact, 8);
+        let k0 = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(0)), 8);
+        assert_same_init(&qera, &k0, &format!("{name}: k = 0 vs qera-exact"));
+        let lqlora = init(name, w.as_ref(), stats, &quant, Initializer::Lqlora, 8);
+        let kr = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(8)), 8);
+        assert_same_init(&lqlora, &kr, &format!("{name}: k = r vs lqlora"));
+        assert_eq!(kr.k, 8);
+    }
+}
+
+/// §11.7's identity on real layers, for every k: ‖(W − Ŵ(k))S‖²_F = ‖E_kS‖²_F·ρ_{r−k}(E_kS),
+/// with E_k = W − P_k − Q_k and P_k the first k components; and the `exact` rule's error is
+/// the smallest of them, so never above k = 0 (QERA) or k = r (LQ-LoRA).
+#[test]
+fn per_k_identity_and_exact_rule_on_real_layers() {
+    let quant = mxint(2, 32);
+    let rank = 8;
+    let mut exact_wins = 0;
+    let modules = minilm_modules();
+    for (name, w, stats) in &modules {
+        let r_xx = stats.r_xx.as_ref().unwrap();
+        let scaling = Scaling::from_stats(ScalingKind::QeraExact, stats).unwrap();
+        let total = squared_norm(scaling.apply(w.as_ref()).as_ref());
+        let mut errors = Vec::new();
+        for k in 0..=rank {
+            let layer = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(k)), rank);
+            let preserved = layer.l.subcols(0, k) * layer.r.subrows(0, k);
+            let e_k = w - &layer.quantized.dequantized - preserved;
+            let e_k_s = scaling.apply(e_k.as_ref());
+            let sigma = e_k_s.singular_values().unwrap();
+            let rho = tail_fractions(&sigma, squared_norm(e_k_s.as_ref()))[rank - k];
+            let lhs = squared_norm(scaling.apply((w - layer.reconstructed()).as_ref()).as_ref());
+            let rhs = squared_norm(e_k_s.as_ref()) * rho;
+            assert!(
+                (lhs - rhs).abs() <= 1e-9 * total,
+                "{name} k = {k}: {lhs} vs {rhs}"
+            );
+            // The scaled error with the floored S agrees with the raw R_xx one.
+            let raw = scaled_error_sq(w.as_ref(), layer.reconstructed().as_ref(), r_xx.as_ref());
+            assert!((raw - lhs).abs() <= 1e-6 * total, "{name} k = {k}");
+            errors.push((lhs / total).sqrt());
+        }
+        let exact = init(name, w.as_ref(), stats, &quant, srr(KRule::Exact), rank);
+        let best = errors.iter().copied().fold(f64::INFINITY, f64::min);
+        for (k, e) in errors.iter().enumerate() {
+            assert!(
+                (exact.scaled_error_by_k[k] - e).abs() <= 1e-9,
+                "{name} k = {k}"
+            );
+        }
+        // The chosen k is the argmin of the exact rule's own errors, ties to the smallest k.
+        let by_k = &exact.scaled_error_by_k;
+        assert!(
+            by_k.iter()
+                .enumerate()
+                .all(|(k, &e)| e > by_k[exact.k] || k >= exact.k)
+        );
+        let exact_error = errors[exact.k];
+        assert!(exact_error <= best + 1e-9, "{name}");
+        assert!(
+            exact_error <= errors[0] + 1e-9 && exact_error <= errors[rank] + 1e-9,
+            "{name}"
+        );
+        exact_wins += usize::from(exact_error < errors[0].min(errors[rank]));
+        let probe = exact.probe_k.unwrap();
+        println!(
+            "{name}: k=0 {:.4}  k=r {:.4}  probe k*={probe} {:.4}  exact k={} {:.4}",
+            errors[0], errors[rank], errors[probe], exact.k, exact_error
+        );
+    }
+    println!(
+        "exact strictly below both ends on {exact_wins}/{}",
+        modules.len()
+    );
+}
+
+/// With planted low-rank structure the best split lies strictly inside 0..r: `exact` is
+/// strictly below both k = 0 and k = r.
+#[test]
+fn exact_rule_is_strictly_inside_on_planted_low_rank() {
+    let quant = mxint(2, 16);
+    for seed in 0..4 {
+        let (w, stats) = random_layer(seed, (64, 96, 400), 4, 1.5);
+        let exact = init("planted", w.as_ref(), &stats, &quant, srr(KRule::Exact), 12);
+        let errors = &exact.scaled_error_by_k;
+        assert!(exact.k > 0 && exact.k < 12, "seed {seed}: k = {}", exact.k);
+        assert!(errors[exact.k] < errors[0] && errors[exact.k] < errors[12]);
+        println!(
+            "seed {seed}: k=0 {:.4} k=r {:.4} exact k={} {:.4} probe k*={:?}",
+            errors[0], errors[12], exact.k, errors[exact.k], exact.probe_k
+        );
+    }
+}
+
+/// §10: the joint rank-r refit is never worse than the three-step reconstruction.
+#[test]
+fn joint_refit_is_never_worse() {
+    let quant = mxint(2, 32);
+    let (w, stats) = random_layer(3, (48, 64, 300), 3, 1.0);
+    let mut layers = vec![("random".to_string(), w, stats)];
+    layers.extend(minilm_modules().into_iter().take(6));
+    for (name, w, stats) in &layers {
+        let r_xx = stats.r_xx.as_ref().unwrap();
+        for k in [2, 5] {
+            let three = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(k)), 8);
+            let joint = Initializer::Srr {
+                rule: KRule::Fixed(k),
+                joint_refit: true,
+            };
+            let joint = init(name, w.as_ref(), stats, &quant, joint, 8);
+            assert_eq!(three.quantized.codes, joint.quantized.codes);
+            let e3 = scaled_error_sq(w.as_ref(), three.reconstructed().as_ref(), r_xx.as_ref());
+            let ej = scaled_error_sq(w.as_ref(), joint.reconstructed().as_ref(), r_xx.as_ref());
+            assert!(ej <= e3 * (1.0 + 1e-9), "{name} k = {k}: {ej} > {e3}");
+        }
+    }
+}
+
+/// §10: LoftQ with T = 1 is ZeroQuant-V2 up to the split; on real layers its error falls
+/// over the iterations.
+#[test]
+fn loftq_matches_zeroquant_at_one_iteration_and_improves_on_real_layers() {
+    let quant = mxint(2, 32);
+    let (w, stats) = random_layer(4, (40, 56, 200), 0, 0.0);
+    let one = init(
+        "r",
+        w.as_ref(),
+        &stats,
+        &quant,
+        Initializer::Loftq { iters: 1 },
+        8,
+    );
+    let zq = init("r", w.as_ref(), &stats, &quant, Initializer::ZeroquantV2, 8);
+    assert_same_init(&one, &zq, "LoftQ T = 1 vs ZeroQuant-V2");
+    for (name, w, stats) in minilm_modules() {
+        let loftq = init(
+            &name,
+            w.as_ref(),
+            &stats,
+            &quant,
+            Initializer::Loftq { iters: 5 },
+            8,
+        );
+        let e = &loftq.loftq_errors;
+        assert_eq!(e.len(), 5);
+        let reconstructed = squared_norm((&w - loftq.reconstructed()).as_ref()).sqrt()
+            / squared_norm(w.as_ref()).sqrt();
+        assert!((reconstructed - e[4]).abs() < 1e-12, "{name}");
+        assert!(e[4] < e[0], "{name}: {e:?}");
+        println!("{name}: LoftQ errors {e:.4?}");
+    }
+}
+
+/// The scalings of §11.4 on real statistics: QERA-approx is the diagonal of R_xx^{1/2}'s
+/// square, LQER is the mean |x|, and every method's k = 0 reconstruction beats Q alone.
+#[test]
+fn every_qer_scaling_reconstructs_below_the_quantization_error() {
+    let quant = mxint(2, 32);
+    for (name, w, stats) in minilm_modules().into_iter().take(6) {
+        let r_xx = stats.r_xx.as_ref().unwrap();
+        for method in [
+            Initializer::ZeroquantV2,
+            Initializer::Lqer { batch_max: false },
+            Initializer::Lqer { batch_max: true },
+            Initializer::QeraApprox,
+            Initializer::QeraExact,
+        ] {
+            let layer = init(&name, w.as_ref(), &stats, &quant, method, 8);
+            let q_only = scaled_error_sq(
+                w.as_ref(),
+                layer.quantized.dequantized.as_ref(),
+                r_xx.as_ref(),
+            );
+            let with_lr =
+                scaled_error_sq(w.as_ref(), layer.reconstructed().as_ref(), r_xx.as_ref());
+            assert!(with_lr < q_only, "{name} {method:?}");
+        }
+        // QERA-exact minimises the scaled error for its Q, so no other S does better there.
+        let exact = init(&name, w.as_ref(), &stats, &quant, Initializer::QeraExact, 8);
+        let approx = init(
+            &name,
+            w.as_ref(),
+            &stats,
+            &quant,
+            Initializer::QeraApprox,
+            8,
+        );
+        assert_eq!(exact.quantized.codes, approx.quantized.codes);
+        let e = scaled_error_sq(w.as_ref(), exact.reconstructed().as_ref(), r_xx.as_ref());
+        let a = scaled_error_sq(w.as_ref(), approx.reconstructed().as_ref(), r_xx.as_ref());
+        assert!(e <= a * (1.0 + 1e-6), "{name}: exact {e} vs approx {a}");
+    }
+}
+
+/// QLoRA starts at Ŵ = Q: L = 0 and R ~ Uniform(±1/√in), reproducible by seed.
+#[test]
+fn qlora_starts_at_the_quantized_weight() {
+    let quant = mxint(2, 32);
+    let (w, stats) = random_layer(5, (32, 64, 100), 0, 0.0);
+    let a = init("q", w.as_ref(), &stats, &quant, Initializer::Qlora, 8);
+    let b = init("q", w.as_ref(), &stats, &quant, Initializer::Qlora, 8);
+    assert_eq!(a.l.norm_max(), 0.0);
+    let bound = 1.0 / 8.0;
+    assert!(a.r.norm_max() < bound && a.r.norm_max() > 0.5 * bound);
+    assert_eq!(common::max_abs_diff_mat(a.r.as_ref(), b.r.as_ref()), 0.0);
+    assert_eq!(
+        common::max_abs_diff_mat(a.reconstructed().as_ref(), a.quantized.dequantized.as_ref()),
+        0.0
+    );
+}
+
+/// `qpeft init` on the tiny BERT writes a checkpoint whose layers load back, through the
+/// normal model path, as Q + s·lora_B·lora_A = Ŵ of the report, with its metadata.
+#[test]
+fn init_checkpoint_loads_back_as_q_plus_lr() {
+    let work = tempfile::tempdir().unwrap();
+    let calib = work.path().join("calib.txt");
+    std::fs::write(
+        &calib,
+        "The quick brown fox.\nA man is playing a guitar.\nIs this grammatical?\nDogs run in the field.\n",
+    )
+    .unwrap();
+    let out = work.path().join("init");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args([
+            "init", "--init", "srr", "--k-rule", "exact", "--bits", "2", "--rank", "4", "--model",
+        ])
+        .arg(common::fixture("tiny-bert"))
+        .arg("--calib")
+        .arg(&calib)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let options = qpeft::model::HubOptions {
+        cache_dir: out.join("none"),
+        offline: true,
+    };
+    let model = qpeft::model::PretrainedModel::open(
+        qpeft::model::resolve_model(out.to_str().unwrap(), &options).unwrap(),
+    )
+    .unwrap();
+    let adapters = model.weights.adapters().expect("adapter metadata").clone();
+    assert_eq!((adapters.rank, adapters.lora_alpha), (4, 16.0));
+    assert_eq!(adapters.layers.len(), 12);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let encoder = model.encoder::<B>(&Default::default()).unwrap();
+    let original = qpeft::model::PretrainedModel::open(
+        qpeft::model::resolve_model(common::fixture("tiny-bert").to_str().unwrap(), &options)
+            .unwrap(),
+    )
+    .unwrap();
+    let full = original.encoder::<B>(&Default::default()).unwrap();
+    for (i, module) in report["modules"].as_array().unwrap().iter().enumerate() {
+        let name = module["name"].as_str().unwrap();
+        let (w_hat, w) = (
+            linear_weight_out_in(encoder.linear(name).unwrap()).unwrap(),
+            linear_weight_out_in(full.linear(name).unwrap()).unwrap(),
+        );
+        let k = module["k"].as_u64().unwrap() as usize;
+        assert_eq!(adapters.layers[name].preserved, k, "{name}");
+        let unscaled =
+            squared_norm((&w - &w_hat).as_ref()).sqrt() / squared_norm(w.as_ref()).sqrt();
+        let reported = module["unscaled_error"].as_f64().unwrap();
+        assert!(
+            (unscaled - reported).abs() < 1e-5,
+            "{i} {name}: {unscaled} vs {reported}"
+        );
+    }
+}
