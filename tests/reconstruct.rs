@@ -422,3 +422,90 @@ fn init_checkpoint_loads_back_as_q_plus_lr() {
         );
     }
 }
+
+fn fixture_matrix(tensors: &safetensors::SafeTensors, name: &str) -> Mat<f64> {
+    let view = tensors.tensor(name).unwrap();
+    let (rows, cols) = (view.shape()[0], view.shape()[1]);
+    let values: Vec<f64> = view
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    Mat::from_fn(rows, cols, |r, c| values[r * cols + c])
+}
+
+/// Against a numpy transcription of §1.6, §11.3–§11.8 (`tests/fixtures/make_qer_fixtures.py`):
+/// the same Q, L·R and scaled error for every scaling, every SRR k at 2 and 3 bits and LoftQ,
+/// and the same probe k* for the same probe matrix.
+#[test]
+fn initializers_match_the_numpy_reference() {
+    let bytes = std::fs::read(common::fixture("qer/qer.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixture("qer/cases.json")).unwrap())
+            .unwrap();
+    let w = fixture_matrix(&tensors, "W");
+    let r_xx = fixture_matrix(&tensors, "R_xx");
+    let abs_mean = fixture_matrix(&tensors, "abs_mean");
+    let stats = LayerStats {
+        h: r_xx.clone(),
+        d: None,
+        r_xx: Some(r_xx),
+        abs_mean: Some(abs_mean.row(0).iter().copied().collect()),
+        abs_mean_batch_max: None,
+        tokens: 300,
+    };
+    let rank = spec["rank"].as_u64().unwrap() as usize;
+    let cases = spec["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 28);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let bits = case["bits"].as_u64().unwrap() as u8;
+        let k = case["k"].as_u64().unwrap() as usize;
+        let method = match case["init"].as_str().unwrap() {
+            "qera-exact" => Initializer::QeraExact,
+            "qera-approx" => Initializer::QeraApprox,
+            "lqer" => Initializer::Lqer { batch_max: false },
+            "zeroquant-v2" => Initializer::ZeroquantV2,
+            "loftq" => Initializer::Loftq { iters: 5 },
+            "srr" => srr(KRule::Fixed(k)),
+            other => panic!("unknown case {other}"),
+        };
+        let layer = init(name, w.as_ref(), &stats, &mxint(bits, 32), method, rank);
+        let q = fixture_matrix(&tensors, &format!("{name}/Q"));
+        let lr = fixture_matrix(&tensors, &format!("{name}/LR"));
+        let q_diff = common::max_abs_diff_mat(layer.quantized.dequantized.as_ref(), q.as_ref());
+        let lr_diff = common::max_abs_diff_mat((&layer.l * &layer.r).as_ref(), lr.as_ref());
+        assert_eq!(q_diff, 0.0, "{name}: Q");
+        assert!(lr_diff < 1e-10, "{name}: L·R differs by {lr_diff:e}");
+        if let Some(expected) = case["scaled_error"].as_f64() {
+            let scaling = Scaling::from_stats(ScalingKind::QeraExact, &stats).unwrap();
+            let ours = (squared_norm(
+                scaling
+                    .apply((&w - layer.reconstructed()).as_ref())
+                    .as_ref(),
+            ) / squared_norm(scaling.apply(w.as_ref()).as_ref()))
+            .sqrt();
+            if matches!(method, Initializer::Srr { .. } | Initializer::QeraExact) {
+                assert!(
+                    (ours - expected).abs() < 1e-10,
+                    "{name}: {ours} vs {expected}"
+                );
+            }
+        }
+    }
+    // The probe rule on the fixture's probe matrix.
+    let probe = fixture_matrix(&tensors, "probe");
+    let scaling = Scaling::from_stats(ScalingKind::QeraExact, &stats).unwrap();
+    let rho = |a: Mat<f64>| {
+        let sigma = qpeft::reconstruct::lowrank::truncated_svd(a.as_ref(), rank)
+            .unwrap()
+            .sigma;
+        tail_fractions(&sigma, squared_norm(a.as_ref()))
+    };
+    let k = qpeft::reconstruct::init::probe_rule(
+        &rho(scaling.apply(w.as_ref())),
+        &rho(scaling.apply(probe.as_ref())),
+    );
+    assert_eq!(k as u64, spec["probe_k"].as_u64().unwrap());
+}
