@@ -1,5 +1,5 @@
-//! GPTAQ and CoreQ on the §10 toy problem (m = 6, n = 12, N = 200, f64): the identities and
-//! orderings of ALGORITHMS.md §10 #3–#5.
+//! GPTAQ, ResComp, CoreQ and Qronos on the §10 toy problem (m = 6, n = 12, N = 200, f64): the
+//! identities and orderings of ALGORITHMS.md §10 #3–#6.
 
 mod common;
 
@@ -8,9 +8,11 @@ use faer::{Mat, Side};
 use qpeft::quant::coreq::{
     AlphaMode, CoreqConfig, asymmetric_objective, coreq, shifted_target, symmetric_objective,
 };
-use qpeft::quant::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
+use qpeft::quant::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq, gptq_on_grids_of};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns};
+use qpeft::quant::layer::fit_rows;
+use qpeft::quant::qronos::{QronosConfig, qronos};
 
 const M: usize = 6;
 const N: usize = 12;
@@ -45,6 +47,7 @@ fn gptaq_snapshot_flush_is_exact_and_the_other_flushes_are_live() {
                 d: t.d.as_ref(),
                 alpha: 0.25,
                 flush,
+                compensation: None,
             };
             gptaq(t.w.as_ref(), t.h.as_ref(), mismatch, &config).unwrap()
         };
@@ -88,6 +91,7 @@ fn gptaq_with_alpha_zero_is_gptq() {
         d: t.d.as_ref(),
         alpha: 0.0,
         flush: GptaqFlush::Snapshot,
+        compensation: None,
     };
     let zero = gptaq(t.w.as_ref(), t.h.as_ref(), mismatch, &config).unwrap();
     assert_eq!(plain.codes, zero.codes);
@@ -165,6 +169,7 @@ fn objectives_order_coreq_gptaq_gptq() {
             d: t.d.as_ref(),
             alpha: 1.0,
             flush: GptaqFlush::Snapshot,
+            compensation: None,
         };
         let gptaq_q = gptaq(t.w.as_ref(), t.h.as_ref(), mismatch, &config)
             .unwrap()
@@ -274,4 +279,181 @@ fn kcoreq_one_beam_is_greedy_and_more_beams_help() {
     );
     assert!(better_or_equal * 100 >= rows * 95);
     assert!(beam_total < greedy_total);
+}
+
+fn rescomp(t: &ToyLayer, block: usize, alpha2: f64, flush: GptaqFlush) -> Vec<u8> {
+    let config = GptqConfig {
+        block,
+        ..GptqConfig::new(spec(3))
+    };
+    let mismatch = Mismatch {
+        d: t.d.as_ref(),
+        alpha: 0.25,
+        flush,
+        compensation: Some(alpha2),
+    };
+    gptaq(t.w.as_ref(), t.h.as_ref(), mismatch, &config)
+        .unwrap()
+        .codes
+}
+
+/// ResComp (§6): α₂ = 0 is GPTAQ; with the snapshot flush blocked equals unblocked; the
+/// reference's `allw` (clamped) and `org` (quantized) flushes and α₂ itself change results.
+#[test]
+fn rescomp_reduces_to_gptaq_is_block_exact_and_its_modes_are_live() {
+    let mut changed = [0usize; 3];
+    for seed in 0..8 {
+        let t = toy_mixed(seed);
+        let config = GptqConfig {
+            block: 5,
+            ..GptqConfig::new(spec(3))
+        };
+        let mismatch = Mismatch {
+            d: t.d.as_ref(),
+            alpha: 0.25,
+            flush: GptaqFlush::Snapshot,
+            compensation: None,
+        };
+        let plain = gptaq(t.w.as_ref(), t.h.as_ref(), mismatch, &config).unwrap();
+        assert_eq!(
+            rescomp(&t, 5, 0.0, GptaqFlush::Snapshot),
+            plain.codes,
+            "seed {seed}"
+        );
+        let unblocked = rescomp(&t, 1, 0.25, GptaqFlush::Snapshot);
+        assert_eq!(
+            rescomp(&t, 5, 0.25, GptaqFlush::Snapshot),
+            unblocked,
+            "seed {seed}"
+        );
+        assert_eq!(rescomp(&t, 12, 0.25, GptaqFlush::Snapshot), unblocked);
+        changed[0] += usize::from(unblocked != plain.codes);
+        changed[1] += usize::from(rescomp(&t, 5, 0.25, GptaqFlush::ClampedSnapshot) != unblocked);
+        changed[2] += usize::from(rescomp(&t, 5, 0.25, GptaqFlush::Quantized) != unblocked);
+    }
+    println!("of 8 toys, changed by α₂ / allw / org: {changed:?}");
+    assert!(changed.iter().all(|&c| c > 0), "{changed:?}");
+}
+
+/// The naive Qronos of §10 #6 (λ = 0): round the corrected first column, then after every
+/// rounded column refit all later ones by exact least squares on the full-precision target.
+fn naive_qronos(t: &ToyLayer, bits: u8) -> Vec<u8> {
+    let (m, n) = (t.w.nrows(), t.w.ncols());
+    let g = &t.h + &t.d;
+    let grids = fit_rows(t.w.as_ref(), &spec(bits));
+    let mut q = Mat::<f64>::zeros(m, n);
+    let mut codes = vec![0u8; m * n];
+    // Step 1: c = (W·G[:,0] − W[:,1:]·H[1:,0]) / H_00.
+    let mut v = t.w.clone();
+    for r in 0..m {
+        let fp: f64 = (0..n).map(|i| t.w[(r, i)] * g[(i, 0)]).sum();
+        let held: f64 = (1..n).map(|i| t.w[(r, i)] * t.h[(i, 0)]).sum();
+        v[(r, 0)] = (fp - held) / t.h[(0, 0)];
+    }
+    for col in 0..n {
+        for r in 0..m {
+            let code = grids[r].code(v[(r, col)], Rounding::Nearest, 0);
+            codes[r * n + col] = code as u8;
+            q[(r, col)] = grids[r].dequantize(code);
+        }
+        if col + 1 == n {
+            break;
+        }
+        // V[:, >t] = (W·G[:, >t] − Q[:, ≤t]·H[≤t, >t])·H[>t, >t]⁻¹
+        let rest = n - col - 1;
+        let rhs = &t.w * g.subcols(col + 1, rest)
+            - q.subcols(0, col + 1) * t.h.submatrix(0, col + 1, col + 1, rest);
+        let llt =
+            t.h.submatrix(col + 1, col + 1, rest, rest)
+                .llt(Side::Lower)
+                .unwrap();
+        let refit = faer::linalg::solvers::Solve::solve(&llt, rhs.transpose().to_owned());
+        for r in 0..m {
+            for k in 0..rest {
+                v[(r, col + 1 + k)] = refit[(k, r)];
+            }
+        }
+    }
+    codes
+}
+
+/// §10 #6: Qronos (λ = 0) equals its naive form, and equals GPTQ on W_ref(1) on every row
+/// whose first rounding agrees.
+#[test]
+fn qronos_equals_its_naive_form_and_gptq_on_the_asymmetric_target() {
+    let mut agreeing_rows = 0;
+    for seed in 0..32 {
+        let t = toy_mixed(seed);
+        let gptq_config = GptqConfig {
+            act_order: false,
+            block: 4,
+            ..GptqConfig::new(spec(3))
+        };
+        let config = QronosConfig {
+            gptq: gptq_config,
+            lambda: Some(0.0),
+        };
+        let ours = qronos(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config).unwrap();
+        assert_eq!(ours.codes, naive_qronos(&t, 3), "seed {seed}");
+        // W_ref(1) = W(H + D)H⁻¹, rounded by GPTQ on W's grids without damping.
+        let w_ref = shifted_target(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), 1.0, 0.0).unwrap();
+        let undamped = GptqConfig {
+            percdamp: 0.0,
+            ..gptq_config
+        };
+        let on_target =
+            gptq_on_grids_of(w_ref.as_ref(), t.h.as_ref(), t.w.as_ref(), &undamped).unwrap();
+        for r in 0..M {
+            if ours.codes[r * N] == on_target.codes[r * N] {
+                agreeing_rows += 1;
+                assert_eq!(
+                    ours.codes[r * N..(r + 1) * N],
+                    on_target.codes[r * N..(r + 1) * N],
+                    "seed {seed} row {r}"
+                );
+            }
+        }
+    }
+    // q₁ = rnd(c) and GPTQ's first rounding of W_ref(1) agree on about one row in eight.
+    assert!(agreeing_rows >= 10, "{agreeing_rows} rows");
+    println!(
+        "rows whose q₁ agrees with GPTQ on W_ref(1): {agreeing_rows}/{}",
+        32 * M
+    );
+}
+
+/// The reference λ = 1e-6·σ_max(H) barely moves the λ = 0 result, and act-order runs.
+#[test]
+fn qronos_reference_damping_is_small() {
+    let t = toy_mixed(3);
+    let run = |lambda, act_order| {
+        let config = QronosConfig {
+            gptq: GptqConfig {
+                act_order,
+                ..GptqConfig::new(spec(4))
+            },
+            lambda,
+        };
+        qronos(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config).unwrap()
+    };
+    let exact = run(Some(0.0), true);
+    let reference = run(None, true);
+    let diff = max_abs_diff_mat(exact.dequantized.as_ref(), reference.dequantized.as_ref());
+    let changed = exact
+        .codes
+        .iter()
+        .zip(&reference.codes)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        changed <= 2,
+        "{changed} codes moved by λ = 1e-6·σ_max ({diff:e})"
+    );
+    let lam = qpeft::quant::qronos::largest_eigenvalue(t.h.as_ref());
+    let eigen = t.h.self_adjoint_eigenvalues(Side::Lower).unwrap();
+    assert!(
+        (lam - eigen[N - 1]).abs() < 1e-6 * lam,
+        "{lam} vs {}",
+        eigen[N - 1]
+    );
 }

@@ -30,8 +30,21 @@ pub enum MethodArg {
     Rtn,
     Gptq,
     Gptaq,
+    Rescomp,
     Coreq,
     Kcoreq,
+    Qronos,
+}
+
+/// ResComp's flush (§6 Choice).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RescompModeArg {
+    /// Snapshot flush without clamp: blocked equals unblocked (recommended).
+    Snapshot,
+    /// The reference's `allw`: snapshot clamped to the grid range (its 3-bit setting).
+    Allw,
+    /// The reference's `org`: the block's quantized values (its 2-bit setting).
+    Org,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -51,8 +64,8 @@ pub enum GridArg {
 pub struct QuantizerArgs {
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
-    /// Grid (default: the method's reference grid: asym for rtn/gptq, quarot for gptaq, sym for
-    /// coreq/kcoreq; `init` defaults to mxint).
+    /// Grid (default: the method's reference grid: asym for rtn/gptq/qronos, quarot for
+    /// gptaq/rescomp, sym for coreq/kcoreq; `init` defaults to mxint).
     #[arg(long)]
     pub grid: Option<GridArg>,
     /// Group size along the input dimension; 0 for one grid per row (`init` defaults to 32).
@@ -77,6 +90,14 @@ pub struct QuantizerArgs {
     /// K-CoreQ's beam width K.
     #[arg(long, default_value_t = 4)]
     pub beams: usize,
+    /// ResComp's α₂, the weight of the compensation-aware error.
+    #[arg(long, default_value_t = 0.25)]
+    pub alpha2: f64,
+    #[arg(long, default_value = "snapshot")]
+    pub rescomp_mode: RescompModeArg,
+    /// Qronos' ridge λ (default: 1e-6·σ_max(H), the reference).
+    #[arg(long)]
+    pub qronos_lambda: Option<f64>,
 }
 
 /// A fully resolved base quantizer.
@@ -110,6 +131,18 @@ impl QuantizerArgs {
             MethodArg::Gptaq => Method::Gptaq {
                 alpha: self.alpha.unwrap_or(0.25),
                 flush: GptaqFlush::Snapshot,
+            },
+            MethodArg::Rescomp => Method::Rescomp {
+                alpha: self.alpha.unwrap_or(0.25),
+                alpha2: self.alpha2,
+                flush: match self.rescomp_mode {
+                    RescompModeArg::Snapshot => GptaqFlush::Snapshot,
+                    RescompModeArg::Allw => GptaqFlush::ClampedSnapshot,
+                    RescompModeArg::Org => GptaqFlush::Quantized,
+                },
+            },
+            MethodArg::Qronos => Method::Qronos {
+                lambda: self.qronos_lambda,
             },
             MethodArg::Coreq => Method::Coreq {
                 alpha: self
@@ -236,7 +269,8 @@ pub fn calibration_texts(args: &CalibArgs) -> anyhow::Result<Vec<TextInput>> {
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let default_grid = match args.method {
         MethodArg::Rtn | MethodArg::Gptq => GridArg::Asym,
-        MethodArg::Gptaq => GridArg::Quarot,
+        MethodArg::Gptaq | MethodArg::Rescomp => GridArg::Quarot,
+        MethodArg::Qronos => GridArg::Asym,
         MethodArg::Coreq | MethodArg::Kcoreq => GridArg::Sym,
     };
     let Quantizer {

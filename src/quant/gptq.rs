@@ -1,7 +1,8 @@
 //! GPTQ / OPTQ (ALGORITHMS.md §4; IST-DASLab/gptq `fasterquant`) and GPTAQ (§5): round one
 //! column at a time in a fixed order and least-squares-refit the still-free columns through C,
 //! the upper Cholesky factor of H_λ⁻¹, with lazy block updates. GPTAQ also projects each
-//! column's input mismatch onto the free columns through P = α·triu(D Cᵀ, 1)·C.
+//! column's input mismatch onto the free columns through P = α·triu(D Cᵀ, 1)·C; ResComp (§6)
+//! adds the compensation-aware error (W_org − w) projected through P₂ = α₂·triu(G Cᵀ, 1)·C.
 //!
 //! Shapes: W is `[m, n]` = `[out, in]`, H and D are `[n, n]`; rows are independent.
 
@@ -60,6 +61,8 @@ pub enum GptaqFlush {
     Quantized,
     /// The block before any in-block update, as in Brevitas.
     Preblock,
+    /// The snapshot clamped to each row's current grid range (ResComp's `allw` mode, §6 (b)).
+    ClampedSnapshot,
 }
 
 /// GPTAQ's mismatch term: D = ΔX X_qᵀ/N, its weight α, and the flush variant.
@@ -69,11 +72,30 @@ pub struct Mismatch<'a> {
     /// 0.25 in every published GPTAQ number; 1 in the derivation.
     pub alpha: f64,
     pub flush: GptaqFlush,
+    /// ResComp's α₂ (0.25 in the reference): also propagate the compensation-aware error
+    /// (W_org,j − w_j) through P₂ = α₂·triu(G Cᵀ, 1)·C with G = H + D undamped (§6).
+    pub compensation: Option<f64>,
 }
 
 /// Quantizes `w` against the Hessian `h` (§4).
 pub fn gptq(w: MatRef<'_, f64>, h: MatRef<'_, f64>, config: &GptqConfig) -> Result<QuantizedLayer> {
-    solve_columns(w, h, None, config)
+    solve_columns(w, h, None, config, None)
+}
+
+/// GPTQ on `w` with per-row, static and target-fitted grids taken from `grid_source` (same
+/// shape) instead of `w`: Qronos rounds a refitted V on the original W's grids.
+pub fn gptq_on_grids_of(
+    w: MatRef<'_, f64>,
+    h: MatRef<'_, f64>,
+    grid_source: MatRef<'_, f64>,
+    config: &GptqConfig,
+) -> Result<QuantizedLayer> {
+    if (grid_source.nrows(), grid_source.ncols()) != (w.nrows(), w.ncols()) {
+        return Err(Error::InvalidInput(
+            "the grid source must have the weight's shape".into(),
+        ));
+    }
+    solve_columns(w, h, None, config, Some(grid_source))
 }
 
 /// GPTAQ (§5): GPTQ plus the projection of each column's input mismatch.
@@ -83,7 +105,7 @@ pub fn gptaq(
     mismatch: Mismatch<'_>,
     config: &GptqConfig,
 ) -> Result<QuantizedLayer> {
-    solve_columns(w, h, Some(mismatch), config)
+    solve_columns(w, h, Some(mismatch), config, None)
 }
 
 fn check_square(name: &str, a: MatRef<'_, f64>, n: usize) -> Result<()> {
@@ -108,6 +130,7 @@ fn solve_columns(
     h: MatRef<'_, f64>,
     mismatch: Option<Mismatch<'_>>,
     config: &GptqConfig,
+    grid_source: Option<MatRef<'_, f64>>,
 ) -> Result<QuantizedLayer> {
     let (m, n) = (w.nrows(), w.ncols());
     check_square("H", h, n)?;
@@ -120,15 +143,17 @@ fn solve_columns(
     }
     let dead = dead_columns(h);
     let mut w = w.to_owned();
+    let mut grid_w = grid_source.unwrap_or(w.as_ref()).to_owned();
     for j in (0..n).filter(|&j| dead[j]) {
         w.col_mut(j).fill(0.0);
+        grid_w.col_mut(j).fill(0.0);
     }
     let fit = |w: MatRef<'_, f64>| fit_rows(w, &config.grid);
     let groups = n.div_ceil(group);
     // Static grids: [group][row], fitted on the original W in original order.
     let static_grids: Vec<Vec<UniformGrid>> = match config.grouping {
         Grouping::Static(g) => (0..groups)
-            .map(|k| fit(w.subcols(k * g, g.min(n - k * g))))
+            .map(|k| fit(grid_w.subcols(k * g, g.min(n - k * g))))
             .collect(),
         _ => Vec::new(),
     };
@@ -144,11 +169,13 @@ fn solve_columns(
     };
     let mut w = Mat::from_fn(m, n, |r, j| w[(r, perm[j])]);
     let target = w.clone();
+    let grid_w = Mat::from_fn(m, n, |r, j| grid_w[(r, perm[j])]);
     let h_perm = Mat::from_fn(n, n, |i, j| h[(perm[i], perm[j])]);
     let dead_perm: Vec<bool> = perm.iter().map(|&j| dead[j]).collect();
     let (c, damping_retries) =
         inverse_cholesky_upper(damped(h_perm.as_ref(), &dead_perm, config.percdamp).as_ref())?;
-    // P = α·triu(D Cᵀ, 1)·C, with D permuted like H and dead columns zeroed (§5).
+    // P = α·triu(D Cᵀ, 1)·C, with D permuted like H and dead columns zeroed (§5); ResComp's
+    // P₂ = α₂·triu(G Cᵀ, 1)·C likewise from the undamped G = H + D (§6).
     let projection = mismatch.map(|mm| {
         let d = Mat::from_fn(n, n, |i, j| {
             if dead_perm[j] {
@@ -158,7 +185,21 @@ fn solve_columns(
             }
         });
         let p = strict_upper(&d * c.transpose()) * &c * faer::Scale(mm.alpha);
-        (p, mm.flush)
+        let p2 = mm.compensation.map(|alpha2| {
+            let g = Mat::from_fn(n, n, |i, j| {
+                if dead_perm[j] {
+                    0.0
+                } else {
+                    h_perm[(i, j)] + d[(i, j)]
+                }
+            });
+            strict_upper(&g * c.transpose()) * &c * faer::Scale(alpha2)
+        });
+        Projection {
+            p,
+            p2,
+            flush: mm.flush,
+        }
     });
 
     let mut grids = vec![
@@ -171,7 +212,7 @@ fn solve_columns(
     ];
     let mut group_of_column = vec![0usize; n];
     let mut current: Vec<UniformGrid> = match config.grouping {
-        Grouping::PerRow => fit(w.as_ref()),
+        Grouping::PerRow => fit(grid_w.as_ref()),
         _ => Vec::new(),
     };
     let mut codes = vec![0u8; m * n];
@@ -194,13 +235,14 @@ fn solve_columns(
                         let width = g.min(n - j);
                         current = match config.group_fit {
                             GroupFit::StaleOuter => fit(w.subcols(j, width)),
-                            GroupFit::Target => fit(target.subcols(j, width)),
+                            GroupFit::Target => fit(grid_w.subcols(j, width)),
                             GroupFit::Current => {
                                 let pending = Pending {
                                     err: &err1,
                                     snapshot: &snapshot,
+                                    original: target.subcols(i1, count),
                                     c: c.as_ref(),
-                                    p: projection.as_ref().map(|(p, _)| p.as_ref()),
+                                    projection: projection.as_ref(),
                                 };
                                 fit(pending.current_values(&w, &w1, i1, k, width).as_ref())
                             }
@@ -233,13 +275,18 @@ fn solve_columns(
                 e[r] = (value - quantized) / d;
                 loss += (value - quantized).powi(2) / (2.0 * d * d);
             }
-            // W1[:, k:] −= e ⊗ C[j, j:i2]  (+ w ⊗ P[j, j+1:i2] for GPTAQ; P[j, j] = 0)
+            // W1[:, k:] −= e ⊗ C[j, j:i2]  (+ w ⊗ P[j, j+1:i2] for GPTAQ, + (W_org − w) ⊗
+            // P₂[j, j+1:i2] for ResComp; P[j, j] = P₂[j, j] = 0)
             for kk in k..count {
                 let factor = c[(j, i1 + kk)];
-                let pfactor = projection.as_ref().map_or(0.0, |(p, _)| p[(j, i1 + kk)]);
+                let (pfactor, p2factor) = projection
+                    .as_ref()
+                    .map_or((0.0, 0.0), |pr| pr.factors(j, i1 + kk));
                 let mut column = w1.col_mut(kk);
                 for r in 0..m {
-                    column[r] += snapshot[(r, k)] * pfactor - e[r] * factor;
+                    let value = snapshot[(r, k)];
+                    column[r] +=
+                        value * pfactor + (target[(r, j)] - value) * p2factor - e[r] * factor;
                 }
             }
             for r in 0..m {
@@ -257,24 +304,36 @@ fn solve_columns(
                 -1.0,
                 par,
             );
-            if let Some((p, flush)) = &projection {
-                let block_q;
-                let m_values = match flush {
-                    GptaqFlush::Snapshot => snapshot.as_ref(),
-                    GptaqFlush::Preblock => preblock.as_ref(),
-                    GptaqFlush::Quantized => {
-                        block_q = q.subcols(i1, count).to_owned();
-                        block_q.as_ref()
-                    }
+            if let Some(pr) = &projection {
+                let values = match pr.flush {
+                    GptaqFlush::Snapshot => snapshot.clone(),
+                    GptaqFlush::Preblock => preblock.clone(),
+                    GptaqFlush::Quantized => q.subcols(i1, count).to_owned(),
+                    GptaqFlush::ClampedSnapshot => Mat::from_fn(m, count, |r, k| {
+                        let (low, high) = current[r].range();
+                        snapshot[(r, k)].clamp(low, high)
+                    }),
                 };
+                // W[:, i2:] += V·P[blk, i2:] + (W_org[:, blk] − V)·P₂[blk, i2:]
                 matmul(
                     w.subcols_mut(i2, n - i2),
                     Accum::Add,
-                    m_values,
-                    p.submatrix(i1, i2, count, n - i2),
+                    values.as_ref(),
+                    pr.p.submatrix(i1, i2, count, n - i2),
                     1.0,
                     par,
                 );
+                if let Some(p2) = &pr.p2 {
+                    let gap = target.subcols(i1, count) - &values;
+                    matmul(
+                        w.subcols_mut(i2, n - i2),
+                        Accum::Add,
+                        gap.as_ref(),
+                        p2.submatrix(i1, i2, count, n - i2),
+                        1.0,
+                        par,
+                    );
+                }
             }
         }
     }
@@ -293,12 +352,31 @@ fn solve_columns(
     })
 }
 
+/// GPTAQ's P and ResComp's P₂ (permuted), with the flush variant.
+struct Projection {
+    p: Mat<f64>,
+    p2: Option<Mat<f64>>,
+    flush: GptaqFlush,
+}
+
+impl Projection {
+    /// (P[i, j], P₂[i, j]).
+    fn factors(&self, i: usize, j: usize) -> (f64, f64) {
+        (
+            self.p[(i, j)],
+            self.p2.as_ref().map_or(0.0, |p2| p2[(i, j)]),
+        )
+    }
+}
+
 /// The block's updates not yet flushed to the outer W.
 struct Pending<'a> {
     err: &'a Mat<f64>,
     snapshot: &'a Mat<f64>,
+    /// W_org's block columns.
+    original: MatRef<'a, f64>,
     c: MatRef<'a, f64>,
-    p: Option<MatRef<'a, f64>>,
+    projection: Option<&'a Projection>,
 }
 
 impl Pending<'_> {
@@ -323,8 +401,10 @@ impl Pending<'_> {
             let mut value = w[(r, j)];
             for kk in 0..k {
                 value -= self.err[(r, kk)] * self.c[(i1 + kk, j)];
-                if let Some(p) = self.p {
-                    value += self.snapshot[(r, kk)] * p[(i1 + kk, j)];
+                if let Some(pr) = self.projection {
+                    let (p, p2) = pr.factors(i1 + kk, j);
+                    let snapshot = self.snapshot[(r, kk)];
+                    value += snapshot * p + (self.original[(r, kk)] - snapshot) * p2;
                 }
             }
             value

@@ -10,5 +10,6 @@ pub mod grid;
 pub mod hessian;
 pub mod layer;
 pub mod pack;
+pub mod qronos;
 pub mod solve;
 pub mod stats;

@@ -12,6 +12,7 @@ use super::coreq::{
 };
 use super::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
 use super::layer::{Grouping, QuantizedLayer, rtn};
+use super::qronos::{QronosConfig, qronos};
 use super::stats::{LayerStats, StatsNeeded};
 use crate::error::{Error, Result};
 
@@ -25,8 +26,19 @@ pub enum Method {
         alpha: f64,
         flush: GptaqFlush,
     },
+    /// GPTAQ plus the compensation-aware error with weight α₂ (§6); the flush picks the
+    /// mode: snapshot (recommended), clamped snapshot (`allw`), quantized (`org`).
+    Rescomp {
+        alpha: f64,
+        alpha2: f64,
+        flush: GptaqFlush,
+    },
     Coreq {
         alpha: AlphaMode,
+    },
+    /// Qronos (§8) with ridge λ (`None`: the reference 1e-6·σ_max(H)).
+    Qronos {
+        lambda: Option<f64>,
     },
     /// K-CoreQ beam search with a fixed α (§7.4).
     Kcoreq {
@@ -44,7 +56,11 @@ impl Method {
                 quantized: true,
                 ..StatsNeeded::default()
             },
-            Method::Gptaq { .. } | Method::Coreq { .. } | Method::Kcoreq { .. } => StatsNeeded {
+            Method::Gptaq { .. }
+            | Method::Rescomp { .. }
+            | Method::Qronos { .. }
+            | Method::Coreq { .. }
+            | Method::Kcoreq { .. } => StatsNeeded {
                 quantized: true,
                 mismatch: true,
                 ..StatsNeeded::default()
@@ -124,8 +140,32 @@ pub fn solve_layer(
                 d: d()?.as_ref(),
                 alpha,
                 flush,
+                compensation: None,
             };
             (gptaq(weight, stats.h.as_ref(), mismatch, config)?, None)
+        }
+        Method::Rescomp {
+            alpha,
+            alpha2,
+            flush,
+        } => {
+            let mismatch = Mismatch {
+                d: d()?.as_ref(),
+                alpha,
+                flush,
+                compensation: Some(alpha2),
+            };
+            (gptaq(weight, stats.h.as_ref(), mismatch, config)?, None)
+        }
+        Method::Qronos { lambda } => {
+            let config = QronosConfig {
+                gptq: *config,
+                lambda,
+            };
+            (
+                qronos(weight, stats.h.as_ref(), d()?.as_ref(), &config)?,
+                None,
+            )
         }
         Method::Coreq { alpha: mode } => {
             let config = CoreqConfig {
