@@ -212,6 +212,7 @@ fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
         Method::Gptq,
         Method::Coreq {
             alpha: qpeft::quant::coreq::AlphaMode::Fixed(1.0),
+            cd_passes: 0,
         },
     ] {
         let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
@@ -286,6 +287,7 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
                 &CoreqConfig {
                     gptq: self.config,
                     alpha: AlphaMode::Fixed(0.25),
+                    cd_passes: 0,
                 },
             )?;
             let beam = kcoreq(rows, h, d, 0.25, &self.config, 4)?;

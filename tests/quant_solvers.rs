@@ -132,6 +132,7 @@ fn successive_rounding_equals_act_order_gptq_on_the_shifted_target() {
                     ..GptqConfig::new(spec(3))
                 },
                 alpha: AlphaMode::Fixed(alpha),
+                cd_passes: 0,
             };
             let ours = coreq(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config).unwrap();
             let diff = max_abs_diff_mat(successive.as_ref(), ours.layer.dequantized.as_ref());
@@ -160,6 +161,7 @@ fn objectives_order_coreq_gptaq_gptq() {
             &CoreqConfig {
                 gptq: config,
                 alpha: AlphaMode::Fixed(1.0),
+                cd_passes: 0,
             },
         )
         .unwrap()
@@ -205,6 +207,7 @@ fn alternating_alpha_keeps_the_better_rounding() {
             &CoreqConfig {
                 gptq: config,
                 alpha: AlphaMode::Fixed(0.25),
+                cd_passes: 0,
             },
         )
         .unwrap();
@@ -215,6 +218,7 @@ fn alternating_alpha_keeps_the_better_rounding() {
             &CoreqConfig {
                 gptq: config,
                 alpha: AlphaMode::Alternate { initial: 0.25 },
+                cd_passes: 0,
             },
         )
         .unwrap();
@@ -245,6 +249,7 @@ fn kcoreq_one_beam_is_greedy_and_more_beams_help() {
                 &CoreqConfig {
                     gptq: config,
                     alpha: AlphaMode::Fixed(0.5),
+                    cd_passes: 0,
                 },
             )
             .unwrap();
@@ -456,4 +461,54 @@ fn qronos_reference_damping_is_small() {
         "{lam} vs {}",
         eigen[N - 1]
     );
+}
+
+/// §7.5: coordinate descent after CoreQ never raises the objective on W_ref, stops at a fixed
+/// point (another pass moves nothing), and does move something on these toys.
+#[test]
+fn coordinate_descent_only_lowers_the_objective() {
+    use qpeft::quant::coreq::coordinate_descent;
+    let mut moved_total = 0;
+    for seed in 0..8 {
+        let t = toy_mixed(seed);
+        let config = CoreqConfig {
+            gptq: GptqConfig::new(spec(2)),
+            alpha: AlphaMode::Fixed(0.5),
+            cd_passes: 0,
+        };
+        let plain = coreq(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config).unwrap();
+        let with_cd = coreq(
+            t.w.as_ref(),
+            t.h.as_ref(),
+            t.d.as_ref(),
+            &CoreqConfig {
+                cd_passes: 10,
+                ..config
+            },
+        )
+        .unwrap();
+        let target = shifted_target(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), 0.5, 0.01).unwrap();
+        let h_lambda = damped(t.h.as_ref(), &dead_columns(t.h.as_ref()), 0.01);
+        let objective =
+            |q: &Mat<f64>| symmetric_objective(target.as_ref(), q.as_ref(), h_lambda.as_ref());
+        let (before, after) = (
+            objective(&plain.layer.dequantized),
+            objective(&with_cd.layer.dequantized),
+        );
+        assert!(after <= before + 1e-12, "seed {seed}: {after} > {before}");
+        moved_total += plain
+            .layer
+            .codes
+            .iter()
+            .zip(&with_cd.layer.codes)
+            .filter(|(a, b)| a != b)
+            .count();
+        let mut again = with_cd.layer.clone();
+        assert_eq!(
+            coordinate_descent(&mut again, target.as_ref(), h_lambda.as_ref(), 5),
+            0
+        );
+    }
+    println!("coordinate descent moved {moved_total} codes over 8 toys");
+    assert!(moved_total > 0);
 }

@@ -90,6 +90,9 @@ pub struct QuantizerArgs {
     /// K-CoreQ's beam width K.
     #[arg(long, default_value_t = 4)]
     pub beams: usize,
+    /// CoreQ's coordinate-descent passes after rounding (§7.5).
+    #[arg(long, default_value_t = 0)]
+    pub cd_passes: usize,
     /// ResComp's α₂, the weight of the compensation-aware error.
     #[arg(long, default_value_t = 0.25)]
     pub alpha2: f64,
@@ -148,6 +151,7 @@ impl QuantizerArgs {
                 alpha: self
                     .alpha
                     .map_or(AlphaMode::Alternate { initial: 0.25 }, AlphaMode::Fixed),
+                cd_passes: self.cd_passes,
             },
             MethodArg::Kcoreq => Method::Kcoreq {
                 alpha: self.alpha.unwrap_or(0.25),

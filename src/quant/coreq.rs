@@ -6,6 +6,7 @@ use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
 
 use super::gptq::{GptqConfig, GroupFit, gptq};
+use super::grid::Rounding;
 use super::hessian::{damped, dead_columns};
 use super::layer::QuantizedLayer;
 use crate::error::{Error, Result};
@@ -26,6 +27,8 @@ pub struct CoreqConfig {
     /// Grid, grouping, damping and block; act-order and target group fits are forced (§7.2).
     pub gptq: GptqConfig,
     pub alpha: AlphaMode,
+    /// Coordinate-descent passes after rounding (§7.5; 0, the default, turns it off).
+    pub cd_passes: usize,
 }
 
 /// CoreQ's result: the layer and the α it was rounded with.
@@ -107,7 +110,56 @@ pub fn asymmetric_objective(
     symmetric_objective(w, q, h) - 2.0 * frobenius_inner((q - w).as_ref(), (w * d).as_ref())
 }
 
-/// CoreQ with successive rounding (§7.2) and the α of `config.alpha`.
+/// Coordinate descent on tr((Q − W_ref)H_λ(Q − W_ref)ᵀ) (§7.5), each element on its own grid:
+/// columns by decreasing (H_λ)_ii, Q_i ← rnd(Q_i − (ΔH_λ)_i/(H_λ)_ii), at most `passes`
+/// sweeps or until nothing moves. Each step takes the grid point nearest the coordinate's
+/// exact minimiser, so no step increases the objective. Returns how many elements moved.
+pub fn coordinate_descent(
+    layer: &mut QuantizedLayer,
+    w_ref: MatRef<'_, f64>,
+    h_lambda: MatRef<'_, f64>,
+    passes: usize,
+) -> usize {
+    let (m, n) = (layer.rows, layer.cols);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| h_lambda[(b, b)].total_cmp(&h_lambda[(a, a)]));
+    let mut moved = 0;
+    for r in 0..m {
+        let delta: Vec<f64> = (0..n)
+            .map(|j| layer.dequantized[(r, j)] - w_ref[(r, j)])
+            .collect();
+        // g = Δ·H_λ, kept up to date as coordinates move.
+        let mut g: Vec<f64> = (0..n)
+            .map(|j| (0..n).map(|i| delta[i] * h_lambda[(i, j)]).sum())
+            .collect();
+        for _ in 0..passes {
+            let mut changed = false;
+            for &i in &order {
+                let current = layer.dequantized[(r, i)];
+                let grid = *layer.grid(r, i);
+                let code = grid.code(current - g[i] / h_lambda[(i, i)], Rounding::Nearest, 0);
+                let value = grid.dequantize(code);
+                let step = value - current;
+                if step != 0.0 {
+                    layer.dequantized[(r, i)] = value;
+                    layer.codes[r * n + i] = code as u8;
+                    for (j, gj) in g.iter_mut().enumerate() {
+                        *gj += step * h_lambda[(i, j)];
+                    }
+                    moved += 1;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+    moved
+}
+
+/// CoreQ with successive rounding (§7.2), the α of `config.alpha`, and optional coordinate
+/// descent (§7.5).
 pub fn coreq(
     w: MatRef<'_, f64>,
     h: MatRef<'_, f64>,
@@ -124,18 +176,18 @@ pub fn coreq(
         let target = shifted_target(w, h, d, alpha, percdamp)?;
         gptq(target.as_ref(), h, &solver)
     };
-    match config.alpha {
-        AlphaMode::Fixed(alpha) => Ok(CoreqLayer {
+    let mut result = match config.alpha {
+        AlphaMode::Fixed(alpha) => CoreqLayer {
             layer: round(alpha)?,
             alpha,
-        }),
+        },
         AlphaMode::Alternate { initial } => {
             let first = round(initial)?;
             let alpha = closed_form_alpha(w, first.dequantized.as_ref(), h, d, percdamp)?;
             let second = round(alpha)?;
             let objective =
                 |layer: &QuantizedLayer| symmetric_objective(w, layer.dequantized.as_ref(), h);
-            Ok(if objective(&second) < objective(&first) {
+            if objective(&second) < objective(&first) {
                 CoreqLayer {
                     layer: second,
                     alpha,
@@ -145,9 +197,20 @@ pub fn coreq(
                     layer: first,
                     alpha: initial,
                 }
-            })
+            }
         }
+    };
+    if config.cd_passes > 0 {
+        let target = shifted_target(w, h, d, result.alpha, percdamp)?;
+        let h_damped = h_lambda(h, percdamp);
+        coordinate_descent(
+            &mut result.layer,
+            target.as_ref(),
+            h_damped.as_ref(),
+            config.cd_passes,
+        );
     }
+    Ok(result)
 }
 
 /// K-CoreQ (§7.4): per row, a beam of `beams` partial roundings in successive-rounding order

@@ -35,6 +35,8 @@ pub enum Method {
     },
     Coreq {
         alpha: AlphaMode,
+        /// Coordinate-descent passes after rounding (§7.5).
+        cd_passes: usize,
     },
     /// Qronos (§8) with ridge λ (`None`: the reference 1e-6·σ_max(H)).
     Qronos {
@@ -167,10 +169,14 @@ pub fn solve_layer(
                 None,
             )
         }
-        Method::Coreq { alpha: mode } => {
+        Method::Coreq {
+            alpha: mode,
+            cd_passes,
+        } => {
             let config = CoreqConfig {
                 gptq: *config,
                 alpha: mode,
+                cd_passes,
             };
             let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config)?;
             (result.layer, Some(result.alpha))
