@@ -71,7 +71,7 @@ pub struct QuantizerArgs {
     /// Group size along the input dimension; 0 for one grid per row (`init` defaults to 32).
     #[arg(long)]
     pub group: Option<usize>,
-    /// Fit all group grids up front on the original weights.
+    /// Fit all group grids up front on the original weights (always so for MXINT blocks).
     #[arg(long)]
     pub static_groups: bool,
     /// Process columns in their original order instead of by decreasing H_jj.
@@ -164,7 +164,8 @@ impl QuantizerArgs {
         };
         let group = self.group.unwrap_or(default_group);
         let config = GptqConfig {
-            grouping: match (group, self.static_groups) {
+            // An MXINT block is consecutive input features by definition, so it is static.
+            grouping: match (group, self.static_groups || kind == UniformKind::MxInt) {
                 (0, _) => Grouping::PerRow,
                 (g, false) => Grouping::Dynamic(g),
                 (g, true) => Grouping::Static(g),
