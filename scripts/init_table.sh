@@ -30,7 +30,7 @@ for bits in (2, 3):
     for rank in (8, 16):
         for init in "qlora loftq zeroquant-v2 lqer qera-approx qera-exact lqlora srr-probe srr-exact".split():
             s = json.loads((out / f"b{bits}-r{rank}-{init}" / "report.json").read_text())["summary"]
-            hist = lambda h: " ".join(f"{k}:{v}" for k, v in h.items()) if h else "–"
+            hist = lambda h: " ".join(f"{k}:{v}" for k, v in sorted(h.items(), key=lambda kv: int(kv[0]))) if h else "–"
             print(f"| {bits} | {rank} | {init} | {s['mean_scaled_error']:.4f} | {s['mean_unscaled_error']:.4f} | "
                   f"{hist(s['k_histogram'])} | {hist(s.get('probe_k_histogram'))} | {s['seconds']:.1f} |")
 PY
