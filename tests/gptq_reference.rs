@@ -3,23 +3,11 @@
 
 mod common;
 
-use faer::Mat;
 use qpeft::quant::gptq::{GptqConfig, GroupFit, gptq};
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind};
 use qpeft::quant::layer::Grouping;
 use safetensors::SafeTensors;
 use serde_json::Value;
-
-fn f64_matrix(tensors: &SafeTensors, name: &str) -> Mat<f64> {
-    let view = tensors.tensor(name).unwrap();
-    let (rows, cols) = (view.shape()[0], view.shape()[1]);
-    let values: Vec<f64> = view
-        .data()
-        .chunks_exact(8)
-        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    Mat::from_fn(rows, cols, |r, c| values[r * cols + c])
-}
 
 #[test]
 fn codes_equal_the_reference_loop_in_every_configuration() {
@@ -28,8 +16,8 @@ fn codes_equal_the_reference_loop_in_every_configuration() {
     let spec: Value =
         serde_json::from_str(&std::fs::read_to_string(common::fixture("gptq/cases.json")).unwrap())
             .unwrap();
-    let w = f64_matrix(&tensors, "W");
-    let h = f64_matrix(&tensors, "H");
+    let w = common::f64_matrix(&tensors, "W");
+    let h = common::f64_matrix(&tensors, "H");
     let cases = spec["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 36);
     for case in cases {

@@ -423,17 +423,6 @@ fn init_checkpoint_loads_back_as_q_plus_lr() {
     }
 }
 
-fn fixture_matrix(tensors: &safetensors::SafeTensors, name: &str) -> Mat<f64> {
-    let view = tensors.tensor(name).unwrap();
-    let (rows, cols) = (view.shape()[0], view.shape()[1]);
-    let values: Vec<f64> = view
-        .data()
-        .chunks_exact(8)
-        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    Mat::from_fn(rows, cols, |r, c| values[r * cols + c])
-}
-
 /// Against a numpy transcription of §1.6, §11.3–§11.8 (`tests/fixtures/make_qer_fixtures.py`):
 /// the same Q, L·R and scaled error for every scaling, every SRR k at 2 and 3 bits and LoftQ,
 /// and the same probe k* for the same probe matrix.
@@ -444,9 +433,9 @@ fn initializers_match_the_numpy_reference() {
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(common::fixture("qer/cases.json")).unwrap())
             .unwrap();
-    let w = fixture_matrix(&tensors, "W");
-    let r_xx = fixture_matrix(&tensors, "R_xx");
-    let abs_mean = fixture_matrix(&tensors, "abs_mean");
+    let w = common::f64_matrix(&tensors, "W");
+    let r_xx = common::f64_matrix(&tensors, "R_xx");
+    let abs_mean = common::f64_matrix(&tensors, "abs_mean");
     let stats = LayerStats {
         h: r_xx.clone(),
         d: None,
@@ -472,8 +461,8 @@ fn initializers_match_the_numpy_reference() {
             other => panic!("unknown case {other}"),
         };
         let layer = init(name, w.as_ref(), &stats, &mxint(bits, 32), method, rank);
-        let q = fixture_matrix(&tensors, &format!("{name}/Q"));
-        let lr = fixture_matrix(&tensors, &format!("{name}/LR"));
+        let q = common::f64_matrix(&tensors, &format!("{name}/Q"));
+        let lr = common::f64_matrix(&tensors, &format!("{name}/LR"));
         let q_diff = common::max_abs_diff_mat(layer.quantized.dequantized.as_ref(), q.as_ref());
         let lr_diff = common::max_abs_diff_mat((&layer.l * &layer.r).as_ref(), lr.as_ref());
         assert_eq!(q_diff, 0.0, "{name}: Q");
@@ -495,7 +484,7 @@ fn initializers_match_the_numpy_reference() {
         }
     }
     // The probe rule on the fixture's probe matrix.
-    let probe = fixture_matrix(&tensors, "probe");
+    let probe = common::f64_matrix(&tensors, "probe");
     let scaling = Scaling::from_stats(ScalingKind::QeraExact, &stats).unwrap();
     let rho = |a: Mat<f64>| {
         let sigma = qpeft::reconstruct::lowrank::truncated_svd(a.as_ref(), rank)

@@ -5,12 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use qpeft::model::PretrainedModel;
-use qpeft::quant::checkpoint::{FORMAT_VERSION, QuantMetadata};
 use qpeft::reconstruct::checkpoint::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
@@ -20,8 +17,7 @@ use qpeft::reconstruct::solver::{InitReport, InitSolver};
 use serde_json::json;
 
 use super::quantize::{
-    CalibArgs, Calibrate, GridArg, MethodArg, Quantizer, QuantizerArgs, bits_per_weight,
-    calibration_texts,
+    CalibArgs, GridArg, MethodArg, Quantizer, QuantizerArgs, bits_per_weight, calibrate_model,
 };
 use super::{DeviceArg, ModelArg};
 
@@ -184,28 +180,18 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     if !(args.lora_alpha.is_finite() && args.lora_alpha > 0.0) {
         anyhow::bail!("--lora-alpha must be positive, got {}", args.lora_alpha);
     }
-    let pretrained = PretrainedModel::open(args.model.resolve()?)
-        .with_context(|| format!("loading model '{}'", args.model.model))?;
-    let texts = calibration_texts(&args.calib)?;
-    let started = Instant::now();
     let mut solver = InitSolver::new(config, method, quant);
-    args.device.device.run(Calibrate {
-        pretrained: &pretrained,
-        texts: &texts,
-        calib: &args.calib,
-        needs: solver.needs(),
-        solver: &mut solver,
-    })??;
-    let seconds = started.elapsed().as_secs_f64();
-    let quant_meta = QuantMetadata {
-        format_version: FORMAT_VERSION,
-        method: format!("{method:?}"),
-        bits: args.quant.bits,
-        grid: format!("{kind:?}"),
-        group,
-        calibration: args.calib.describe(texts.len()),
-        qpeft_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let needs = solver.needs();
+    let calibrated = calibrate_model(
+        &args.model,
+        &args.device,
+        &args.calib,
+        &mut solver,
+        needs,
+        (&method, kind, args.quant.bits, group),
+    )?;
+    let (pretrained, quant_meta, seconds) =
+        (calibrated.model, calibrated.metadata, calibrated.seconds);
     let adapters = AdapterMetadata {
         format_version: ADAPTER_FORMAT_VERSION,
         init: format!("{init:?}"),

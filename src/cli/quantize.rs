@@ -286,28 +286,17 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     } = args
         .quantizer
         .resolve(args.method, default_grid, 0, args.calib.seed)?;
-    let pretrained = PretrainedModel::open(args.model.resolve()?)
-        .with_context(|| format!("loading model '{}'", args.model.model))?;
-    let texts = calibration_texts(&args.calib)?;
-    let started = Instant::now();
     let mut solver = MethodSolver::new(method, config);
-    args.device.device.run(Calibrate {
-        pretrained: &pretrained,
-        texts: &texts,
-        calib: &args.calib,
-        needs: solver.needs(),
-        solver: &mut solver,
-    })??;
-    let seconds = started.elapsed().as_secs_f64();
-    let meta = QuantMetadata {
-        format_version: FORMAT_VERSION,
-        method: format!("{method:?}"),
-        bits: args.quantizer.bits,
-        grid: format!("{kind:?}"),
-        group,
-        calibration: args.calib.describe(texts.len()),
-        qpeft_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let needs = solver.needs();
+    let calibrated = calibrate_model(
+        &args.model,
+        &args.device,
+        &args.calib,
+        &mut solver,
+        needs,
+        (&method, kind, args.quantizer.bits, group),
+    )?;
+    let (pretrained, meta, seconds) = (calibrated.model, calibrated.metadata, calibrated.seconds);
     let path = write_quantized_model(&args.out, &pretrained, &solver.layers, &meta, &[], &[])?;
     let bpw = bits_per_weight(solver.layers.iter().map(|(_, l)| l), args.quantizer.bits);
     let mean_error = solver
@@ -358,14 +347,59 @@ pub fn bits_per_weight<'a>(layers: impl Iterator<Item = &'a QuantizedLayer>, bit
     stored as f64 / weights.max(1) as f64
 }
 
+/// A model after calibration, with the quantization header that describes it.
+pub struct Calibrated {
+    pub model: PretrainedModel,
+    pub metadata: QuantMetadata,
+    pub seconds: f64,
+}
+
+/// Loads `--model`, runs two-stream calibration with `solver` on `--device`, and describes
+/// the base quantizer `(method, grid, bits, group)` for the header.
+pub fn calibrate_model<S: ModuleSolver>(
+    model: &ModelArg,
+    device: &DeviceArg,
+    calib: &CalibArgs,
+    solver: &mut S,
+    needs: StatsNeeded,
+    (method, kind, bits, group): (&Method, UniformKind, u8, usize),
+) -> anyhow::Result<Calibrated> {
+    let pretrained = PretrainedModel::open(model.resolve()?)
+        .with_context(|| format!("loading model '{}'", model.model))?;
+    let texts = calibration_texts(calib)?;
+    let started = Instant::now();
+    device.device.run(Calibrate {
+        pretrained: &pretrained,
+        texts: &texts,
+        calib,
+        needs,
+        solver,
+    })??;
+    let seconds = started.elapsed().as_secs_f64();
+    let metadata = QuantMetadata {
+        format_version: FORMAT_VERSION,
+        method: format!("{method:?}"),
+        bits,
+        grid: format!("{kind:?}"),
+        group,
+        calibration: calib.describe(texts.len()),
+        qpeft_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    Ok(Calibrated {
+        model: pretrained,
+        metadata,
+        seconds,
+    })
+}
+
 /// Tokenizes the calibration texts and runs two-stream calibration with `solver` on the
 /// chosen backend.
-pub struct Calibrate<'a, S: ModuleSolver> {
-    pub pretrained: &'a PretrainedModel,
-    pub texts: &'a [TextInput],
-    pub calib: &'a CalibArgs,
-    pub needs: StatsNeeded,
-    pub solver: &'a mut S,
+struct Calibrate<'a, S: ModuleSolver> {
+    pretrained: &'a PretrainedModel,
+    texts: &'a [TextInput],
+    calib: &'a CalibArgs,
+    needs: StatsNeeded,
+    solver: &'a mut S,
 }
 
 impl<S: ModuleSolver> BackendTask for Calibrate<'_, S> {

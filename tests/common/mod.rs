@@ -179,3 +179,15 @@ pub fn minilm_with_rte() -> (
         .collect();
     (model, batches)
 }
+
+/// An F64 `[rows, cols]` tensor of a fixture file as a faer matrix.
+pub fn f64_matrix(tensors: &SafeTensors, name: &str) -> faer::Mat<f64> {
+    let view = tensors.tensor(name).unwrap();
+    let (rows, cols) = (view.shape()[0], view.shape()[1]);
+    let values: Vec<f64> = view
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    faer::Mat::from_fn(rows, cols, |r, c| values[r * cols + c])
+}
