@@ -14,24 +14,6 @@ use qpeft::quant::stats::{LayerStats, StatsNeeded};
 
 type B = CpuBackend;
 
-/// Keeps every weight and records the statistics it was shown.
-#[derive(Default)]
-struct Recorder {
-    seen: Vec<(String, LayerStats)>,
-}
-
-impl ModuleSolver for Recorder {
-    fn solve(
-        &mut self,
-        name: &str,
-        weight: MatRef<'_, f64>,
-        stats: &LayerStats,
-    ) -> qpeft::Result<Mat<f64>> {
-        self.seen.push((name.to_string(), stats.clone()));
-        Ok(weight.to_owned())
-    }
-}
-
 fn tiny() -> PretrainedModel {
     let dir = common::fixture("tiny-bert");
     let options = HubOptions {
@@ -57,7 +39,7 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
     ];
     let batch = common::batch_of(&model, &texts, 32);
     let mut encoder = model.encoder::<B>(&device).unwrap();
-    let mut recorder = Recorder::default();
+    let mut recorder = common::Recorder::default();
     let needed = StatsNeeded {
         quantized: true,
         mismatch: true,
@@ -71,7 +53,7 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
         &mut recorder,
     )
     .unwrap();
-    assert_eq!(recorder.seen.len(), 2 * 6);
+    assert_eq!(recorder.modules.len(), 2 * 6);
     let mask: Vec<i64> = batch
         .attention_mask
         .clone()
@@ -81,7 +63,7 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
         .unwrap();
     let real_tokens = mask.iter().filter(|&&m| m == 1).count();
     assert!(real_tokens < mask.len(), "the batch is padded");
-    for (name, stats) in &recorder.seen {
+    for (name, _, stats) in &recorder.modules {
         assert_eq!(stats.tokens, real_tokens, "{name}: padding is dropped");
         let d = stats.d.as_ref().unwrap();
         let r = stats.r_xx.as_ref().unwrap();
@@ -106,7 +88,7 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
     let rows: Vec<usize> = (0..mask.len()).filter(|&i| mask[i] == 1).collect();
     let x = Mat::from_fn(rows.len(), n, |t, j| f64::from(values[rows[t] * n + j]));
     let gram = x.transpose() * &x * faer::Scale(1.0 / rows.len() as f64);
-    let (name, first) = &recorder.seen[0];
+    let (name, _, first) = &recorder.modules[0];
     assert_eq!(name, "encoder.layer.0.attention.self.query");
     assert!(common::max_abs_diff_mat(first.h.as_ref(), gram.as_ref()) < 1e-12);
 }
@@ -123,7 +105,7 @@ fn quantized_groups_make_the_later_streams_differ() {
     let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
     let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::Asymmetric);
     let mut rtn = MethodSolver::new(Method::Rtn, GptqConfig::new(spec));
-    struct Both<'a>(&'a mut MethodSolver, Recorder);
+    struct Both<'a>(&'a mut MethodSolver, common::Recorder);
     impl ModuleSolver for Both<'_> {
         fn solve(
             &mut self,
@@ -135,7 +117,7 @@ fn quantized_groups_make_the_later_streams_differ() {
             self.0.solve(name, weight, stats)
         }
     }
-    let mut both = Both(&mut rtn, Recorder::default());
+    let mut both = Both(&mut rtn, common::Recorder::default());
     calibrate(
         &mut encoder,
         std::slice::from_ref(&batch),
@@ -149,7 +131,7 @@ fn quantized_groups_make_the_later_streams_differ() {
     )
     .unwrap();
     let norm = |m: &Mat<f64>| m.norm_l2();
-    let (first, later) = (&both.1.seen[0].1, &both.1.seen[3].1);
+    let (first, later) = (&both.1.modules[0].2, &both.1.modules[3].2);
     assert_eq!(
         norm(first.d.as_ref().unwrap()),
         0.0,

@@ -6,7 +6,7 @@ mod common;
 use faer::{Mat, MatRef};
 use qpeft::device::CpuBackend;
 use qpeft::model::weights::linear_weight_out_in;
-use qpeft::quant::calib::{ModuleSolver, calibrate};
+use qpeft::quant::calib::calibrate;
 use qpeft::quant::gptq::GptqConfig;
 use qpeft::quant::grid::{Bits, GridSpec, UniformKind};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
@@ -90,31 +90,12 @@ fn random_layer(
     (w, stats)
 }
 
-/// Keeps every weight and records each module's weight and statistics.
-#[derive(Default)]
-struct Recorder {
-    modules: Vec<(String, Mat<f64>, LayerStats)>,
-}
-
-impl ModuleSolver for Recorder {
-    fn solve(
-        &mut self,
-        name: &str,
-        weight: MatRef<'_, f64>,
-        stats: &LayerStats,
-    ) -> qpeft::Result<Mat<f64>> {
-        self.modules
-            .push((name.to_string(), weight.to_owned(), stats.clone()));
-        Ok(weight.to_owned())
-    }
-}
-
 /// The 12 target matrices of MiniLM's first and last layers with full-precision statistics
 /// over 32 real RTE pairs.
 fn minilm_modules() -> Vec<(String, Mat<f64>, LayerStats)> {
     let (model, batches) = common::minilm_with_rte();
     let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
-    let mut recorder = Recorder::default();
+    let mut recorder = common::Recorder::default();
     let needed = StatsNeeded {
         r_xx: true,
         abs_mean: true,

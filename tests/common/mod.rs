@@ -191,3 +191,23 @@ pub fn f64_matrix(tensors: &SafeTensors, name: &str) -> faer::Mat<f64> {
         .collect();
     faer::Mat::from_fn(rows, cols, |r, c| values[r * cols + c])
 }
+
+/// A calibration solver that keeps every weight and records each module's name, weight and
+/// statistics.
+#[derive(Default)]
+pub struct Recorder {
+    pub modules: Vec<(String, faer::Mat<f64>, qpeft::quant::stats::LayerStats)>,
+}
+
+impl qpeft::quant::calib::ModuleSolver for Recorder {
+    fn solve(
+        &mut self,
+        name: &str,
+        weight: faer::MatRef<'_, f64>,
+        stats: &qpeft::quant::stats::LayerStats,
+    ) -> qpeft::Result<faer::Mat<f64>> {
+        self.modules
+            .push((name.to_string(), weight.to_owned(), stats.clone()));
+        Ok(weight.to_owned())
+    }
+}
