@@ -31,10 +31,23 @@ fn init(
     w: MatRef<'_, f64>,
     stats: &LayerStats,
     quant: &GptqConfig,
+    method: Initializer,
+    rank: usize,
+) -> LayerInit {
+    let scaling = Scaling::from_stats(method.scaling(), stats).unwrap();
+    init_scaled(name, w, stats, &scaling, quant, method, rank)
+}
+
+/// [`init`] with the scaling computed by the caller (one eigendecomposition per module).
+fn init_scaled(
+    name: &str,
+    w: MatRef<'_, f64>,
+    stats: &LayerStats,
+    scaling: &Scaling,
+    quant: &GptqConfig,
     init: Initializer,
     rank: usize,
 ) -> LayerInit {
-    let scaling = Scaling::from_stats(init.scaling(), stats).unwrap();
     let mut quantize = |target: MatRef<'_, f64>| -> qpeft::Result<QuantizedLayer> {
         Ok(solve_layer(Method::Rtn, quant, target, stats)?.0)
     };
@@ -44,7 +57,7 @@ fn init(
         split: None,
         seed: 7,
     };
-    initialize(name, w, &scaling, &mut quantize, &config).unwrap()
+    initialize(name, w, scaling, &mut quantize, &config).unwrap()
 }
 
 fn srr(rule: KRule) -> Initializer {
@@ -156,7 +169,8 @@ fn per_k_identity_and_exact_rule_on_real_layers() {
         let total = squared_norm(scaling.apply(w.as_ref()).as_ref());
         let mut errors = Vec::new();
         for k in 0..=rank {
-            let layer = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(k)), rank);
+            let fixed = srr(KRule::Fixed(k));
+            let layer = init_scaled(name, w.as_ref(), stats, &scaling, &quant, fixed, rank);
             let preserved = layer.l.subcols(0, k) * layer.r.subrows(0, k);
             let e_k = w - &layer.quantized.dequantized - preserved;
             let e_k_s = scaling.apply(e_k.as_ref());
@@ -173,7 +187,15 @@ fn per_k_identity_and_exact_rule_on_real_layers() {
             assert!((raw - lhs).abs() <= 1e-6 * total, "{name} k = {k}");
             errors.push((lhs / total).sqrt());
         }
-        let exact = init(name, w.as_ref(), stats, &quant, srr(KRule::Exact), rank);
+        let exact = init_scaled(
+            name,
+            w.as_ref(),
+            stats,
+            &scaling,
+            &quant,
+            srr(KRule::Exact),
+            rank,
+        );
         let best = errors.iter().copied().fold(f64::INFINITY, f64::min);
         for (k, e) in errors.iter().enumerate() {
             assert!(

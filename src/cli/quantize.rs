@@ -297,7 +297,14 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         (&method, kind, args.quantizer.bits, group),
     )?;
     let (pretrained, meta, seconds) = (calibrated.model, calibrated.metadata, calibrated.seconds);
-    let path = write_quantized_model(&args.out, &pretrained, &solver.layers, &meta, &[], &[])?;
+    let path = write_quantized_model(
+        &args.out,
+        &pretrained,
+        solver.layers.iter().map(|(n, l)| (n.as_str(), l)),
+        &meta,
+        &[],
+        &[],
+    )?;
     let bpw = bits_per_weight(solver.layers.iter().map(|(_, l)| l), args.quantizer.bits);
     let mean_error = solver
         .reports

@@ -131,10 +131,10 @@ pub struct ExtraTensor {
 /// Writes `out/model.safetensors` (with `layers` quantized, HF names relative to the base
 /// model, plus `extras` and the `extra_metadata` header entries), `config.json` and
 /// `tokenizer.json` copied from `source`. The file appears only once complete.
-pub fn write_quantized_model(
+pub fn write_quantized_model<'a>(
     out: &Path,
     source: &PretrainedModel,
-    layers: &[(String, QuantizedLayer)],
+    layers: impl IntoIterator<Item = (&'a str, &'a QuantizedLayer)>,
     meta: &QuantMetadata,
     extras: &[ExtraTensor],
     extra_metadata: &[(&str, String)],
@@ -143,7 +143,7 @@ pub fn write_quantized_model(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let prefix = source.weights.base_model_prefix()?;
     let quantized: HashMap<String, &QuantizedLayer> = layers
-        .iter()
+        .into_iter()
         .map(|(n, l)| (format!("{prefix}{n}"), l))
         .collect();
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();

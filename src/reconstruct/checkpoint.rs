@@ -107,15 +107,13 @@ pub fn write_init_checkpoint(
             values: to_f32(init.l.as_ref(), 1.0 / scale),
         });
     }
-    let quantized: Vec<_> = layers
-        .iter()
-        .map(|(name, init)| (name.clone(), init.quantized.clone()))
-        .collect();
     let json = serde_json::to_string(adapters).map_err(|e| Error::InvalidInput(e.to_string()))?;
     write_quantized_model(
         out,
         source,
-        &quantized,
+        layers
+            .iter()
+            .map(|(name, init)| (name.as_str(), &init.quantized)),
         quant,
         &extras,
         &[(ADAPTER_METADATA_KEY, json)],
