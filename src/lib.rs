@@ -5,13 +5,16 @@
 //! over it. Linear weights are `[out, in]` (Hugging Face layout) everywhere except inside
 //! Burn's `Linear`, which stores `[in, out]`; [`model::weights`] is the one place that converts.
 
+pub mod adapters;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
 pub mod model;
 pub mod quant;
+pub mod recipe;
 pub mod reconstruct;
 pub mod seed;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -2,10 +2,13 @@
 
 mod data;
 mod embed;
+mod eval;
+mod glue;
 mod init;
 mod model;
 mod predict;
 mod quantize;
+mod train;
 
 use clap::{Parser, Subcommand};
 use qpeft::device::DeviceSpec;
@@ -36,6 +39,12 @@ enum Command {
     /// Quantize every encoder linear layer and initialize its low-rank adapters (QLoRA,
     /// LoftQ, ZeroQuant-V2, LQER, QERA, LQ-LoRA, SRR).
     Init(init::InitArgs),
+    /// Fine-tune a quantized model with low-rank adapters from a recipe file (QPEFT).
+    Train(train::TrainArgs),
+    /// Score a trained run (or one of its checkpoints) on the task's dev split(s).
+    Eval(eval::EvalArgs),
+    /// Run the GLUE comparison: one fine-tuning run per initialization and task, then the table.
+    Glue(glue::GlueArgs),
 }
 
 /// `--model`, shared by every command that loads one.
@@ -68,5 +77,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Init(args) => init::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Glue(args) => glue::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

@@ -4,20 +4,26 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::Backend;
+use burn_autodiff::Autodiff;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Task, load};
 use qpeft::device::BackendTask;
 use qpeft::eval::predict::{predict_split, write_submission};
-use qpeft::model::{HeadKind, PretrainedModel};
+use qpeft::model::PretrainedModel;
+use qpeft::train::setup::{head_for, load_trained};
 
 use super::data::DataDirArg;
 use super::{DeviceArg, ModelArg};
 
 #[derive(clap::Args, Debug)]
 pub struct PredictArgs {
-    /// The task whose test split(s) to predict (MNLI: matched and mismatched).
+    /// A trained run directory (its latest checkpoint) or checkpoint folder; without it,
+    /// --model names a fine-tuned classifier.
+    pub checkpoint: Option<PathBuf>,
+    /// The task whose test split(s) to predict (MNLI: matched and mismatched); a checkpoint's
+    /// recipe names it.
     #[arg(long)]
-    pub task: Task,
+    pub task: Option<Task>,
     /// Folder for the submission files.
     #[arg(long, default_value = "predictions")]
     pub out: PathBuf,
@@ -34,12 +40,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    let pretrained = PretrainedModel::open(args.model.resolve()?)
-        .with_context(|| format!("loading model '{}'", args.model.model))?;
-    let written = args.device.device.run(Predict {
-        pretrained: &pretrained,
-        args: &args,
-    })??;
+    let written = args.device.device.run(Predict { args: &args })??;
     for path in written {
         println!("wrote {}", path.display());
     }
@@ -47,7 +48,6 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 struct Predict<'a> {
-    pretrained: &'a PretrainedModel,
     args: &'a PredictArgs,
 }
 
@@ -56,25 +56,42 @@ impl BackendTask for Predict<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let args = self.args;
-        let task = args.task;
-        let head = match task.num_outputs() {
-            1 => HeadKind::Regression,
-            n => HeadKind::Classification { num_labels: n },
+        let (model, tokenizer, task) = match &args.checkpoint {
+            Some(path) => {
+                let trained = load_trained::<Autodiff<B>>(path, &device)?;
+                let task = trained.recipe.task()?;
+                if args.task.is_some_and(|t| t != task) {
+                    anyhow::bail!(
+                        "the checkpoint was trained on {task}, not {}",
+                        args.task.expect("checked")
+                    );
+                }
+                let tokenizer = trained.base.tokenizer(trained.recipe.train.max_length)?;
+                (trained.model, tokenizer, task)
+            }
+            None => {
+                let task = args
+                    .task
+                    .context("--task is needed with --model (a checkpoint's recipe names it)")?;
+                let pretrained = PretrainedModel::open(args.model.resolve()?)
+                    .with_context(|| format!("loading model '{}'", args.model.model))?;
+                let head = head_for(task);
+                if pretrained.config.head != head {
+                    anyhow::bail!(
+                        "the checkpoint's head is {:?}, but {task} needs {head:?}: predict needs a model fine-tuned on {task}",
+                        pretrained.config.head
+                    );
+                }
+                let (model, fresh) = pretrained.classifier::<B>(head, &device)?;
+                if !fresh.is_empty() {
+                    anyhow::bail!(
+                        "the checkpoint has no trained head ({} missing)",
+                        fresh.join(", ")
+                    );
+                }
+                (model, pretrained.tokenizer(args.max_length)?, task)
+            }
         };
-        if self.pretrained.config.head != head {
-            anyhow::bail!(
-                "the checkpoint's head is {:?}, but {task} needs {head:?}: predict needs a model fine-tuned on {task}",
-                self.pretrained.config.head
-            );
-        }
-        let (model, fresh) = self.pretrained.classifier::<B>(head, &device)?;
-        if !fresh.is_empty() {
-            anyhow::bail!(
-                "the checkpoint has no trained head ({} missing)",
-                fresh.join(", ")
-            );
-        }
-        let tokenizer = self.pretrained.tokenizer(args.max_length)?;
         let dir = args.data.dir();
         let cache = default_cache_dir();
         let mut written = Vec::new();

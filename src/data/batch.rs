@@ -101,6 +101,26 @@ impl TokenizedSplit {
         self.rows.is_empty()
     }
 
+    /// A seeded random subset of `n` examples (all of them if `n` is not smaller), in the
+    /// split's order.
+    pub fn subsample(&self, n: usize, seed: u64) -> Self {
+        if n >= self.len() {
+            return self.clone();
+        }
+        let mut chosen: Vec<usize> = (0..self.len()).collect();
+        chosen.shuffle(&mut substream_rng(seed, "train-subsample"));
+        chosen.truncate(n);
+        chosen.sort_unstable();
+        TokenizedSplit {
+            task: self.task,
+            split: self.split,
+            rows: chosen.iter().map(|&i| self.rows[i].clone()).collect(),
+            ids: chosen.iter().map(|&i| self.ids[i]).collect(),
+            labels: chosen.iter().map(|&i| self.labels[i]).collect(),
+            pad_id: self.pad_id,
+        }
+    }
+
     pub fn lengths(&self) -> Vec<usize> {
         self.rows.iter().map(|r| r.ids.len()).collect()
     }

@@ -14,6 +14,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use super::config::{Architecture, EncoderConfig, HeadKind};
 use super::weights::{WeightFile, WeightScope};
+use crate::adapters::TargetLinear;
 use crate::error::Result;
 
 /// The six linear layers of every encoder layer, by their HF names below `encoder.layer.N.`.
@@ -106,16 +107,16 @@ impl<B: Backend> Embeddings<B> {
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
-    pub query: Linear<B>,
-    pub key: Linear<B>,
-    pub value: Linear<B>,
+    pub query: TargetLinear<B>,
+    pub key: TargetLinear<B>,
+    pub value: TargetLinear<B>,
     dropout: Dropout,
     num_heads: usize,
 }
 
 #[derive(Module, Debug)]
 pub struct DenseLayerNorm<B: Backend> {
-    pub dense: Linear<B>,
+    pub dense: TargetLinear<B>,
     pub layer_norm: LayerNorm<B>,
     dropout: Dropout,
 }
@@ -123,7 +124,7 @@ pub struct DenseLayerNorm<B: Backend> {
 impl<B: Backend> DenseLayerNorm<B> {
     fn load(w: &WeightScope, d_in: usize, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
         Ok(DenseLayerNorm {
-            dense: w.child("dense").linear(d_in, cfg.hidden_size, device)?,
+            dense: TargetLinear::Dense(w.child("dense").linear(d_in, cfg.hidden_size, device)?),
             layer_norm: w.child("LayerNorm").layer_norm(
                 cfg.hidden_size,
                 cfg.layer_norm_eps,
@@ -148,7 +149,7 @@ pub struct Attention<B: Backend> {
 
 #[derive(Module, Debug)]
 pub struct Intermediate<B: Backend> {
-    pub dense: Linear<B>,
+    pub dense: TargetLinear<B>,
 }
 
 #[derive(Module, Debug)]
@@ -162,9 +163,9 @@ impl<B: Backend> SelfAttention<B> {
     fn load(w: &WeightScope, cfg: &EncoderConfig, device: &B::Device) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(SelfAttention {
-            query: w.child("query").linear(h, h, device)?,
-            key: w.child("key").linear(h, h, device)?,
-            value: w.child("value").linear(h, h, device)?,
+            query: TargetLinear::Dense(w.child("query").linear(h, h, device)?),
+            key: TargetLinear::Dense(w.child("key").linear(h, h, device)?),
+            value: TargetLinear::Dense(w.child("value").linear(h, h, device)?),
             dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
             num_heads: cfg.num_attention_heads,
         })
@@ -204,11 +205,11 @@ impl<B: Backend> EncoderLayer<B> {
                 )?,
             },
             intermediate: Intermediate {
-                dense: w.child("intermediate").child("dense").linear(
+                dense: TargetLinear::Dense(w.child("intermediate").child("dense").linear(
                     cfg.hidden_size,
                     cfg.intermediate_size,
                     device,
-                )?,
+                )?),
             },
             output: DenseLayerNorm::load(&w.child("output"), cfg.intermediate_size, cfg, device)?,
         })
@@ -235,8 +236,18 @@ impl<B: Backend> EncoderLayer<B> {
         }
     }
 
-    /// The linear layer with HF name `suffix` (one of [`LAYER_LINEARS`]).
+    /// The dense linear layer with HF name `suffix` (one of [`LAYER_LINEARS`]); `None` once
+    /// adapted.
     pub fn linear(&self, suffix: &str) -> Option<&Linear<B>> {
+        self.target(suffix)?.dense()
+    }
+
+    pub fn linear_mut(&mut self, suffix: &str) -> Option<&mut Linear<B>> {
+        self.target_mut(suffix)?.dense_mut()
+    }
+
+    /// The target slot with HF name `suffix` (one of [`LAYER_LINEARS`]).
+    pub fn target(&self, suffix: &str) -> Option<&TargetLinear<B>> {
         Some(match suffix {
             "attention.self.query" => &self.attention.self_attention.query,
             "attention.self.key" => &self.attention.self_attention.key,
@@ -248,7 +259,7 @@ impl<B: Backend> EncoderLayer<B> {
         })
     }
 
-    pub fn linear_mut(&mut self, suffix: &str) -> Option<&mut Linear<B>> {
+    pub fn target_mut(&mut self, suffix: &str) -> Option<&mut TargetLinear<B>> {
         Some(match suffix {
             "attention.self.query" => &mut self.attention.self_attention.query,
             "attention.self.key" => &mut self.attention.self_attention.key,
@@ -348,6 +359,17 @@ impl<B: Backend> Encoder<B> {
     pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
         let (index, suffix) = parse_layer_linear(name)?;
         self.layers.get_mut(index)?.linear_mut(suffix)
+    }
+
+    /// The target slot with HF name `name` (`encoder.layer.N.<one of LAYER_LINEARS>`).
+    pub fn target(&self, name: &str) -> Option<&TargetLinear<B>> {
+        let (index, suffix) = parse_layer_linear(name)?;
+        self.layers.get(index)?.target(suffix)
+    }
+
+    pub fn target_mut(&mut self, name: &str) -> Option<&mut TargetLinear<B>> {
+        let (index, suffix) = parse_layer_linear(name)?;
+        self.layers.get_mut(index)?.target_mut(suffix)
     }
 }
 

@@ -11,8 +11,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
+use crate::adapters::FrozenWeight;
 use crate::error::{Error, Result};
-use crate::quant::checkpoint::{METADATA_KEY, QuantMetadata, dequantize_packed};
+use crate::quant::checkpoint::{METADATA_KEY, QuantMetadata};
 use crate::quant::grid::Bits;
 use crate::reconstruct::checkpoint::{ADAPTER_METADATA_KEY, AdapterMetadata};
 
@@ -218,8 +219,22 @@ impl<'a> WeightScope<'a> {
         self.tensor(name, [len], device)
     }
 
-    /// `[out, in]` weights of a quantized linear (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`).
-    fn dequantized_weight(&self, d_in: usize, d_out: usize) -> Result<Vec<f32>> {
+    /// The f32 tensor `name` below this scope (F32, F16 or BF16 stored), checking its shape.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.file.read_f32(&self.key(name), shape)
+    }
+
+    /// The frozen weight of the linear below this scope, as stored: packed codes and grids
+    /// (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`, written by `qpeft quantize`/`init`) or a
+    /// dense `weight [out, in]`.
+    pub fn frozen_weight(&self, d_in: usize, d_out: usize) -> Result<FrozenWeight> {
+        if self.contains("weight") || !self.contains("qcodes") {
+            return Ok(FrozenWeight::Dense {
+                rows: d_out,
+                cols: d_in,
+                values: self.values("weight", &[d_out, d_in])?,
+            });
+        }
         let file = self.file;
         let meta = file.quantization().ok_or_else(|| {
             file.invalid(format!(
@@ -233,23 +248,27 @@ impl<'a> WeightScope<'a> {
             .get(1)
             .copied()
             .unwrap_or(0);
-        let codes = file.read_raw(
-            &self.key("qcodes"),
-            Dtype::U8,
-            &[d_out, (d_in * usize::from(meta.bits)).div_ceil(8)],
-        )?;
-        let f32s = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            file.read_f32(&self.key(name), shape)
-        };
-        let scale = f32s("qscale", &[d_out, groups])?;
-        let zero = f32s("qzero", &[d_out, groups])?;
-        let group: Vec<i32> = file
+        let codes = file
+            .read_raw(
+                &self.key("qcodes"),
+                Dtype::U8,
+                &[d_out, (d_in * usize::from(meta.bits)).div_ceil(8)],
+            )?
+            .to_vec();
+        let group_of_column: Vec<i32> = file
             .read_raw(&self.key("qgroup"), Dtype::I32, &[d_in])?
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        dequantize_packed(codes, bits, (d_out, d_in), &scale, &zero, &group)
-            .map_err(|e| file.invalid(format!("{}: {e}", self.key("qcodes"))))
+        Ok(FrozenWeight::Packed {
+            bits,
+            rows: d_out,
+            cols: d_in,
+            codes,
+            scale: self.values("qscale", &[d_out, groups])?,
+            zero: self.values("qzero", &[d_out, groups])?,
+            group_of_column,
+        })
     }
 
     /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`, or quantized by
@@ -283,11 +302,10 @@ impl<'a> WeightScope<'a> {
         d_out: usize,
         device: &B::Device,
     ) -> Result<Linear<B>> {
-        let mut weight_out_in = if !self.contains("weight") && self.contains("qcodes") {
-            self.dequantized_weight(d_in, d_out)?
-        } else {
-            self.file.read_f32(&self.key("weight"), &[d_out, d_in])?
-        };
+        let mut weight_out_in = self
+            .frozen_weight(d_in, d_out)?
+            .dequantize()
+            .map_err(|e| self.file.invalid(format!("{}: {e}", self.key("qcodes"))))?;
         if let Some(adapters) = self.file.adapters()
             && self.contains("lora_A")
         {

@@ -1,0 +1,177 @@
+//! `qpeft glue`: the GLUE comparison of the papers — one training run per (initialization,
+//! task) from the task recipes, then a table with one row per initialization, one column per
+//! task's main score and the average. Finished runs are reused and killed ones resumed, so
+//! the same command continues an interrupted suite.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use qpeft::data::Task;
+use qpeft::recipe::Recipe;
+use qpeft::train::report::RunReport;
+use qpeft::train::setup::RunDir;
+use qpeft::train::trainer::latest_checkpoint;
+
+use super::DeviceArg;
+use super::train::run_recipe;
+
+#[derive(clap::Args, Debug)]
+pub struct GlueArgs {
+    /// The folder with <task>.toml recipes.
+    #[arg(long, default_value = "recipes")]
+    pub recipes: PathBuf,
+    /// Tasks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "rte,mrpc,stsb,cola")]
+    pub tasks: Vec<Task>,
+    /// Rows: an initialization (lora, qlora, loftq, qera, qera-approx, lqer, zeroquant-v2,
+    /// lqlora, srr, srr-probe, srr-exact, srr-prerelease), optionally with modifiers after '+':
+    /// grad, update, off (SRR's preserved scaling), or a base quantizer (rtn, gptq, coreq, …),
+    /// e.g. srr-exact+update or srr-exact+coreq.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lora,qlora,loftq,qera,srr"
+    )]
+    pub compare: Vec<String>,
+    /// Override a field of every recipe (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// The suite's folder: <out>/<row>/<task>/ per run, glue.md and glue.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+/// The recipe overrides of a `--compare` row.
+pub fn row_overrides(row: &str) -> anyhow::Result<Vec<String>> {
+    let mut parts = row.split('+');
+    let base = parts.next().unwrap_or_default();
+    let set = |pairs: &[(&str, &str)]| -> Vec<String> {
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    };
+    let mut overrides = match base {
+        "lora" => set(&[("quant.method", "none"), ("adapter.init", "lora")]),
+        "qera" => set(&[("adapter.init", "qera-exact")]),
+        "qlora" | "loftq" | "qera-approx" | "qera-exact" | "lqer" | "zeroquant-v2" | "lqlora"
+        | "srr" => set(&[("adapter.init", base)]),
+        "srr-probe" | "srr-exact" | "srr-prerelease" => set(&[
+            ("adapter.init", "srr"),
+            ("adapter.k_rule", base.trim_start_matches("srr-")),
+        ]),
+        other => anyhow::bail!(
+            "--compare: unknown initialization '{other}' (expected lora, qlora, loftq, qera, qera-approx, lqer, zeroquant-v2, lqlora, srr, srr-probe, srr-exact or srr-prerelease)"
+        ),
+    };
+    for modifier in parts {
+        overrides.push(match modifier {
+            "grad" | "update" | "off" => format!("adapter.preserved_scaling={modifier}"),
+            "rtn" | "gptq" | "gptaq" | "rescomp" | "coreq" | "kcoreq" | "qronos" => {
+                format!("quant.method={modifier}")
+            }
+            other => anyhow::bail!(
+                "--compare {row}: unknown modifier '{other}' (expected grad, update, off or a quantizer)"
+            ),
+        });
+    }
+    Ok(overrides)
+}
+
+pub fn run(args: GlueArgs) -> anyhow::Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("glue-{}", super::train::now_stamp()))
+    });
+    let mut scores: BTreeMap<(usize, Task), RunReport> = BTreeMap::new();
+    for (row_index, row) in args.compare.iter().enumerate() {
+        let mut overrides = row_overrides(row)?;
+        overrides.extend(args.overrides.iter().cloned());
+        for &task in &args.tasks {
+            let recipe_path = args.recipes.join(format!("{}.toml", task.name()));
+            let recipe = Recipe::load(&recipe_path, &overrides)
+                .with_context(|| format!("row {row}, task {task}"))?;
+            let run = RunDir {
+                root: out.join(row).join(task.name()),
+            };
+            let report_path = run.root.join("report.json");
+            let report = if report_path.is_file() {
+                let text = std::fs::read_to_string(&report_path)?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", report_path.display()))?
+            } else {
+                let resume = if run.recipe_path().is_file() {
+                    latest_checkpoint(&run.root)?
+                } else {
+                    None
+                };
+                eprintln!("== {row} / {task} → {}", run.root.display());
+                run_recipe(
+                    &recipe,
+                    &run,
+                    resume.as_deref(),
+                    args.data_dir.as_deref(),
+                    &args.device,
+                )
+                .with_context(|| format!("row {row}, task {task}"))?
+            };
+            scores.insert((row_index, task), report);
+        }
+    }
+    let table = markdown_table(&args.compare, &args.tasks, &scores);
+    println!("{table}");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("glue.md"), &table)?;
+    let json: Vec<serde_json::Value> = args
+        .compare
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let tasks: BTreeMap<String, serde_json::Value> = args
+                .tasks
+                .iter()
+                .filter_map(|t| scores.get(&(i, *t)).map(|r| (t.name().to_string(), serde_json::json!({
+                    "main": r.final_main, "best": r.best_main, "epochs": r.epochs,
+                    "samples_per_second": r.samples_per_second, "train_seconds": r.train_seconds,
+                }))))
+                .collect();
+            serde_json::json!({"row": row, "tasks": tasks, "average": average(i, &args.tasks, &scores)})
+        })
+        .collect();
+    std::fs::write(out.join("glue.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", out.join("glue.md").display());
+    Ok(())
+}
+
+fn average(row: usize, tasks: &[Task], scores: &BTreeMap<(usize, Task), RunReport>) -> f64 {
+    100.0
+        * tasks
+            .iter()
+            .map(|t| scores[&(row, *t)].final_main)
+            .sum::<f64>()
+        / tasks.len() as f64
+}
+
+/// Rows × task main scores (last epoch, in %) and their mean.
+fn markdown_table(
+    rows: &[String],
+    tasks: &[Task],
+    scores: &BTreeMap<(usize, Task), RunReport>,
+) -> String {
+    let mut md = String::from("| init |");
+    for task in tasks {
+        md.push_str(&format!(" {} |", task.name()));
+    }
+    md.push_str(" avg |\n|---|");
+    md.push_str(&"---|".repeat(tasks.len() + 1));
+    md.push('\n');
+    for (i, row) in rows.iter().enumerate() {
+        md.push_str(&format!("| {row} |"));
+        for task in tasks {
+            md.push_str(&format!(" {:.2} |", 100.0 * scores[&(i, *task)].final_main));
+        }
+        md.push_str(&format!(" {:.2} |\n", average(i, tasks, scores)));
+    }
+    md
+}

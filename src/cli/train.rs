@@ -1,0 +1,396 @@
+//! `qpeft train <recipe>`: one QPEFT fine-tuning run from a recipe — build (or reuse from the
+//! cache) the init checkpoint, attach the adapters, train with evaluation after every epoch,
+//! and write the run directory's report. `--resume RUN` continues a killed run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use burn_autodiff::Autodiff;
+use clap::Parser;
+use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
+use qpeft::data::{Split, glue_dir, load};
+use qpeft::device::BackendTask;
+use qpeft::recipe::{GridName, InitName, QuantMethod, Recipe};
+use qpeft::train::checkpoint::LoadedCheckpoint;
+use qpeft::train::report::{RunReport, peak_rss_bytes};
+use qpeft::train::setup::{RunDir, build_model, train_config};
+use qpeft::train::trainer::{TrainData, latest_checkpoint, train};
+use sha2::{Digest, Sha256};
+
+use super::DeviceArg;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The recipe file (e.g. recipes/rte.toml); not needed with --resume.
+    pub recipe: Option<PathBuf>,
+    /// Override a recipe field: --set train.learning_rate=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// The run directory (default: runs/<task>-<init>-<bits>b-r<rank>-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with_all = ["recipe", "out"])]
+    pub resume: Option<PathBuf>,
+    /// The GLUE folder (default: the recipe's data.dir, $GLUE_DIR, else datasets/glue).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let (run_dir, recipe, resume) = match (&args.resume, &args.recipe) {
+        (Some(dir), _) => {
+            let run = RunDir { root: dir.clone() };
+            let recipe = run
+                .recipe()
+                .with_context(|| format!("reading the recipe of run {}", dir.display()))?;
+            let checkpoint = latest_checkpoint(dir)?;
+            (run, recipe, checkpoint)
+        }
+        (None, Some(path)) => {
+            let recipe = Recipe::load(path, &args.overrides)?;
+            let root = args.out.clone().unwrap_or_else(|| default_run_dir(&recipe));
+            (RunDir { root }, recipe, None)
+        }
+        (None, None) => {
+            anyhow::bail!("name a recipe (qpeft train recipes/rte.toml) or --resume RUN")
+        }
+    };
+    let report = run_recipe(
+        &recipe,
+        &run_dir,
+        resume.as_deref(),
+        args.data_dir.as_deref(),
+        &args.device,
+    )?;
+    println!(
+        "{} dev {:.4} (last epoch; best {:.4} at epoch {}), {:.1} samples/s, {:.0} s",
+        report.task,
+        report.final_main,
+        report.best_main,
+        report.best_epoch,
+        report.samples_per_second,
+        report.wall_seconds
+    );
+    println!("report: {}", run_dir.root.join("report.md").display());
+    Ok(())
+}
+
+/// `runs/<task>-<init>-<bits>b-r<rank>-<UTC time>`.
+pub fn default_run_dir(recipe: &Recipe) -> PathBuf {
+    let bits = match recipe.quant.method {
+        QuantMethod::None => "fp".to_string(),
+        _ => format!("{}b", recipe.quant.bits),
+    };
+    PathBuf::from("runs").join(format!(
+        "{}-{}-{bits}-r{}-{}",
+        recipe.data.task.as_deref().unwrap_or("task"),
+        kebab(&format!("{:?}", recipe.adapter.init)),
+        recipe.adapter.rank,
+        now_stamp()
+    ))
+}
+
+/// The current UTC time as `YYYYMMDD-HHMMSS`.
+pub fn now_stamp() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    utc_stamp(seconds)
+}
+
+fn kebab(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil-from-days).
+fn utc_stamp(seconds: u64) -> String {
+    let days = (seconds / 86400) as i64;
+    let rest = seconds % 86400;
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The `qpeft init` command line that builds the recipe's init checkpoint.
+fn init_arguments(recipe: &Recipe) -> Vec<String> {
+    let q = &recipe.quant;
+    let a = &recipe.adapter;
+    let method = match q.method {
+        QuantMethod::None => "none",
+        QuantMethod::Rtn => "rtn",
+        QuantMethod::Gptq => "gptq",
+        QuantMethod::Gptaq => "gptaq",
+        QuantMethod::Rescomp => "rescomp",
+        QuantMethod::Coreq => "coreq",
+        QuantMethod::Kcoreq => "kcoreq",
+        QuantMethod::Qronos => "qronos",
+    };
+    let grid = match q.grid {
+        GridName::Asym => "asym",
+        GridName::Sym => "sym",
+        GridName::Quarot => "quarot",
+        GridName::Mxint => "mxint",
+    };
+    let init = kebab(&format!("{:?}", a.init));
+    let mut argv: Vec<String> = [
+        "--model",
+        &recipe.model.name,
+        "--init",
+        &init,
+        "--rank",
+        &a.rank.to_string(),
+        "--lora-alpha",
+        &a.alpha.to_string(),
+        "--k-rule",
+        &a.k_rule,
+        "--loftq-iters",
+        &a.loftq_iters.to_string(),
+        "--quantizer",
+        method,
+        "--bits",
+        &q.bits.to_string(),
+        "--grid",
+        grid,
+        "--group",
+        &q.group.to_string(),
+        "--calib",
+        &q.calib,
+        "--calib-samples",
+        &q.calib_samples.to_string(),
+        "--max-length",
+        &q.calib_max_length.to_string(),
+        "--seed",
+        &q.calib_seed.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if a.joint_refit {
+        argv.push("--joint-refit".into());
+    }
+    argv
+}
+
+/// Builds the init checkpoint in the cache (keyed by everything that shapes it), once.
+fn cached_init(recipe: &Recipe, data_dir: &Path, device: &DeviceArg) -> anyhow::Result<PathBuf> {
+    let argv = init_arguments(recipe);
+    let key = Sha256::new()
+        .chain_update(argv.join("\u{0}").as_bytes())
+        .finalize();
+    let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let root = default_cache_dir().with_file_name("inits");
+    let dir = root.join(format!(
+        "{}-{}-{}b-r{}-{key}",
+        kebab(&format!("{:?}", recipe.adapter.init)),
+        argv[argv
+            .iter()
+            .position(|a| a == "--quantizer")
+            .map_or(0, |i| i + 1)],
+        recipe.quant.bits,
+        recipe.adapter.rank
+    ));
+    if dir.join("model.safetensors").is_file() {
+        eprintln!("init checkpoint: {} (cached)", dir.display());
+        return Ok(dir);
+    }
+    let partial = dir.with_extension("partial");
+    let mut full = vec!["qpeft-init".to_string()];
+    full.extend(argv);
+    full.extend([
+        "--out".into(),
+        partial.to_string_lossy().into_owned(),
+        "--device".into(),
+        device.device.to_string(),
+        "--data-dir".into(),
+        data_dir.to_string_lossy().into_owned(),
+    ]);
+    eprintln!(
+        "building the init checkpoint: qpeft init {}",
+        full[1..].join(" ")
+    );
+    #[derive(Parser)]
+    struct InitCommand {
+        #[command(flatten)]
+        args: super::init::InitArgs,
+    }
+    let command = InitCommand::try_parse_from(&full).with_context(|| {
+        format!(
+            "the recipe gives an invalid init command: {}",
+            full.join(" ")
+        )
+    })?;
+    super::init::run(command.args)?;
+    std::fs::rename(&partial, &dir)
+        .with_context(|| format!("moving {} into place", dir.display()))?;
+    Ok(dir)
+}
+
+/// Hard-links (or copies) the files of `from` into `to`.
+fn link_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let target = to.join(path.file_name().expect("a file has a name"));
+            if target.exists() {
+                continue;
+            }
+            if std::fs::hard_link(&path, &target).is_err() {
+                std::fs::copy(&path, &target).with_context(|| {
+                    format!("copying {} to {}", path.display(), target.display())
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) `recipe` in `run`; the report of the finished run.
+pub fn run_recipe(
+    recipe: &Recipe,
+    run: &RunDir,
+    resume: Option<&Path>,
+    data_dir: Option<&Path>,
+    device: &DeviceArg,
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let data_dir = glue_dir(data_dir.or(recipe.data.dir.as_deref()));
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("creating {}", run.root.display()))?;
+    if resume.is_none() {
+        let recipe_path = run.recipe_path();
+        if recipe_path.exists() {
+            anyhow::bail!(
+                "{} already holds a run: continue it with --resume {0}, or choose another --out",
+                run.root.display()
+            );
+        }
+        std::fs::write(&recipe_path, recipe.to_toml()?)
+            .with_context(|| format!("writing {}", recipe_path.display()))?;
+        if recipe.adapter.init != InitName::Lora {
+            let init = match &recipe.model.init_checkpoint {
+                Some(dir) => dir.clone(),
+                None => cached_init(recipe, &data_dir, device)?,
+            };
+            link_dir(&init, &run.init_dir())?;
+        }
+    }
+    let resume = resume.map(LoadedCheckpoint::open).transpose()?;
+    if let Some(checkpoint) = &resume {
+        eprintln!("resuming from {}", checkpoint.dir.display());
+    }
+    let mut report = device.device.run(TrainTask {
+        recipe,
+        run,
+        resume: resume.as_ref(),
+        data_dir: &data_dir,
+    })??;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    report.device = device.device.to_string();
+    report.write(&run.root)?;
+    Ok(report)
+}
+
+struct TrainTask<'a> {
+    recipe: &'a Recipe,
+    run: &'a RunDir,
+    resume: Option<&'a LoadedCheckpoint>,
+    data_dir: &'a Path,
+}
+
+impl BackendTask for TrainTask<'_> {
+    type Output = anyhow::Result<RunReport>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let recipe = self.recipe;
+        let task = recipe.task()?;
+        let built = build_model::<Autodiff<B>>(recipe, self.run.base_files(recipe)?, &device)?;
+        let tokenizer = built.base.tokenizer(recipe.train.max_length)?;
+        let cache = default_cache_dir();
+        let tokenize = |split: Split| -> anyhow::Result<TokenizedSplit> {
+            let dataset = load(self.data_dir, task, split)?;
+            Ok(TokenizedSplit::new(&dataset, &tokenizer, Some(&cache))?)
+        };
+        let mut train_split = tokenize(Split::Train)?;
+        if let Some(n) = recipe.data.max_train_samples {
+            train_split = train_split.subsample(n, recipe.train.seed);
+        }
+        let data = TrainData {
+            train: train_split,
+            dev: task
+                .dev_splits()
+                .iter()
+                .map(|&s| tokenize(s))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let config = train_config(recipe);
+        eprintln!(
+            "training {task}: {} examples, {} dev, {} → run {}",
+            data.train.len(),
+            data.dev.iter().map(TokenizedSplit::len).sum::<usize>(),
+            built.summary.init,
+            self.run.root.display()
+        );
+        let outcome = train(
+            built.model,
+            &data,
+            &config,
+            &self.run.root,
+            self.resume,
+            &device,
+        )?;
+        let state = outcome.state;
+        let (best_epoch, best_main) = RunReport::best(&state.epochs);
+        Ok(RunReport {
+            task: task.to_string(),
+            device: String::new(),
+            final_main: state.epochs.last().map_or(f64::NAN, |e| e.main),
+            best_epoch,
+            best_main,
+            wall_seconds: 0.0,
+            train_seconds: state.train_seconds,
+            samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
+            peak_rss_bytes: peak_rss_bytes(),
+            trainable_parameters: outcome.trainable_scalars,
+            quantization: built.summary,
+            recipe: serde_json::to_value(recipe)?,
+            epochs: state.epochs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(1_795_000_000), "20261118-110640");
+    }
+}

@@ -1,0 +1,572 @@
+//! Recipe files (`recipes/<task>.toml`): the typed description of one QPEFT run, in five
+//! sections — `[model]`, `[quant]`, `[adapter]`, `[train]`, `[data]` — each field defaulting to
+//! the SRR/QERA GLUE protocol (ALGORITHMS.md §13). Unknown keys are errors that list the valid
+//! ones; `--set section.key=value` overrides any field; [`Recipe::validate`] rejects values
+//! that cannot work and names the key. `docs/recipes.md` documents every field.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::DropoutPlacement;
+use crate::data::Task;
+use crate::error::{Error, Result};
+use crate::eval::metrics::MnliMain;
+use crate::model::DEFAULT_MODEL;
+use crate::model::bert::LAYER_LINEARS;
+use crate::train::optim::{PreservedScaling, Schedule};
+use crate::train::trainer::GammaForm;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recipe {
+    pub model: ModelSection,
+    pub quant: QuantSection,
+    pub adapter: AdapterSection,
+    pub train: TrainSection,
+    pub data: DataSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A hub id or a local model directory.
+    pub name: String,
+    /// Start from this init checkpoint (`qpeft init --out`) instead of building one.
+    pub init_checkpoint: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            name: DEFAULT_MODEL.to_string(),
+            init_checkpoint: None,
+        }
+    }
+}
+
+/// The base quantizer; `none` keeps the base weights in full precision (LoRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantMethod {
+    None,
+    Rtn,
+    Gptq,
+    Gptaq,
+    Rescomp,
+    Coreq,
+    Kcoreq,
+    Qronos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GridName {
+    Asym,
+    Sym,
+    Quarot,
+    Mxint,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantSection {
+    pub method: QuantMethod,
+    pub bits: u8,
+    pub grid: GridName,
+    /// Group (MXINT block) size along the input dimension; 0 for one grid per row.
+    pub group: usize,
+    /// Calibration text for S = R_xx^{1/2} and data-aware quantizers: a GLUE task's training
+    /// pairs or a text file (the papers use WikiText-2, which is not available here).
+    pub calib: String,
+    pub calib_samples: usize,
+    pub calib_max_length: usize,
+    pub calib_seed: u64,
+}
+
+impl Default for QuantSection {
+    fn default() -> Self {
+        QuantSection {
+            method: QuantMethod::Rtn,
+            bits: 2,
+            grid: GridName::Mxint,
+            group: 32,
+            calib: "rte".to_string(),
+            calib_samples: 128,
+            calib_max_length: 128,
+            calib_seed: 0,
+        }
+    }
+}
+
+/// The adapter initializer; `lora` is PEFT's fresh init on a full-precision base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitName {
+    Lora,
+    Qlora,
+    Loftq,
+    ZeroquantV2,
+    Lqer,
+    QeraApprox,
+    QeraExact,
+    Lqlora,
+    Srr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterSection {
+    pub init: InitName,
+    /// SRR's k rule: `probe` (the paper), `prerelease`, `exact`, or a number.
+    pub k_rule: String,
+    pub joint_refit: bool,
+    pub loftq_iters: usize,
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub dropout_placement: DropoutPlacement,
+    /// Target linears below `encoder.layer.N.` (default: the six of every layer).
+    pub targets: Vec<String>,
+    /// SRR's scaling of the preserved block: `grad` (paper), `update` or `off`.
+    pub preserved_scaling: PreservedScaling,
+    pub gamma: f64,
+    pub gamma_form: GammaForm,
+    pub train_biases: bool,
+    pub train_layer_norms: bool,
+    pub train_pooler: bool,
+}
+
+impl Default for AdapterSection {
+    fn default() -> Self {
+        AdapterSection {
+            init: InitName::Srr,
+            k_rule: "probe".to_string(),
+            joint_refit: false,
+            loftq_iters: 5,
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.1,
+            dropout_placement: DropoutPlacement::Input,
+            targets: LAYER_LINEARS.iter().map(|s| s.to_string()).collect(),
+            preserved_scaling: PreservedScaling::Grad,
+            gamma: 0.1,
+            gamma_form: GammaForm::Constant,
+            train_biases: false,
+            train_layer_norms: false,
+            train_pooler: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub epochs: usize,
+    pub max_length: usize,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clipping; 0 turns it off (the protocol does not clip).
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub seed: u64,
+    pub eval_batch_size: usize,
+    /// Also checkpoint every this many optimizer steps (0: after each epoch only).
+    pub checkpoint_every: usize,
+    pub log_every: usize,
+    /// How MNLI enters the GLUE average: `matched` or `mean-of-both`.
+    pub mnli_main: MnliMainName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MnliMainName {
+    Matched,
+    MeanOfBoth,
+}
+
+impl From<MnliMainName> for MnliMain {
+    fn from(value: MnliMainName) -> Self {
+        match value {
+            MnliMainName::Matched => MnliMain::Matched,
+            MnliMainName::MeanOfBoth => MnliMain::MeanOfBoth,
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            learning_rate: 3e-4,
+            batch_size: 64,
+            grad_accum: 1,
+            epochs: 5,
+            max_length: 256,
+            schedule: Schedule::Cosine,
+            warmup_ratio: 0.0,
+            max_grad_norm: 0.0,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            seed: 42,
+            eval_batch_size: 128,
+            checkpoint_every: 0,
+            log_every: 10,
+            mnli_main: MnliMainName::Matched,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// The GLUE task (required).
+    pub task: Option<String>,
+    /// The GLUE folder (default: `--data-dir`, `$GLUE_DIR`, then `datasets/glue`).
+    pub dir: Option<PathBuf>,
+    /// Train on a seeded random subset of this many examples.
+    pub max_train_samples: Option<usize>,
+}
+
+/// The names of the fields of a section, read from its `Deserialize` impl.
+fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Fields(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("field names only"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("field names only"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields = Fields(&[]);
+    let _ = T::deserialize(&mut fields);
+    fields.0
+}
+
+/// The sections and, for each, its valid keys.
+pub fn valid_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("model", field_names::<ModelSection>()),
+        ("quant", field_names::<QuantSection>()),
+        ("adapter", field_names::<AdapterSection>()),
+        ("train", field_names::<TrainSection>()),
+        ("data", field_names::<DataSection>()),
+    ]
+}
+
+/// A `--set` value as TOML (`2`, `1e-4`, `true`, `["a", "b"]`), or else as a bare string.
+fn parse_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+impl Recipe {
+    /// Reads `path` and applies `overrides` (`section.key=value`), then validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses recipe `text` (from `origin`) with `overrides`, then validates.
+    pub fn parse(text: &str, origin: &Path, overrides: &[String]) -> Result<Self> {
+        let invalid = |message: String| Error::InvalidConfig {
+            path: origin.to_path_buf(),
+            message,
+        };
+        // Parsing the file as the typed recipe first gives errors with line and column.
+        toml::from_str::<Recipe>(text)
+            .map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for assignment in overrides {
+            apply_override(&mut table, assignment)?;
+        }
+        let recipe = Recipe::deserialize(toml::Value::Table(table))
+            .map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        recipe.validate().map_err(|message| invalid(message))?;
+        Ok(recipe)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::InvalidInput(format!("writing the recipe: {e}")))
+    }
+
+    /// The task named by `data.task`.
+    pub fn task(&self) -> Result<Task> {
+        let name =
+            self.data.task.as_deref().ok_or_else(|| {
+                Error::InvalidInput("data.task is missing: name a GLUE task".into())
+            })?;
+        name.parse()
+            .map_err(|e| Error::InvalidInput(format!("data.task: {e}")))
+    }
+
+    /// Checks every value that no type can rule out; the message names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let task = self.task().map_err(|e| e.to_string())?;
+        if task == Task::Ax {
+            return Err(
+                "data.task: AX has no training data; it is scored by a model fine-tuned on MNLI"
+                    .into(),
+            );
+        }
+        let q = &self.quant;
+        let a = &self.adapter;
+        let t = &self.train;
+        let check = |ok: bool, key: &str, expected: &str, value: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{key} = {value}: expected {expected}"))
+            }
+        };
+        if q.method != QuantMethod::None {
+            check(
+                (2..=8).contains(&q.bits),
+                "quant.bits",
+                "2 to 8 bits",
+                q.bits.to_string(),
+            )?;
+            if q.grid == GridName::Mxint {
+                check(
+                    q.group > 0,
+                    "quant.group",
+                    "a positive MXINT block size",
+                    q.group.to_string(),
+                )?;
+            }
+            check(
+                q.calib_samples > 0,
+                "quant.calib_samples",
+                "at least 1",
+                q.calib_samples.to_string(),
+            )?;
+        }
+        match (q.method, a.init) {
+            (QuantMethod::None, InitName::Lora) => {}
+            (QuantMethod::None, init) => {
+                return Err(format!(
+                    "adapter.init = {init:?} needs a quantized base: set quant.method (e.g. rtn), or adapter.init = \"lora\" for full-precision LoRA"
+                ));
+            }
+            (_, InitName::Lora) => {
+                return Err("adapter.init = \"lora\" is full-precision LoRA: set quant.method = \"none\" (on a quantized base PEFT's init is \"qlora\")".into());
+            }
+            _ => {}
+        }
+        check(
+            a.rank > 0,
+            "adapter.rank",
+            "a positive rank",
+            a.rank.to_string(),
+        )?;
+        check(
+            a.alpha.is_finite() && a.alpha > 0.0,
+            "adapter.alpha",
+            "a positive number",
+            a.alpha.to_string(),
+        )?;
+        check(
+            (0.0..1.0).contains(&a.dropout),
+            "adapter.dropout",
+            "a probability in [0, 1)",
+            a.dropout.to_string(),
+        )?;
+        check(
+            (0.0..=1.0).contains(&a.gamma),
+            "adapter.gamma",
+            "a factor in [0, 1]",
+            a.gamma.to_string(),
+        )?;
+        check(
+            !a.targets.is_empty(),
+            "adapter.targets",
+            "at least one target",
+            "[]".into(),
+        )?;
+        for target in &a.targets {
+            check(
+                LAYER_LINEARS.contains(&target.as_str()),
+                "adapter.targets",
+                &format!("names among {}", LAYER_LINEARS.join(", ")),
+                format!("{target:?}"),
+            )?;
+        }
+        if !matches!(a.k_rule.as_str(), "probe" | "prerelease" | "exact") {
+            let k: usize = a.k_rule.parse().map_err(|_| {
+                format!(
+                    "adapter.k_rule = {:?}: expected probe, prerelease, exact or a number",
+                    a.k_rule
+                )
+            })?;
+            check(
+                k <= a.rank,
+                "adapter.k_rule",
+                &format!("at most the rank {}", a.rank),
+                k.to_string(),
+            )?;
+        }
+        check(
+            t.learning_rate.is_finite() && t.learning_rate > 0.0,
+            "train.learning_rate",
+            "a positive number",
+            t.learning_rate.to_string(),
+        )?;
+        check(
+            t.batch_size > 0,
+            "train.batch_size",
+            "at least 1",
+            t.batch_size.to_string(),
+        )?;
+        check(
+            t.grad_accum > 0,
+            "train.grad_accum",
+            "at least 1",
+            t.grad_accum.to_string(),
+        )?;
+        check(
+            t.epochs > 0,
+            "train.epochs",
+            "at least 1",
+            t.epochs.to_string(),
+        )?;
+        check(
+            t.max_length >= 8,
+            "train.max_length",
+            "at least 8 tokens",
+            t.max_length.to_string(),
+        )?;
+        check(
+            (0.0..1.0).contains(&t.warmup_ratio),
+            "train.warmup_ratio",
+            "a fraction in [0, 1)",
+            t.warmup_ratio.to_string(),
+        )?;
+        check(
+            t.max_grad_norm >= 0.0,
+            "train.max_grad_norm",
+            "0 (off) or a positive norm",
+            t.max_grad_norm.to_string(),
+        )?;
+        check(
+            t.weight_decay >= 0.0,
+            "train.weight_decay",
+            "a non-negative number",
+            t.weight_decay.to_string(),
+        )?;
+        check(
+            (0.0..1.0).contains(&t.beta1),
+            "train.beta1",
+            "a value in [0, 1)",
+            t.beta1.to_string(),
+        )?;
+        check(
+            (0.0..1.0).contains(&t.beta2),
+            "train.beta2",
+            "a value in [0, 1)",
+            t.beta2.to_string(),
+        )?;
+        check(
+            t.eps > 0.0,
+            "train.eps",
+            "a positive number",
+            t.eps.to_string(),
+        )?;
+        check(
+            t.eval_batch_size > 0,
+            "train.eval_batch_size",
+            "at least 1",
+            t.eval_batch_size.to_string(),
+        )?;
+        if let Some(n) = self.data.max_train_samples {
+            check(n > 0, "data.max_train_samples", "at least 1", n.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Checks the rank against the smallest adapted layer `min(out, in)`.
+    pub fn validate_rank(&self, smallest_dimension: usize) -> Result<()> {
+        if self.adapter.rank > smallest_dimension {
+            return Err(Error::InvalidInput(format!(
+                "adapter.rank = {}: expected at most min(out, in) = {smallest_dimension} of the target layers",
+                self.adapter.rank
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies `section.key=value` to `table`, rejecting unknown sections and keys by name.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let invalid = |message: String| Error::InvalidInput(format!("--set {assignment}: {message}"));
+    let (path, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| invalid("expected section.key=value".into()))?;
+    let (section, key) = path
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| invalid("expected section.key=value".into()))?;
+    let sections = valid_keys();
+    let (_, keys) = sections
+        .iter()
+        .find(|(name, _)| *name == section)
+        .ok_or_else(|| {
+            let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
+            invalid(format!(
+                "unknown section '{section}'; expected one of {}",
+                names.join(", ")
+            ))
+        })?;
+    if !keys.contains(&key) {
+        return Err(invalid(format!(
+            "unknown key '{key}' in [{section}]; valid keys: {}",
+            keys.join(", ")
+        )));
+    }
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(section_table) = entry else {
+        return Err(invalid(format!("'{section}' is not a table in the recipe")));
+    };
+    section_table.insert(key.to_string(), parse_value(value.trim()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_come_from_serde() {
+        let keys = valid_keys();
+        assert_eq!(keys[3].0, "train");
+        assert!(keys[3].1.contains(&"learning_rate"));
+        assert!(keys[2].1.contains(&"preserved_scaling"));
+    }
+}

@@ -1,0 +1,148 @@
+//! The report of a finished run, `report.json` and `report.md` in the run directory:
+//! per-epoch metrics, the reported (last-epoch) and best metric, time, throughput, peak
+//! memory and what was quantized how.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::EpochRecord;
+use crate::error::{Error, Result};
+
+/// How the base weights were quantized and the adapters initialized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantSummary {
+    /// `none` for full-precision LoRA.
+    pub method: String,
+    pub bits: Option<u8>,
+    pub grid: Option<String>,
+    pub group: Option<usize>,
+    /// Stored bits per quantized weight, grids included.
+    pub bits_per_weight: Option<f64>,
+    pub init: String,
+    pub rank: usize,
+    /// SRR's preserved k* per adapted layer (0 for other methods).
+    pub preserved: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub task: String,
+    pub device: String,
+    pub epochs: Vec<EpochRecord>,
+    /// The metric the GLUE table reports: the last epoch's main score (§13 Choice).
+    pub final_main: f64,
+    pub best_epoch: usize,
+    pub best_main: f64,
+    pub wall_seconds: f64,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub trainable_parameters: usize,
+    pub quantization: QuantSummary,
+    /// The resolved recipe.
+    pub recipe: serde_json::Value,
+}
+
+impl RunReport {
+    /// The best epoch and its score (the first one on ties); NaN scores never win.
+    pub fn best(epochs: &[EpochRecord]) -> (usize, f64) {
+        epochs
+            .iter()
+            .filter(|e| !e.main.is_nan())
+            .fold((0, f64::NEG_INFINITY), |best, e| {
+                if e.main > best.1 {
+                    (e.epoch, e.main)
+                } else {
+                    best
+                }
+            })
+    }
+
+    /// Writes `report.json` and `report.md` into `run`; returns the markdown path.
+    pub fn write(&self, run: &Path) -> Result<PathBuf> {
+        let json_path = run.join("report.json");
+        let json =
+            serde_json::to_string_pretty(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        std::fs::write(&json_path, json).map_err(|e| Error::io(&json_path, e))?;
+        let md_path = run.join("report.md");
+        std::fs::write(&md_path, self.markdown()).map_err(|e| Error::io(&md_path, e))?;
+        Ok(md_path)
+    }
+
+    pub fn markdown(&self) -> String {
+        let q = &self.quantization;
+        let mut md = format!(
+            "# {} — {} on {}\n\n",
+            self.task,
+            q.init,
+            match q.bits {
+                Some(b) => format!("{b}-bit {}", q.method),
+                None => "a full-precision base".to_string(),
+            }
+        );
+        md.push_str(
+            "| epoch | train loss | dev main | metrics | lr at end |\n|---|---|---|---|---|\n",
+        );
+        for e in &self.epochs {
+            let metrics: Vec<String> = e
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            md.push_str(&format!(
+                "| {} | {:.4} | {:.4} | {} | {:.2e} |\n",
+                e.epoch,
+                e.train_loss,
+                e.main,
+                metrics.join(", "),
+                e.learning_rate
+            ));
+        }
+        md.push_str(&format!(
+            "\n- reported (last epoch): **{:.4}**; best: {:.4} at epoch {}\n",
+            self.final_main, self.best_main, self.best_epoch
+        ));
+        md.push_str(&format!(
+            "- wall time {:.1} s, training {:.1} s, {:.1} samples/s, peak RSS {}\n",
+            self.wall_seconds,
+            self.train_seconds,
+            self.samples_per_second,
+            self.peak_rss_bytes.map_or("unknown".into(), |b| format!(
+                "{:.0} MiB",
+                b as f64 / 1048576.0
+            ))
+        ));
+        md.push_str(&format!(
+            "- device {}, {} trainable parameters\n",
+            self.device, self.trainable_parameters
+        ));
+        md.push_str(&format!(
+            "- quantization: {} {}{}, grid {}, group {}, {} bits/weight; adapters {} rank {}\n",
+            q.method,
+            q.bits.map_or("-".into(), |b| format!("{b}-bit")),
+            "",
+            q.grid.as_deref().unwrap_or("-"),
+            q.group.map_or("-".into(), |g| g.to_string()),
+            q.bits_per_weight.map_or("-".into(), |b| format!("{b:.3}")),
+            q.init,
+            q.rank
+        ));
+        if q.preserved.values().any(|&k| k > 0) {
+            md.push_str("\n| layer | k* |\n|---|---|\n");
+            for (name, k) in &q.preserved {
+                md.push_str(&format!("| {name} | {k} |\n"));
+            }
+        }
+        md
+    }
+}
+
+/// The process's peak resident memory (`VmHWM`), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

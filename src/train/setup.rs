@@ -1,0 +1,246 @@
+//! Building the trainable model of a run from its recipe: the classifier on a base (an init
+//! checkpoint, or the pretrained model for full-precision LoRA), QPEFT layers in the target
+//! slots, the trainable set marked, and the summary of what was quantized.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::AutodiffBackend;
+
+use super::optim::AdamWConfig;
+use super::report::QuantSummary;
+use super::trainer::{PreservedConfig, TrainConfig};
+use crate::adapters::surgery::{
+    AdapterSource, SurgeryOptions, TrainableSet, attach_adapters, set_trainable,
+};
+use crate::data::Task;
+use crate::error::Result;
+use crate::model::{HeadKind, ModelFiles, PretrainedModel, SequenceClassifier};
+use crate::recipe::{InitName, Recipe};
+use crate::seed::substream_seed;
+
+/// The head a task trains: STS-B one regression output, the others one logit per class.
+pub fn head_for(task: Task) -> HeadKind {
+    match task.num_outputs() {
+        1 => HeadKind::Regression,
+        n => HeadKind::Classification { num_labels: n },
+    }
+}
+
+/// The optimization settings a recipe describes.
+pub fn train_config(recipe: &Recipe) -> TrainConfig {
+    let t = &recipe.train;
+    let a = &recipe.adapter;
+    TrainConfig {
+        learning_rate: t.learning_rate,
+        batch_size: t.batch_size,
+        grad_accum: t.grad_accum,
+        epochs: t.epochs,
+        schedule: t.schedule,
+        warmup_ratio: t.warmup_ratio,
+        max_grad_norm: (t.max_grad_norm > 0.0).then_some(t.max_grad_norm),
+        adamw: AdamWConfig {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        },
+        seed: t.seed,
+        eval_batch_size: t.eval_batch_size,
+        checkpoint_every: t.checkpoint_every,
+        log_every: t.log_every,
+        mnli_main: t.mnli_main.into(),
+        stop_after_steps: None,
+        preserved: PreservedConfig {
+            mode: a.preserved_scaling,
+            gamma: a.gamma,
+            form: a.gamma_form,
+        },
+    }
+}
+
+/// The model of a run, ready to train.
+pub struct RunModel<B: AutodiffBackend> {
+    pub model: SequenceClassifier<B>,
+    pub base: PretrainedModel,
+    pub summary: QuantSummary,
+}
+
+/// Loads `base` (an init checkpoint unless the recipe asks for full-precision LoRA), attaches
+/// the adapters and marks what trains. The fresh head is drawn from the recipe's seed.
+pub fn build_model<B: AutodiffBackend>(
+    recipe: &Recipe,
+    base: ModelFiles,
+    device: &B::Device,
+) -> Result<RunModel<B>> {
+    let task = recipe.task()?;
+    let base = PretrainedModel::open(base)?;
+    let seed = recipe.train.seed;
+    B::seed(device, substream_seed(seed, "head-init"));
+    let (mut model, _fresh) = base.classifier::<B>(head_for(task), device)?;
+    let adapter = &recipe.adapter;
+    let options = SurgeryOptions {
+        targets: adapter.targets.clone(),
+        source: if adapter.init == InitName::Lora {
+            AdapterSource::Fresh {
+                rank: adapter.rank,
+                alpha: adapter.alpha,
+                seed,
+            }
+        } else {
+            AdapterSource::Checkpoint
+        },
+        dropout: adapter.dropout,
+        placement: adapter.dropout_placement,
+    };
+    let smallest = model
+        .encoder
+        .linear_names()
+        .iter()
+        .filter(|n| adapter.targets.iter().any(|t| n.ends_with(t.as_str())))
+        .filter_map(|n| model.encoder.linear(n))
+        .map(|l| l.weight.dims().into_iter().min().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    recipe.validate_rank(smallest)?;
+    let adapted = attach_adapters(&mut model, &base.weights, &options, device)?;
+    let model = set_trainable(
+        model,
+        TrainableSet {
+            biases: adapter.train_biases,
+            layer_norms: adapter.train_layer_norms,
+            pooler: adapter.train_pooler,
+        },
+    );
+    let summary = summarize(&model, &base, recipe, &adapted);
+    Ok(RunModel {
+        model,
+        base,
+        summary,
+    })
+}
+
+fn summarize<B: AutodiffBackend>(
+    model: &SequenceClassifier<B>,
+    base: &PretrainedModel,
+    recipe: &Recipe,
+    adapted: &[String],
+) -> QuantSummary {
+    let layers: Vec<_> = adapted
+        .iter()
+        .filter_map(|name| Some((name, model.encoder.target(name)?.adapted()?)))
+        .collect();
+    let (stored, weights) = layers.iter().fold((0usize, 0usize), |(s, w), (_, l)| {
+        let (rows, cols) = l.shape();
+        (s + l.frozen().stored_bytes(), w + rows * cols)
+    });
+    let quant = base.weights.quantization();
+    QuantSummary {
+        method: quant.map_or("none".to_string(), |q| q.method.clone()),
+        bits: quant.map(|q| q.bits),
+        grid: quant.map(|q| q.grid.clone()),
+        group: quant.map(|q| q.group),
+        bits_per_weight: quant.map(|_| 8.0 * stored as f64 / weights.max(1) as f64),
+        init: base
+            .weights
+            .adapters()
+            .map_or_else(|| format!("{:?}", recipe.adapter.init), |a| a.init.clone()),
+        rank: recipe.adapter.rank,
+        preserved: layers
+            .iter()
+            .map(|(name, l)| (name.to_string(), l.spec().preserved))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// A run directory: `recipe.toml` (resolved), `init/` (the base it started from, absent for
+/// full-precision LoRA, whose base is the recipe's model), `checkpoints/`, `metrics.jsonl`,
+/// `report.{json,md}`.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: std::path::PathBuf,
+}
+
+impl RunDir {
+    pub fn recipe_path(&self) -> std::path::PathBuf {
+        self.root.join("recipe.toml")
+    }
+
+    pub fn init_dir(&self) -> std::path::PathBuf {
+        self.root.join("init")
+    }
+
+    pub fn recipe(&self) -> Result<Recipe> {
+        Recipe::load(&self.recipe_path(), &[])
+    }
+
+    /// The model files the run started from.
+    pub fn base_files(&self, recipe: &Recipe) -> Result<ModelFiles> {
+        let init = self.init_dir();
+        let name = if init.is_dir() {
+            init.to_string_lossy().into_owned()
+        } else {
+            recipe.model.name.clone()
+        };
+        crate::model::resolve_model(&name, &crate::model::HubOptions::from_env())
+    }
+
+    /// `path` is a run directory (its latest checkpoint) or one of its checkpoints.
+    pub fn locate(path: &std::path::Path) -> Result<(RunDir, std::path::PathBuf)> {
+        use crate::error::Error;
+        if path.join("state.json").is_file() {
+            let root = path.parent().and_then(|p| p.parent()).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{}: a checkpoint outside a run directory",
+                    path.display()
+                ))
+            })?;
+            return Ok((
+                RunDir {
+                    root: root.to_path_buf(),
+                },
+                path.to_path_buf(),
+            ));
+        }
+        let run = RunDir {
+            root: path.to_path_buf(),
+        };
+        if !run.recipe_path().is_file() {
+            return Err(Error::InvalidInput(format!(
+                "{}: neither a run directory (no recipe.toml) nor a checkpoint (no state.json)",
+                path.display()
+            )));
+        }
+        let checkpoint = super::trainer::latest_checkpoint(path)?.ok_or_else(|| {
+            Error::InvalidInput(format!("{}: the run has no checkpoint yet", path.display()))
+        })?;
+        Ok((run, checkpoint))
+    }
+}
+
+/// A trained model read back from a checkpoint, for evaluation and prediction.
+pub struct TrainedModel<B: AutodiffBackend> {
+    pub model: SequenceClassifier<B::InnerBackend>,
+    pub recipe: Recipe,
+    pub base: PretrainedModel,
+    pub checkpoint: std::path::PathBuf,
+}
+
+/// Rebuilds the run's model and loads the trainable parameters of the checkpoint at `path`
+/// (a run directory means its latest checkpoint).
+pub fn load_trained<B: AutodiffBackend>(
+    path: &std::path::Path,
+    device: &B::Device,
+) -> Result<TrainedModel<B>> {
+    use burn::module::AutodiffModule;
+    let (run, checkpoint) = RunDir::locate(path)?;
+    let recipe = run.recipe()?;
+    let built = build_model::<B>(&recipe, run.base_files(&recipe)?, device)?;
+    let loaded = super::checkpoint::LoadedCheckpoint::open(&checkpoint)?;
+    let model = loaded.restore_module(built.model)?.valid();
+    Ok(TrainedModel {
+        model,
+        recipe,
+        base: built.base,
+        checkpoint,
+    })
+}

@@ -1,0 +1,446 @@
+//! The training loop: length-grouped batches in a seeded order, gradient accumulation, AdamW
+//! on the trainable parameters with global-norm clipping and a warmup + decay schedule, SRR's
+//! preserved-component scaling, evaluation on dev after every epoch, a checkpoint after every
+//! epoch (and every N steps if asked), a JSONL metrics log and a progress bar.
+//!
+//! Determinism: the data order of epoch e and the dropout masks of optimizer step s come from
+//! named sub-streams of the one seed (`data-order/epoch-e`, `dropout/step-s`), so a run resumed
+//! from any checkpoint continues exactly as the uninterrupted run would have.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, ParamId};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::cast::ToElement;
+use burn::tensor::{Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{EpochRecord, LoadedCheckpoint, LoopState, save_checkpoint};
+use super::optim::{
+    AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
+    learning_rate,
+};
+use crate::adapters::AdapterSpec;
+use crate::adapters::surgery::decays;
+use crate::data::Label;
+use crate::data::batch::{Batch, TokenizedSplit};
+use crate::error::{Error, Result};
+use crate::eval::dev::evaluate_dev;
+use crate::eval::metrics::MnliMain;
+use crate::model::{SequenceClassifier, encoder_input};
+use crate::seed::substream_seed;
+
+/// The shape of the per-component factor on SRR's preserved block (§12.2 "Choice (form)").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GammaForm {
+    /// γ on every preserved component (the paper).
+    Constant,
+    /// a_i = (σ_max − σ_i)/(σ_max + 5σ_i) from the stored singular values (pre-release code;
+    /// 0.1 where none are stored).
+    PerRank,
+}
+
+/// SRR's scaling of the preserved components.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreservedConfig {
+    pub mode: PreservedScaling,
+    pub gamma: f64,
+    pub form: GammaForm,
+}
+
+impl PreservedConfig {
+    /// The factor on each of the adapter's r components, or `None` when nothing is scaled.
+    pub fn factors(&self, spec: &AdapterSpec) -> Option<Vec<f32>> {
+        if self.mode == PreservedScaling::Off || spec.preserved == 0 {
+            return None;
+        }
+        let sigma_max = spec.singular_values.iter().copied().fold(0.0, f64::max);
+        Some(
+            (0..spec.rank)
+                .map(|i| {
+                    if i >= spec.preserved {
+                        return 1.0;
+                    }
+                    let factor = match (self.form, spec.singular_values.get(i)) {
+                        (GammaForm::Constant, _) => self.gamma,
+                        (GammaForm::PerRank, Some(&sigma)) if sigma_max > 0.0 => {
+                            ((sigma_max - sigma) / (sigma_max + 5.0 * sigma)).clamp(0.0, 1.0)
+                        }
+                        (GammaForm::PerRank, _) => 0.1,
+                    };
+                    factor as f32
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The optimization settings of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub learning_rate: f64,
+    /// Examples per forward pass; an optimizer step sees `batch_size · grad_accum`.
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub epochs: usize,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    pub max_grad_norm: Option<f64>,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    pub eval_batch_size: usize,
+    /// Also checkpoint every this many optimizer steps (0: only after each epoch).
+    pub checkpoint_every: usize,
+    /// Write a `step` line to the metrics log every this many optimizer steps.
+    pub log_every: usize,
+    pub mnli_main: MnliMain,
+    /// End the run after this many optimizer steps without finishing it, as if killed (for
+    /// testing `--resume`).
+    pub stop_after_steps: Option<usize>,
+    pub preserved: PreservedConfig,
+}
+
+/// The tokenized splits of a run.
+pub struct TrainData {
+    pub train: TokenizedSplit,
+    /// The task's dev split(s): MNLI matched then mismatched.
+    pub dev: Vec<TokenizedSplit>,
+}
+
+/// How a run ended.
+pub struct TrainOutcome<B: AutodiffBackend> {
+    pub model: SequenceClassifier<B>,
+    pub state: LoopState,
+    /// False when `stop_after_steps` ended the run early.
+    pub finished: bool,
+    pub trainable_scalars: usize,
+}
+
+/// The run directory's layout.
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// The checkpoint with the most optimizer steps in `run`, if any.
+pub fn latest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
+    let dir = checkpoints_dir(run);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "partial") || !path.join("state.json").is_file() {
+            continue;
+        }
+        let state = LoadedCheckpoint::open(&path)?.state;
+        if best
+            .as_ref()
+            .is_none_or(|(steps, _)| state.global_step > *steps)
+        {
+            best = Some((state.global_step, path));
+        }
+    }
+    Ok(best.map(|(_, path)| path))
+}
+
+fn component_scales<B: AutodiffBackend>(
+    model: &SequenceClassifier<B>,
+    preserved: &PreservedConfig,
+    device: &B::Device,
+) -> HashMap<ParamId, ComponentScale<B::InnerBackend>> {
+    let mut scales = HashMap::new();
+    for name in model.encoder.linear_names() {
+        let Some(adapted) = model.encoder.target(&name).and_then(|t| t.adapted()) else {
+            continue;
+        };
+        let Some(factors) = preserved.factors(adapted.spec()) else {
+            continue;
+        };
+        let r = factors.len();
+        let tensor = |shape: [usize; 2]| {
+            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(factors.clone(), shape), device)
+        };
+        scales.insert(
+            adapted.lora_a.id,
+            ComponentScale {
+                factors: tensor([1, r]),
+                mode: preserved.mode,
+            },
+        );
+        scales.insert(
+            adapted.lora_b.id,
+            ComponentScale {
+                factors: tensor([r, 1]),
+                mode: preserved.mode,
+            },
+        );
+    }
+    scales
+}
+
+/// Mean cross-entropy of class logits, or mean squared error of a one-output regression head.
+pub fn task_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[Option<Label>],
+    device: &B::Device,
+) -> Result<Tensor<B, 1>> {
+    let [batch, outputs] = logits.dims();
+    let unlabelled = || Error::InvalidInput("a training example has no label".into());
+    match labels.first().copied().flatten() {
+        Some(Label::Class(_)) => {
+            let classes = labels
+                .iter()
+                .map(|l| match l {
+                    Some(Label::Class(c)) if *c < outputs => Ok(*c as i64),
+                    _ => Err(unlabelled()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let targets =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(classes, [batch, 1]), device);
+            Ok(log_softmax(logits, 1).gather(1, targets).mean().neg())
+        }
+        Some(Label::Score(_)) => {
+            let scores = labels
+                .iter()
+                .map(|l| match l {
+                    Some(Label::Score(s)) => Ok(*s),
+                    _ => Err(unlabelled()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let targets = Tensor::<B, 2>::from_data(TensorData::new(scores, [batch, 1]), device);
+            Ok((logits - targets).powi_scalar(2).mean())
+        }
+        None => Err(unlabelled()),
+    }
+}
+
+/// Appends JSON lines to `<run>/metrics.jsonl`.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    fn open(run: &Path) -> Result<Self> {
+        let path = run.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Trains `model` (its trainable parameters already marked) on `data`, writing checkpoints and
+/// the metrics log into `run`, continuing from `resume` if given.
+pub fn train<B: AutodiffBackend>(
+    mut model: SequenceClassifier<B>,
+    data: &TrainData,
+    config: &TrainConfig,
+    run: &Path,
+    resume: Option<&LoadedCheckpoint>,
+    device: &B::Device,
+) -> Result<TrainOutcome<B>> {
+    if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
+        return Err(Error::InvalidInput(
+            "batch size, gradient accumulation and epochs must be positive".into(),
+        ));
+    }
+    if data.train.is_empty() {
+        return Err(Error::InvalidInput("the training split is empty".into()));
+    }
+    let table = ParamTable::new::<B, _>(
+        &model,
+        decays,
+        component_scales(&model, &config.preserved, device),
+    );
+    if table.is_empty() {
+        return Err(Error::InvalidInput(
+            "the model has no trainable parameter".into(),
+        ));
+    }
+    let mut optimizer = AdamW::new(config.adamw);
+    let mut state = LoopState {
+        epoch: 0,
+        step_in_epoch: 0,
+        global_step: 0,
+        samples: 0,
+        train_seconds: 0.0,
+        epoch_loss_sum: 0.0,
+        epochs: Vec::new(),
+    };
+    let mut log = MetricsLog::open(run)?;
+    if let Some(checkpoint) = resume {
+        model = checkpoint.restore_module(model)?;
+        checkpoint.restore_optimizer(&mut optimizer, device)?;
+        state = checkpoint.state.clone();
+        log.write(serde_json::json!({
+            "type": "resume",
+            "from": checkpoint.dir,
+            "global_step": state.global_step,
+        }))?;
+    }
+    let batches_per_epoch = data.train.len().div_ceil(config.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
+    let total_steps = steps_per_epoch * config.epochs;
+    let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
+    let progress = ProgressBar::new(total_steps as u64).with_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
+            .expect("valid progress template"),
+    );
+    progress.set_position(state.global_step as u64);
+    let checkpoints = checkpoints_dir(run);
+    let mut last_checkpoint: Option<PathBuf> = resume.map(|c| c.dir.clone());
+    while state.epoch < config.epochs {
+        let epoch = state.epoch;
+        progress.set_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
+        let order = data
+            .train
+            .train_batches(config.batch_size, config.seed, epoch);
+        let groups: Vec<&[Vec<usize>]> = order.chunks(config.grad_accum).collect();
+        while state.step_in_epoch < groups.len() {
+            let group = groups[state.step_in_epoch];
+            let started = Instant::now();
+            let lr = learning_rate(
+                config.schedule,
+                config.learning_rate,
+                state.global_step,
+                total_steps,
+                warmup,
+            );
+            B::seed(
+                device,
+                substream_seed(config.seed, &format!("dropout/step-{}", state.global_step)),
+            );
+            let mut grads = AccumulatedGrads::default();
+            let mut step_loss = 0.0;
+            let mut examples = 0;
+            for indices in group.iter() {
+                let batch: Batch = data.train.batch(indices);
+                let logits = model.forward(&encoder_input::<B>(&batch.encoded, device));
+                let loss = task_loss(logits, &batch.labels, device)? / group.len() as f64;
+                let value = f64::from(loss.clone().into_scalar().to_f32());
+                if !value.is_finite() {
+                    progress.abandon();
+                    return Err(Error::InvalidInput(format!(
+                        "the loss is {value} at epoch {}, step {}: training stopped; {}",
+                        epoch + 1,
+                        state.global_step + 1,
+                        match &last_checkpoint {
+                            Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+                            None => "no checkpoint was written yet".into(),
+                        }
+                    )));
+                }
+                step_loss += value;
+                examples += indices.len();
+                grads.add::<B, _>(loss.backward(), &model, &table);
+            }
+            let (updated, stats) =
+                optimizer.step::<B, _>(model, grads, &table, lr, config.max_grad_norm)?;
+            model = updated;
+            let seconds = started.elapsed().as_secs_f64();
+            state.train_seconds += seconds;
+            state.samples += examples;
+            state.global_step += 1;
+            state.step_in_epoch += 1;
+            state.epoch_loss_sum += step_loss;
+            let rate = state.samples as f64 / state.train_seconds.max(1e-9);
+            progress.set_message(format!(
+                "loss {step_loss:.4} lr {lr:.2e} {rate:.1} samples/s"
+            ));
+            progress.inc(1);
+            if config.log_every > 0 && state.global_step % config.log_every == 0 {
+                log.write(serde_json::json!({
+                    "type": "step",
+                    "epoch": epoch + 1,
+                    "step": state.global_step,
+                    "loss": step_loss,
+                    "learning_rate": lr,
+                    "grad_norm": stats.grad_norm,
+                    "clipped": stats.clipped,
+                    "samples_per_second": examples as f64 / seconds.max(1e-9),
+                }))?;
+            }
+            let epoch_done = state.step_in_epoch == groups.len();
+            if epoch_done {
+                let valid = model.valid();
+                let score = evaluate_dev(
+                    &valid,
+                    data.train.task,
+                    &data.dev,
+                    config.eval_batch_size,
+                    config.mnli_main,
+                    device,
+                )?;
+                let record = EpochRecord {
+                    epoch: epoch + 1,
+                    train_loss: state.epoch_loss_sum / state.step_in_epoch.max(1) as f64,
+                    main: score.main,
+                    metrics: score
+                        .metrics
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect::<BTreeMap<_, _>>(),
+                    learning_rate: lr,
+                };
+                progress.println(format!(
+                    "epoch {}: train loss {:.4}, dev {} {:.4} {:?}",
+                    record.epoch, record.train_loss, data.train.task, record.main, record.metrics
+                ));
+                log.write(serde_json::json!({"type": "epoch", "record": record}))?;
+                state.epochs.push(record);
+                state.epoch += 1;
+                state.step_in_epoch = 0;
+                state.epoch_loss_sum = 0.0;
+            }
+            let step_due =
+                config.checkpoint_every > 0 && state.global_step % config.checkpoint_every == 0;
+            if epoch_done || step_due {
+                let dir = if epoch_done {
+                    checkpoints.join(format!("epoch-{}", state.epoch))
+                } else {
+                    checkpoints.join(format!("step-{}", state.global_step))
+                };
+                std::fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+                save_checkpoint::<B, _>(&dir, &model, &optimizer, &state)?;
+                last_checkpoint = Some(dir);
+            }
+            if config
+                .stop_after_steps
+                .is_some_and(|limit| state.global_step >= limit)
+                && state.epoch < config.epochs
+            {
+                progress.abandon();
+                return Ok(TrainOutcome {
+                    model,
+                    state,
+                    finished: false,
+                    trainable_scalars: table.num_scalars(),
+                });
+            }
+            if epoch_done {
+                break;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    Ok(TrainOutcome {
+        model,
+        state,
+        finished: true,
+        trainable_scalars: table.num_scalars(),
+    })
+}

@@ -1,0 +1,437 @@
+//! Training: the optimizer step against PyTorch (AdamW, clip_grad_norm_, transformers'
+//! schedules), the QPEFT linear layer against its dense merge and hand-derived gradients, SRR's
+//! preserved-component scaling, recipe validation, and end-to-end runs on the tiny BERT
+//! (loss falls, the metric is computed, `--resume` reproduces an uninterrupted run).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_ndarray::NdArray;
+use qpeft::adapters::{AdapterSpec, DropoutPlacement, FrozenWeight, QLoraLinear};
+use qpeft::recipe::Recipe;
+use qpeft::train::optim::{
+    AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
+    learning_rate,
+};
+use qpeft::train::trainer::{GammaForm, PreservedConfig};
+
+type Cpu = NdArray<f32>;
+type Ad = Autodiff<Cpu>;
+
+fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+}
+
+fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+#[derive(Module, Debug)]
+struct Toy<B: burn::tensor::backend::Backend> {
+    a: Param<Tensor<B, 2>>,
+    b: Param<Tensor<B, 1>>,
+    c: Param<Tensor<B, 2>>,
+}
+
+/// Seven AdamW steps with two decay groups, global clipping at 1.0 and a cosine schedule with
+/// two warmup steps, against torch + transformers (`make_adamw_fixtures.py`).
+#[test]
+fn adamw_clipping_and_schedules_match_torch() {
+    let golden = common::Golden::open(&common::fixture("adamw/adamw.safetensors"));
+    let f = |name: &str| golden.f32(name).1;
+    let mut toy = Toy::<Ad> {
+        a: Param::from_tensor(tensor(f("a.init"), [4, 3])),
+        b: Param::from_tensor(tensor(f("b.init"), [3])),
+        c: Param::from_tensor(tensor(f("c.init"), [2, 5])),
+    };
+    let table = ParamTable::new::<Ad, _>(&toy, |path| path != "b", HashMap::new());
+    assert_eq!(table.len(), 3);
+    let mut optimizer = AdamW::<Cpu>::new(AdamWConfig {
+        weight_decay: 0.05,
+        ..AdamWConfig::default()
+    });
+    let lrs = f("lr");
+    let linear = f("lr_linear");
+    for step in 0..7 {
+        let lr = learning_rate(Schedule::Cosine, 2e-2, step, 7, 2);
+        assert!(
+            (lr - f64::from(lrs[step])).abs() < 1e-8,
+            "step {step}: lr {lr} vs {}",
+            lrs[step]
+        );
+        let lin = learning_rate(Schedule::Linear, 2e-2, step, 7, 2);
+        assert!(
+            (lin - f64::from(linear[step])).abs() < 1e-8,
+            "linear lr at {step}"
+        );
+        // loss = Σ θ ⊙ G has gradient exactly G.
+        let loss = (toy.a.val() * tensor::<Ad, 2>(f(&format!("a.grad.{step}")), [4, 3])).sum()
+            + (toy.b.val() * tensor::<Ad, 1>(f(&format!("b.grad.{step}")), [3])).sum()
+            + (toy.c.val() * tensor::<Ad, 2>(f(&format!("c.grad.{step}")), [2, 5])).sum();
+        let mut grads = AccumulatedGrads::default();
+        grads.add::<Ad, _>(loss.backward(), &toy, &table);
+        let (next, stats) = optimizer
+            .step::<Ad, _>(toy, grads, &table, lr, Some(1.0))
+            .unwrap();
+        toy = next;
+        let norm = f64::from(f(&format!("norm.{step}"))[0]);
+        assert!(
+            (stats.grad_norm - norm).abs() < 1e-5 * norm,
+            "step {step}: norm {} vs {norm}",
+            stats.grad_norm
+        );
+        assert_eq!(stats.clipped, norm > 1.0, "step {step}");
+        for (name, actual) in [
+            ("a", values(toy.a.val().inner())),
+            ("b", values(toy.b.val().inner())),
+            ("c", values(toy.c.val().inner())),
+        ] {
+            let expected = f(&format!("{name}.step.{step}"));
+            let worst = actual
+                .iter()
+                .zip(&expected)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 2e-6, "step {step} {name}: max |diff| {worst}");
+        }
+    }
+}
+
+fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// A packed 2-bit layer [6, 8] (one grid per row of 8), with its dequantized values.
+fn packed_layer() -> (FrozenWeight, Vec<f32>) {
+    let (rows, cols) = (6, 8);
+    let codes: Vec<u8> = (0..rows * cols).map(|i| ((i * 7) % 4) as u8).collect();
+    let scale: Vec<f32> = (0..rows).map(|r| 0.1 + 0.05 * r as f32).collect();
+    let zero = vec![1.5f32; rows];
+    let mut packed = Vec::new();
+    for row in codes.chunks(cols) {
+        packed.extend(
+            qpeft::quant::pack::pack(row, qpeft::quant::grid::Bits::new(2).unwrap()).unwrap(),
+        );
+    }
+    let dense = (0..rows * cols)
+        .map(|i| scale[i / cols] * (f32::from(codes[i]) - 1.5))
+        .collect();
+    (
+        FrozenWeight::Packed {
+            bits: qpeft::quant::grid::Bits::new(2).unwrap(),
+            rows,
+            cols,
+            codes: packed,
+            scale,
+            zero,
+            group_of_column: vec![0; cols],
+        },
+        dense,
+    )
+}
+
+fn spec(preserved: usize) -> AdapterSpec {
+    AdapterSpec {
+        rank: 3,
+        scale: 2.0,
+        preserved,
+        singular_values: vec![4.0, 2.0, 1.0],
+        dropout: 0.0,
+        placement: DropoutPlacement::Input,
+    }
+}
+
+/// y = x·deq(Q)ᵀ + b + s·(x·Aᵀ)·Bᵀ equals the merged dense layer, and the gradients of A and
+/// B are the hand-derived ones; the frozen base gets none.
+#[test]
+fn qlora_linear_forward_merge_and_gradients() {
+    let (frozen, dense) = packed_layer();
+    let (d_out, d_in, r) = (6, 8, 3);
+    let lora_a = pseudo(r * d_in, 1);
+    let lora_b = pseudo(d_out * r, 2);
+    let bias = pseudo(d_out, 3);
+    let layer = QLoraLinear::<Ad>::new(
+        frozen,
+        Some(bias.clone()),
+        &lora_a,
+        &lora_b,
+        spec(0),
+        &Default::default(),
+    )
+    .unwrap();
+    let x_values = pseudo(2 * 5 * d_in, 4);
+    let x = tensor::<Ad, 3>(x_values.clone(), [2, 5, d_in]);
+    let y = layer.forward(x);
+    let merged = layer.merged_weight().unwrap();
+    let y_values = values(y.clone().inner());
+    let c = pseudo(2 * 5 * d_out, 5);
+    for t in 0..10 {
+        for o in 0..d_out {
+            let mut expected = f64::from(bias[o]);
+            let mut base = f64::from(bias[o]);
+            for i in 0..d_in {
+                let xi = f64::from(x_values[t * d_in + i]);
+                expected += xi * f64::from(merged[o * d_in + i]);
+                base += xi * f64::from(dense[o * d_in + i]);
+            }
+            for j in 0..r {
+                let h: f64 = (0..d_in)
+                    .map(|i| f64::from(x_values[t * d_in + i]) * f64::from(lora_a[j * d_in + i]))
+                    .sum();
+                base += 2.0 * h * f64::from(lora_b[o * r + j]);
+            }
+            let actual = f64::from(y_values[t * d_out + o]);
+            assert!(
+                (actual - expected).abs() < 1e-5,
+                "merged ({t},{o}): {actual} vs {expected}"
+            );
+            assert!(
+                (actual - base).abs() < 1e-5,
+                "by hand ({t},{o}): {actual} vs {base}"
+            );
+        }
+    }
+    // loss = Σ y ⊙ C: dB[o, j] = s·Σ_t C[t,o]·h[t,j], dA[j, i] = s·Σ_t (Σ_o C[t,o]·B[o,j])·x[t,i].
+    let loss = (y * tensor::<Ad, 3>(c.clone(), [2, 5, d_out])).sum();
+    let grads = loss.backward();
+    let grad_a = values(layer.lora_a.val().grad(&grads).unwrap()); // [in, r]
+    let grad_b = values(layer.lora_b.val().grad(&grads).unwrap()); // [r, out]
+    for j in 0..r {
+        for o in 0..d_out {
+            let expected: f64 = (0..10)
+                .map(|t| {
+                    let h: f64 = (0..d_in)
+                        .map(|i| {
+                            f64::from(x_values[t * d_in + i]) * f64::from(lora_a[j * d_in + i])
+                        })
+                        .sum();
+                    2.0 * f64::from(c[t * d_out + o]) * h
+                })
+                .sum();
+            assert!((f64::from(grad_b[j * d_out + o]) - expected).abs() < 1e-4);
+        }
+        for i in 0..d_in {
+            let expected: f64 = (0..10)
+                .map(|t| {
+                    let back: f64 = (0..d_out)
+                        .map(|o| f64::from(c[t * d_out + o]) * f64::from(lora_b[o * r + j]))
+                        .sum();
+                    2.0 * back * f64::from(x_values[t * d_in + i])
+                })
+                .sum();
+            assert!((f64::from(grad_a[i * r + j]) - expected).abs() < 1e-4);
+        }
+    }
+    // The PEFT layouts read back exactly.
+    assert_eq!(layer.lora_a_peft().unwrap(), lora_a);
+    assert_eq!(layer.lora_b_peft().unwrap(), lora_b);
+}
+
+#[derive(Module, Debug)]
+struct OneLayer<B: burn::tensor::backend::Backend> {
+    layer: QLoraLinear<B>,
+}
+
+/// One AdamW step on a layer with k = 2 preserved components, with the scaling `mode`;
+/// returns (A before, A after) in PEFT layout and the step's gradient norm (clipping at
+/// 1e9, i.e. measured, never acting).
+fn one_step(mode: PreservedScaling) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, f64) {
+    let (frozen, _) = packed_layer();
+    let (d_out, d_in, r) = (6, 8, 3);
+    let lora_a = pseudo(r * d_in, 11);
+    let lora_b = pseudo(d_out * r, 12);
+    let model = OneLayer {
+        layer: QLoraLinear::<Ad>::new(frozen, None, &lora_a, &lora_b, spec(2), &Default::default())
+            .unwrap(),
+    };
+    let preserved = PreservedConfig {
+        mode,
+        gamma: 0.1,
+        form: GammaForm::Constant,
+    };
+    let factors = preserved.factors(model.layer.spec());
+    let mut scales = HashMap::new();
+    if let Some(f) = factors {
+        assert_eq!(f, vec![0.1, 0.1, 1.0]);
+        scales.insert(
+            model.layer.lora_a.id,
+            ComponentScale {
+                factors: tensor::<Cpu, 2>(f.clone(), [1, r]),
+                mode,
+            },
+        );
+        scales.insert(
+            model.layer.lora_b.id,
+            ComponentScale {
+                factors: tensor::<Cpu, 2>(f, [r, 1]),
+                mode,
+            },
+        );
+    }
+    let table = ParamTable::new::<Ad, _>(&model, |_| true, scales);
+    let x = tensor::<Ad, 3>(pseudo(4 * d_in, 13), [1, 4, d_in]);
+    let loss =
+        (model.layer.forward(x) * tensor::<Ad, 3>(pseudo(4 * d_out, 14), [1, 4, d_out])).sum();
+    let mut grads = AccumulatedGrads::default();
+    grads.add::<Ad, _>(loss.backward(), &model, &table);
+    let mut optimizer = AdamW::<Cpu>::new(AdamWConfig::default());
+    let (model, stats) = optimizer
+        .step::<Ad, _>(model, grads, &table, 1e-2, Some(1e9))
+        .unwrap();
+    (
+        lora_a,
+        model.layer.lora_a_peft().unwrap(),
+        lora_b,
+        model.layer.lora_b_peft().unwrap(),
+        stats.grad_norm,
+    )
+}
+
+/// `grad` multiplies the preserved components' gradients by γ (visible in the clipping norm,
+/// and, as §12.3 says, nearly cancelled by Adam's normalization); `update` multiplies their
+/// step by γ; the residual components move as without scaling.
+#[test]
+fn preserved_scaling_modes() {
+    let (a0, a_off, b0, b_off, norm_off) = one_step(PreservedScaling::Off);
+    let (_, a_grad, _, b_grad, norm_grad) = one_step(PreservedScaling::Grad);
+    let (_, a_upd, _, b_upd, norm_upd) = one_step(PreservedScaling::Update);
+    assert_eq!(
+        norm_off, norm_upd,
+        "update scaling leaves the gradients alone"
+    );
+    assert!(
+        norm_grad < norm_off,
+        "grad scaling shrinks the gradient norm: {norm_grad} vs {norm_off}"
+    );
+    let (r, d_in, d_out) = (3, 8, 6);
+    for j in 0..r {
+        let gamma = if j < 2 { 0.1 } else { 1.0 };
+        for i in 0..d_in {
+            let k = j * d_in + i;
+            let (off, upd, grad) = (a_off[k] - a0[k], a_upd[k] - a0[k], a_grad[k] - a0[k]);
+            assert!(
+                (upd - gamma * off).abs() < 1e-6,
+                "A[{j},{i}]: update {upd} vs γ·{off}"
+            );
+            // Adam's first step is lr·g/(|g| + ε): scaling g by γ changes it only through ε.
+            assert!(
+                (grad - off).abs() < 1e-6,
+                "A[{j},{i}]: grad mode {grad} vs {off}"
+            );
+        }
+        for o in 0..d_out {
+            let k = o * r + j;
+            let (off, upd) = (b_off[k] - b0[k], b_upd[k] - b0[k]);
+            assert!(
+                (upd - gamma * off).abs() < 1e-6,
+                "B[{o},{j}]: update {upd} vs γ·{off}"
+            );
+            assert!((b_grad[k] - b_off[k]).abs() < 1e-6);
+        }
+    }
+    // The per-rank form: a_i = (σ_max − σ_i)/(σ_max + 5σ_i) on the preserved block.
+    let per_rank = PreservedConfig {
+        mode: PreservedScaling::Grad,
+        gamma: 0.1,
+        form: GammaForm::PerRank,
+    };
+    let f = per_rank.factors(&spec(2)).unwrap();
+    assert_eq!(f[0], 0.0);
+    assert!((f[1] - (4.0 - 2.0) / (4.0 + 10.0)).abs() < 1e-7);
+    assert_eq!(f[2], 1.0);
+    assert!(
+        per_rank.factors(&spec(0)).is_none(),
+        "nothing preserved, nothing scaled"
+    );
+}
+
+fn parse(text: &str, overrides: &[&str]) -> Result<Recipe, String> {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    Recipe::parse(text, Path::new("recipes/test.toml"), &overrides).map_err(|e| e.to_string())
+}
+
+#[test]
+fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
+    let ok = parse("[data]\ntask = \"rte\"\n", &[]).unwrap();
+    assert_eq!(ok.train.learning_rate, 3e-4);
+    assert_eq!(ok.adapter.rank, 8);
+    // Overrides are typed.
+    let set = parse(
+        "[data]\ntask = \"rte\"\n",
+        &[
+            "train.learning_rate=1e-4",
+            "adapter.init=qera-exact",
+            "data.max_train_samples=100",
+        ],
+    )
+    .unwrap();
+    assert_eq!(set.train.learning_rate, 1e-4);
+    assert_eq!(set.data.max_train_samples, Some(100));
+    // An unknown key in the file: its line and the valid keys.
+    let err = parse(
+        "[data]\ntask = \"rte\"\n[train]\nlearnig_rate = 1e-4\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("line 4") && err.contains("learnig_rate") && err.contains("learning_rate"),
+        "{err}"
+    );
+    // An unknown key or section in --set.
+    let err = parse("[data]\ntask = \"rte\"\n", &["train.lr=1"]).unwrap_err();
+    assert!(
+        err.contains("unknown key 'lr' in [train]") && err.contains("learning_rate"),
+        "{err}"
+    );
+    let err = parse("[data]\ntask = \"rte\"\n", &["optim.lr=1"]).unwrap_err();
+    assert!(err.contains("unknown section 'optim'"), "{err}");
+    // Invalid values name their key.
+    for (set, key) in [
+        ("quant.bits=9", "quant.bits"),
+        ("quant.bits=1", "quant.bits"),
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.learning_rate=-1e-4", "train.learning_rate"),
+        ("adapter.rank=0", "adapter.rank"),
+        ("adapter.dropout=1.5", "adapter.dropout"),
+        ("adapter.k_rule=9", "adapter.k_rule"),
+        (
+            "adapter.targets=[\"attention.self.bogus\"]",
+            "adapter.targets",
+        ),
+        ("train.batch_size=0", "train.batch_size"),
+    ] {
+        let err = parse("[data]\ntask = \"rte\"\n", &[set]).unwrap_err();
+        assert!(err.contains(key), "{set}: {err}");
+    }
+    let err = parse("[data]\ntask = \"rte\"\n", &["adapter.init=srrr"]).unwrap_err();
+    assert!(err.contains("srrr") && err.contains("qera-exact"), "{err}");
+    let err = parse("[train]\nepochs = 3\n", &[]).unwrap_err();
+    assert!(err.contains("data.task"), "{err}");
+    let err = parse("[data]\ntask = \"glue\"\n", &[]).unwrap_err();
+    assert!(err.contains("data.task"), "{err}");
+    let err = parse("[data]\ntask = \"rte\"\n[quant]\nmethod = \"none\"\n", &[]).unwrap_err();
+    assert!(err.contains("adapter.init"), "{err}");
+    // Every shipped recipe parses.
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    // The rank is checked against the model's layers.
+    assert!(ok.validate_rank(384).is_ok());
+    let err = parse("[data]\ntask = \"rte\"\n", &["adapter.rank=500"])
+        .unwrap()
+        .validate_rank(384)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter.rank"), "{err}");
+}
