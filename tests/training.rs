@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::toy::{files, toy_data, toy_recipe, toy_setup};
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -434,4 +436,106 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("adapter.rank"), "{err}");
+}
+
+/// `qpeft train` on the tiny BERT: the loss falls, the dev metric is computed and beats
+/// chance, and `qpeft eval` of the run reproduces the reported metric.
+#[test]
+fn train_command_learns_the_toy_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (init, glue) = toy_setup(tmp.path());
+    let recipe = tmp.path().join("toy.toml");
+    std::fs::write(&recipe, toy_recipe(&init, "")).unwrap();
+    let run = tmp.path().join("run");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&run)
+        .arg("--data-dir")
+        .arg(&glue)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let epochs = report["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 30);
+    let loss = |i: usize| epochs[i]["train_loss"].as_f64().unwrap();
+    assert!(loss(29) < 0.85 * loss(0), "loss {} → {}", loss(0), loss(29));
+    let accuracy = report["final_main"].as_f64().unwrap();
+    assert!(accuracy >= 0.65, "dev accuracy {accuracy} (chance 0.5)");
+    assert!(report["quantization"]["bits_per_weight"].as_f64().unwrap() > 2.0);
+    assert!(
+        run.join("report.md").is_file() && run.join("checkpoints/epoch-30/state.json").is_file()
+    );
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .arg("eval")
+        .arg(&run)
+        .arg("--json")
+        .arg("--data-dir")
+        .arg(&glue)
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(scored["main"].as_f64().unwrap(), accuracy);
+    // A second run into the same folder is refused: nothing already saved is overwritten.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&run)
+        .arg("--data-dir")
+        .arg(&glue)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+/// A diverging run stops with a message naming the step and the last good checkpoint,
+/// which stays on disk.
+#[test]
+fn non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (init, glue) = toy_setup(tmp.path());
+    let text = toy_recipe(&init, "checkpoint_every = 1\n")
+        .replace("learning_rate = 3e-3", "learning_rate = 1e30");
+    let recipe = Recipe::parse(&text, Path::new("toy.toml"), &[]).unwrap();
+    let data = toy_data(&recipe, &glue);
+    let device = Default::default();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let model = qpeft::train::setup::build_model::<Ad>(&recipe, files(&recipe), &device)
+        .unwrap()
+        .model;
+    let err = match qpeft::train::trainer::train(
+        model,
+        &data,
+        &qpeft::train::setup::train_config(&recipe),
+        &run,
+        None,
+        &device,
+    ) {
+        Ok(_) => panic!("a learning rate of 1e30 must diverge"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("the loss is") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    let good = qpeft::train::trainer::latest_checkpoint(&run)
+        .unwrap()
+        .unwrap();
+    assert!(err.contains(&good.display().to_string()), "{err}");
+    qpeft::train::checkpoint::LoadedCheckpoint::open(&good).unwrap();
 }

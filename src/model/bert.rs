@@ -460,17 +460,17 @@ fn fresh_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Li
     }
 }
 
-/// Loads the head linear `name` below `w` when the checkpoint has it; otherwise initializes it
-/// fresh and records `label` in `fresh`.
+/// Loads the head linear `name` below `w` when the checkpoint has it (and `reuse`); otherwise
+/// initializes it fresh and records `label` in `fresh`.
 fn load_or_fresh<B: Backend>(
     w: &WeightScope,
-    name: &str,
-    label: &'static str,
+    (name, label): (&str, &'static str),
     (d_in, d_out): (usize, usize),
+    reuse: bool,
     fresh: &mut Vec<&'static str>,
     device: &B::Device,
 ) -> Result<Linear<B>> {
-    if w.contains(&format!("{name}.weight")) {
+    if reuse && w.contains(&format!("{name}.weight")) {
         w.child(name).linear(d_in, d_out, device)
     } else {
         fresh.push(label);
@@ -486,15 +486,19 @@ pub struct SequenceClassifier<B: Backend> {
 }
 
 impl<B: Backend> SequenceClassifier<B> {
-    /// Loads the encoder and, where the checkpoint has them, the head weights for `head`.
-    /// Also returns the HF names of the head layers the checkpoint lacked, which were
+    /// Loads the encoder and, where the checkpoint has them, the head weights for `head`;
+    /// with `fresh_task_head` the task layers (BERT's classifier, RoBERTa's whole head) are
+    /// initialized fresh whatever the checkpoint holds, as fine-tuning starts (§12.1), while
+    /// BERT's pretrained pooler is kept. Also returns the HF names of the head layers
     /// initialized fresh (N(0, 0.02) weights, zero biases, as HF does).
     pub fn load(
         file: &WeightFile,
         cfg: &EncoderConfig,
         head: HeadKind,
+        fresh_task_head: bool,
         device: &B::Device,
     ) -> Result<(Self, Vec<&'static str>)> {
+        let reuse = !fresh_task_head;
         let prefix = file.base_model_prefix()?;
         let encoder = Encoder::load(&file.scope(&prefix), cfg, device)?;
         let h = cfg.hidden_size;
@@ -509,18 +513,18 @@ impl<B: Backend> SequenceClassifier<B> {
                     pooler: Pooler {
                         dense: load_or_fresh(
                             &pooler,
-                            "dense",
-                            "pooler.dense",
+                            ("dense", "pooler.dense"),
                             (h, h),
+                            true,
                             &mut fresh,
                             device,
                         )?,
                     },
                     classifier: load_or_fresh(
                         &root,
-                        "classifier",
-                        "classifier",
+                        ("classifier", "classifier"),
                         (h, outputs),
+                        reuse,
                         &mut fresh,
                         device,
                     )?,
@@ -532,17 +536,17 @@ impl<B: Backend> SequenceClassifier<B> {
                 ClassifierHead::Roberta(RobertaHead {
                     dense: load_or_fresh(
                         &classifier,
-                        "dense",
-                        "classifier.dense",
+                        ("dense", "classifier.dense"),
                         (h, h),
+                        reuse,
                         &mut fresh,
                         device,
                     )?,
                     out_proj: load_or_fresh(
                         &classifier,
-                        "out_proj",
-                        "classifier.out_proj",
+                        ("out_proj", "classifier.out_proj"),
                         (h, outputs),
+                        reuse,
                         &mut fresh,
                         device,
                     )?,

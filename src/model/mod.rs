@@ -55,6 +55,16 @@ impl PretrainedModel {
         head: HeadKind,
         device: &B::Device,
     ) -> Result<(SequenceClassifier<B>, Vec<&'static str>)> {
-        SequenceClassifier::load(&self.weights, &self.config, head, device)
+        SequenceClassifier::load(&self.weights, &self.config, head, false, device)
+    }
+
+    /// The encoder with a freshly initialized task head for `head` (BERT keeps its
+    /// pretrained pooler): what fine-tuning starts from.
+    pub fn classifier_for_finetuning<B: Backend>(
+        &self,
+        head: HeadKind,
+        device: &B::Device,
+    ) -> Result<SequenceClassifier<B>> {
+        Ok(SequenceClassifier::load(&self.weights, &self.config, head, true, device)?.0)
     }
 }

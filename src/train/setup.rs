@@ -76,7 +76,7 @@ pub fn build_model<B: AutodiffBackend>(
     let base = PretrainedModel::open(base)?;
     let seed = recipe.train.seed;
     B::seed(device, substream_seed(seed, "head-init"));
-    let (mut model, _fresh) = base.classifier::<B>(head_for(task), device)?;
+    let mut model = base.classifier_for_finetuning::<B>(head_for(task), device)?;
     let adapter = &recipe.adapter;
     let options = SurgeryOptions {
         targets: adapter.targets.clone(),

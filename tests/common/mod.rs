@@ -211,3 +211,122 @@ impl qpeft::quant::calib::ModuleSolver for Recorder {
         Ok(weight.to_owned())
     }
 }
+
+/// The toy SST-2 task of the training tests and the tiny BERT's SRR init checkpoint.
+pub mod toy {
+    use std::path::Path;
+
+    use super::fixture;
+
+    const WORDS: [&str; 14] = [
+        "that", "with", "from", "this", "have", "were", "they", "some", "there", "other", "which",
+        "during", "first", "model",
+    ];
+
+    /// An SST-2-shaped task the tiny model can learn: label 1 iff the sentence says "people".
+    pub fn write_toy_glue(root: &Path) {
+        let mut state = 12345u64;
+        let mut next = move |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % n as u64) as usize
+        };
+        let dir = root.join("SST-2");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (split, rows) in [("train", 192), ("dev", 64)] {
+            let mut text = String::from("sentence\tlabel\n");
+            for i in 0..rows {
+                let label = i % 2;
+                let mut words: Vec<&str> =
+                    (0..4 + next(4)).map(|_| WORDS[next(WORDS.len())]).collect();
+                if label == 1 {
+                    let at = next(words.len());
+                    words.insert(at, "people");
+                }
+                text.push_str(&format!("{}\t{label}\n", words.join(" ")));
+            }
+            std::fs::write(dir.join(format!("{split}.tsv")), text).unwrap();
+        }
+    }
+
+    /// The tiny BERT's SRR init checkpoint (2-bit MXINT, rank 4) and the toy GLUE folder.
+    pub fn toy_setup(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let glue = root.join("glue");
+        write_toy_glue(&glue);
+        let calib = root.join("calib.txt");
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                (0..6)
+                    .map(|j| WORDS[(i * 5 + j * 3) % WORDS.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        std::fs::write(&calib, lines.join("\n")).unwrap();
+        let init = root.join("init");
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+            .args([
+                "init",
+                "--init",
+                "srr",
+                "--bits",
+                "2",
+                "--rank",
+                "4",
+                "--calib-samples",
+                "40",
+                "--max-length",
+                "32",
+            ])
+            .arg("--model")
+            .arg(fixture("tiny-bert"))
+            .arg("--calib")
+            .arg(&calib)
+            .arg("--out")
+            .arg(&init)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        (init, glue)
+    }
+
+    pub fn toy_recipe(init: &Path, extra: &str) -> String {
+        format!(
+            "[model]\nname = {:?}\ninit_checkpoint = {:?}\n[data]\ntask = \"sst2\"\n[adapter]\nrank = 4\npreserved_scaling = \"update\"\n[train]\nlearning_rate = 3e-3\nschedule = \"constant\"\nbatch_size = 16\nepochs = 30\nmax_length = 32\neval_batch_size = 64\nlog_every = 1\n{extra}",
+            fixture("tiny-bert").display().to_string(),
+            init.display().to_string()
+        )
+    }
+
+    use qpeft::data::batch::TokenizedSplit;
+    use qpeft::data::{Split, Task, load};
+    use qpeft::model::resolve_model;
+    use qpeft::recipe::Recipe;
+    use qpeft::train::trainer::TrainData;
+
+    pub fn toy_data(recipe: &Recipe, glue: &Path) -> TrainData {
+        let base = qpeft::model::PretrainedModel::open(files(recipe)).unwrap();
+        let tokenizer = base.tokenizer(recipe.train.max_length).unwrap();
+        let split =
+            |s| TokenizedSplit::new(&load(glue, Task::Sst2, s).unwrap(), &tokenizer, None).unwrap();
+        TrainData {
+            train: split(Split::Train),
+            dev: vec![split(Split::Dev)],
+        }
+    }
+
+    pub fn files(recipe: &Recipe) -> qpeft::model::ModelFiles {
+        resolve_model(
+            &recipe
+                .model
+                .init_checkpoint
+                .as_ref()
+                .unwrap()
+                .display()
+                .to_string(),
+            &qpeft::model::HubOptions::from_env(),
+        )
+        .unwrap()
+    }
+}
