@@ -308,7 +308,7 @@ impl Recipe {
         }
         let recipe = Recipe::deserialize(toml::Value::Table(table))
             .map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
-        recipe.validate().map_err(|message| invalid(message))?;
+        recipe.validate().map_err(invalid)?;
         Ok(recipe)
     }
 

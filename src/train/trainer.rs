@@ -362,7 +362,7 @@ pub fn train<B: AutodiffBackend>(
                 "loss {step_loss:.4} lr {lr:.2e} {rate:.1} samples/s"
             ));
             progress.inc(1);
-            if config.log_every > 0 && state.global_step % config.log_every == 0 {
+            if config.log_every > 0 && state.global_step.is_multiple_of(config.log_every) {
                 log.write(serde_json::json!({
                     "type": "step",
                     "epoch": epoch + 1,
@@ -406,8 +406,8 @@ pub fn train<B: AutodiffBackend>(
                 state.step_in_epoch = 0;
                 state.epoch_loss_sum = 0.0;
             }
-            let step_due =
-                config.checkpoint_every > 0 && state.global_step % config.checkpoint_every == 0;
+            let step_due = config.checkpoint_every > 0
+                && state.global_step.is_multiple_of(config.checkpoint_every);
             if epoch_done || step_due {
                 let dir = if epoch_done {
                     checkpoints.join(format!("epoch-{}", state.epoch))
