@@ -438,6 +438,19 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
     assert!(err.contains("adapter.rank"), "{err}");
 }
 
+/// `qpeft train RECIPE --out RUN --data-dir GLUE`.
+fn qpeft_train(recipe: &Path, run: &Path, glue: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .arg("train")
+        .arg(recipe)
+        .arg("--out")
+        .arg(run)
+        .arg("--data-dir")
+        .arg(glue)
+        .output()
+        .unwrap()
+}
+
 /// `qpeft train` on the tiny BERT: the loss falls, the dev metric is computed and beats
 /// chance, and `qpeft eval` of the run reproduces the reported metric.
 #[test]
@@ -447,15 +460,7 @@ fn train_command_learns_the_toy_task() {
     let recipe = tmp.path().join("toy.toml");
     std::fs::write(&recipe, toy_recipe(&init, "")).unwrap();
     let run = tmp.path().join("run");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .arg("train")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&run)
-        .arg("--data-dir")
-        .arg(&glue)
-        .output()
-        .unwrap();
+    let output = qpeft_train(&recipe, &run, &glue);
     assert!(
         output.status.success(),
         "{}",
@@ -489,15 +494,7 @@ fn train_command_learns_the_toy_task() {
     let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(scored["main"].as_f64().unwrap(), accuracy);
     // A second run into the same folder is refused: nothing already saved is overwritten.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .arg("train")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&run)
-        .arg("--data-dir")
-        .arg(&glue)
-        .output()
-        .unwrap();
+    let again = qpeft_train(&recipe, &run, &glue);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }

@@ -68,6 +68,14 @@ impl FrozenWeight {
         }
     }
 
+    /// The weight the forward pass uses, consuming the storage (a dense weight is not copied).
+    pub fn into_dequantized(self) -> Result<Vec<f32>> {
+        match self {
+            FrozenWeight::Dense { values, .. } => Ok(values),
+            packed => packed.dequantize(),
+        }
+    }
+
     /// Bytes the frozen weight takes as stored.
     pub fn stored_bytes(&self) -> usize {
         match self {
@@ -244,24 +252,37 @@ impl<B: Backend> QLoraLinear<B> {
         self.bias.as_ref().map(|b| to_vec(b.val())).transpose()
     }
 
-    /// The dense layer this one computes in evaluation: deq(Q) + s·B·A, row-major `[out, in]`
-    /// (accumulated in f64 before rounding to f32).
+    /// The dense layer this one computes in evaluation: deq(Q) + s·B·A, row-major `[out, in]`.
     pub fn merged_weight(&self) -> Result<Vec<f32>> {
         let (d_out, d_in) = self.shape();
-        let r = self.spec.rank;
-        let a = self.lora_a_peft()?;
-        let b = self.lora_b_peft()?;
         let mut weight = self.frozen.dequantize()?;
-        for o in 0..d_out {
-            for i in 0..d_in {
-                let lr: f64 = (0..r)
-                    .map(|j| f64::from(b[o * r + j]) * f64::from(a[j * d_in + i]))
-                    .sum();
-                weight[o * d_in + i] =
-                    (f64::from(weight[o * d_in + i]) + self.spec.scale * lr) as f32;
-            }
-        }
+        add_low_rank(
+            &mut weight,
+            &self.lora_b_peft()?,
+            &self.lora_a_peft()?,
+            (d_out, self.spec.rank, d_in),
+            self.spec.scale,
+        );
         Ok(weight)
+    }
+}
+
+/// W += s·B·A for row-major W `[out, in]`, PEFT's B = lora_B `[out, r]` and A = lora_A
+/// `[r, in]`; each entry of B·A is summed in f64.
+pub fn add_low_rank(
+    weight: &mut [f32],
+    lora_b: &[f32],
+    lora_a: &[f32],
+    (d_out, rank, d_in): (usize, usize, usize),
+    scale: f64,
+) {
+    for o in 0..d_out {
+        for i in 0..d_in {
+            let lr: f64 = (0..rank)
+                .map(|j| f64::from(lora_b[o * rank + j]) * f64::from(lora_a[j * d_in + i]))
+                .sum();
+            weight[o * d_in + i] += (scale * lr) as f32;
+        }
     }
 }
 

@@ -136,11 +136,9 @@ fn utc_stamp(seconds: u64) -> String {
     )
 }
 
-/// The `qpeft init` command line that builds the recipe's init checkpoint.
-fn init_arguments(recipe: &Recipe) -> Vec<String> {
-    let q = &recipe.quant;
-    let a = &recipe.adapter;
-    let method = match q.method {
+/// The `--quantizer` value of `qpeft init` for a recipe's base quantizer.
+fn quantizer_name(method: QuantMethod) -> &'static str {
+    match method {
         QuantMethod::None => "none",
         QuantMethod::Rtn => "rtn",
         QuantMethod::Gptq => "gptq",
@@ -149,7 +147,14 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
         QuantMethod::Coreq => "coreq",
         QuantMethod::Kcoreq => "kcoreq",
         QuantMethod::Qronos => "qronos",
-    };
+    }
+}
+
+/// The `qpeft init` command line that builds the recipe's init checkpoint.
+fn init_arguments(recipe: &Recipe) -> Vec<String> {
+    let q = &recipe.quant;
+    let a = &recipe.adapter;
+    let method = quantizer_name(q.method);
     let grid = match q.grid {
         GridName::Asym => "asym",
         GridName::Sym => "sym",
@@ -207,10 +212,7 @@ fn cached_init(recipe: &Recipe, data_dir: &Path, device: &DeviceArg) -> anyhow::
     let dir = root.join(format!(
         "{}-{}-{}b-r{}-{key}",
         kebab(&format!("{:?}", recipe.adapter.init)),
-        argv[argv
-            .iter()
-            .position(|a| a == "--quantizer")
-            .map_or(0, |i| i + 1)],
+        quantizer_name(recipe.quant.method),
         recipe.quant.bits,
         recipe.adapter.rank
     ));

@@ -12,6 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
 use crate::adapters::FrozenWeight;
+use crate::adapters::qlora_linear::add_low_rank;
 use crate::error::{Error, Result};
 use crate::quant::checkpoint::{METADATA_KEY, QuantMetadata};
 use crate::quant::grid::Bits;
@@ -60,6 +61,15 @@ impl WeightFile {
 
     pub fn contains(&self, name: &str) -> bool {
         self.metadata.info(name).is_some()
+    }
+
+    /// An entry of the safetensors header's metadata.
+    pub fn header_entry(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
     }
 
     /// The quantization recorded in the header, for files written by `qpeft quantize`.
@@ -271,8 +281,6 @@ impl<'a> WeightScope<'a> {
         })
     }
 
-    /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`, or quantized by
-    /// `qpeft quantize` (dequantized here).
     /// W += s·lora_B·lora_A: a layer of an init checkpoint read as a dense model is Q + L·R.
     fn merge_adapter(
         &self,
@@ -282,20 +290,14 @@ impl<'a> WeightScope<'a> {
         d_out: usize,
     ) -> Result<()> {
         let rank = adapters.rank;
-        let a = self.file.read_f32(&self.key("lora_A"), &[rank, d_in])?;
-        let b = self.file.read_f32(&self.key("lora_B"), &[d_out, rank])?;
-        let scale = adapters.scale();
-        for o in 0..d_out {
-            for i in 0..d_in {
-                let lr: f64 = (0..rank)
-                    .map(|j| f64::from(b[o * rank + j]) * f64::from(a[j * d_in + i]))
-                    .sum();
-                weight_out_in[o * d_in + i] += (scale * lr) as f32;
-            }
-        }
+        let a = self.values("lora_A", &[rank, d_in])?;
+        let b = self.values("lora_B", &[d_out, rank])?;
+        add_low_rank(weight_out_in, &b, &a, (d_out, rank, d_in), adapters.scale());
         Ok(())
     }
 
+    /// A linear layer stored by HF as `weight [out, in]` and `bias [out]`, or quantized by
+    /// `qpeft quantize` (dequantized here); an init checkpoint's adapter is merged in.
     pub fn linear<B: Backend>(
         &self,
         d_in: usize,
@@ -304,7 +306,7 @@ impl<'a> WeightScope<'a> {
     ) -> Result<Linear<B>> {
         let mut weight_out_in = self
             .frozen_weight(d_in, d_out)?
-            .dequantize()
+            .into_dequantized()
             .map_err(|e| self.file.invalid(format!("{}: {e}", self.key("qcodes"))))?;
         if let Some(adapters) = self.file.adapters()
             && self.contains("lora_A")

@@ -239,17 +239,8 @@ impl LoadedCheckpoint {
     }
 
     fn optimizer_step(&self) -> Result<u64> {
-        let bytes = std::fs::read(self.optimizer.path())
-            .map_err(|e| Error::io(self.optimizer.path(), e))?;
-        let (_, metadata) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::InvalidWeights {
-                path: self.optimizer.path().to_path_buf(),
-                message: e.to_string(),
-            })?;
-        metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("step"))
+        self.optimizer
+            .header_entry("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::InvalidWeights {
                 path: self.optimizer.path().to_path_buf(),

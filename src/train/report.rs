@@ -119,10 +119,9 @@ impl RunReport {
             self.device, self.trainable_parameters
         ));
         md.push_str(&format!(
-            "- quantization: {} {}{}, grid {}, group {}, {} bits/weight; adapters {} rank {}\n",
+            "- quantization: {} {}, grid {}, group {}, {} bits/weight; adapters {} rank {}\n",
             q.method,
             q.bits.map_or("-".into(), |b| format!("{b}-bit")),
-            "",
             q.grid.as_deref().unwrap_or("-"),
             q.group.map_or("-".into(), |g| g.to_string()),
             q.bits_per_weight.map_or("-".into(), |b| format!("{b:.3}")),
