@@ -9,7 +9,7 @@ QPEFT = $(CARGO) run --release --quiet --bin qpeft --
 # A folder in the glue_data layout to copy GLUE from; on these machines, ../shared/glue.
 GLUE_MIRROR ?= $(wildcard ../shared/glue)
 
-.PHONY: build model data demo finetune test cuda-build fmt lint
+.PHONY: build model data demo finetune test bench cuda-build fmt lint
 
 build:
 	$(CARGO) build --release
@@ -38,6 +38,15 @@ finetune: model data
 
 test: model data
 	$(CARGO) test --release
+
+# qpeft vs PyTorch side by side on CPU (training step and evaluation pass, bench/run.py); the
+# reference runs in its own virtual environment, made here on first use.
+BENCH_VENV ?= $(HOME)/.cache/qpeft-bench-venv
+bench: model data
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python bench/run.py --qpeft $(CARGO_TARGET_DIR)/release/qpeft \
+		--python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 
 # The CUDA backend builds offline on a machine without a GPU; cudarc loads the driver at run time.
 cuda-build:

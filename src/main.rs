@@ -4,7 +4,23 @@ mod cli;
 
 use clap::Parser;
 
+/// glibc's malloc serves the multi-megabyte activation buffers of a training step with fresh
+/// mmaps and hands them back on free, so every step faults them in and zeroes them again (a
+/// tenth of a CPU step, docs/performance.md). Keep freed memory in the heap instead.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -107,6 +107,27 @@ fn adamw_clipping_and_schedules_match_torch() {
     }
 }
 
+/// The GELU the model trains with has the exact derivative Φ(x) + x·φ(x) (what torch's
+/// `gelu_backward` computes), not the derivative of the tanh approximation.
+#[test]
+fn gelu_gradient_is_the_exact_derivative() {
+    let xs: Vec<f32> = (-600..=600).map(|i| i as f32 / 100.0).collect();
+    let x = tensor::<Ad, 1>(xs.clone(), [xs.len()]).require_grad();
+    let grads = qpeft::model::bert::exact_gelu(x.clone()).sum().backward();
+    let got = values(x.grad(&grads).unwrap());
+    let worst = xs
+        .iter()
+        .zip(&got)
+        .map(|(&x, &g)| {
+            let x = f64::from(x);
+            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (f64::from(g) - (cdf + x * pdf)).abs()
+        })
+        .fold(0.0, f64::max);
+    assert!(worst < 2e-6, "largest gradient error {worst}");
+}
+
 fn pseudo(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
         .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::model::dropout::Dropout;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
@@ -197,7 +197,7 @@ impl<B: Backend> QLoraLinear<B> {
             bias,
             lora_a: param(transpose(lora_a, r, d_in), [d_in, r]),
             lora_b: param(transpose(lora_b, d_out, r), [r, d_out]),
-            dropout: DropoutConfig::new(spec.dropout).init(),
+            dropout: Dropout::new(spec.dropout),
             preserved_mask,
             frozen: Arc::new(frozen),
             spec,
@@ -205,6 +205,17 @@ impl<B: Backend> QLoraLinear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // One [tokens, in] matrix product instead of one per batch row: the backends pack the
+        // weight once, and the factors' gradients come out of one product each.
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let tokens = dims[..D - 1].iter().product();
+        let y = self.forward_rows(x.reshape([tokens, d_in]));
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
+    }
+
+    fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let base = linear(
             x.clone(),
             self.base.clone(),

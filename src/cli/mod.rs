@@ -1,5 +1,6 @@
 //! Command tree and dispatch; each subcommand lives in its own file.
 
+mod bench;
 mod data;
 mod embed;
 mod eval;
@@ -43,6 +44,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Score a trained run (or one of its checkpoints) on the task's dev split(s).
     Eval(eval::EvalArgs),
+    /// Time the training step or evaluation pass of a recipe's model (synthetic batches).
+    Bench(bench::BenchArgs),
     /// Run the GLUE comparison: one fine-tuning run per initialization and task, then the table.
     Glue(glue::GlueArgs),
 }
@@ -80,5 +83,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Glue(args) => glue::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

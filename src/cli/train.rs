@@ -202,7 +202,11 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
 }
 
 /// Builds the init checkpoint in the cache (keyed by everything that shapes it), once.
-fn cached_init(recipe: &Recipe, data_dir: &Path, device: &DeviceArg) -> anyhow::Result<PathBuf> {
+pub fn cached_init(
+    recipe: &Recipe,
+    data_dir: &Path,
+    device: &DeviceArg,
+) -> anyhow::Result<PathBuf> {
     let argv = init_arguments(recipe);
     let key = Sha256::new()
         .chain_update(argv.join("\u{0}").as_bytes())

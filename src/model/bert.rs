@@ -7,8 +7,10 @@
 //! [`Encoder::linear`] / [`Encoder::linear_mut`].
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::nn::{Embedding, LayerNorm, Linear};
+
+use super::dropout::Dropout;
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
@@ -69,7 +71,7 @@ impl<B: Backend> Embeddings<B> {
             layer_norm: w
                 .child("LayerNorm")
                 .layer_norm(h, cfg.layer_norm_eps, device)?,
-            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
             roberta_positions: cfg.architecture == Architecture::Roberta,
             single_token_type: cfg.type_vocab_size == 1,
             pad_token_id: cfg.pad_token_id,
@@ -130,7 +132,7 @@ impl<B: Backend> DenseLayerNorm<B> {
                 cfg.layer_norm_eps,
                 device,
             )?,
-            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
         })
     }
 
@@ -166,7 +168,7 @@ impl<B: Backend> SelfAttention<B> {
             query: TargetLinear::Dense(w.child("query").linear(h, h, device)?),
             key: TargetLinear::Dense(w.child("key").linear(h, h, device)?),
             value: TargetLinear::Dense(w.child("value").linear(h, h, device)?),
-            dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+            dropout: Dropout::new(cfg.attention_probs_dropout_prob),
             num_heads: cfg.num_attention_heads,
         })
     }
@@ -218,7 +220,7 @@ impl<B: Backend> EncoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let context = self.attention.self_attention.forward(x.clone(), mask_bias);
         let attended = self.attention.output.forward(context, x);
-        let inner = gelu(self.intermediate.dense.forward(attended.clone()));
+        let inner = exact_gelu(self.intermediate.dense.forward(attended.clone()));
         self.output.forward(inner, attended)
     }
 
@@ -299,7 +301,7 @@ impl<B: Backend> LayerStages<B> {
                 self.attended = Some(attended.clone());
                 attended
             }
-            2 => gelu(layer.intermediate.dense.forward(current)),
+            2 => exact_gelu(layer.intermediate.dense.forward(current)),
             _ => layer.output.forward(
                 current,
                 self.attended
@@ -504,7 +506,7 @@ impl<B: Backend> SequenceClassifier<B> {
         let h = cfg.hidden_size;
         let outputs = head.num_outputs();
         let root = file.scope("");
-        let dropout = DropoutConfig::new(cfg.classifier_dropout).init();
+        let dropout = Dropout::new(cfg.classifier_dropout);
         let mut fresh = Vec::new();
         let head = match cfg.architecture {
             Architecture::Bert => {
@@ -601,4 +603,13 @@ pub fn encoder_input<B: Backend>(
         attention_mask: int(&batch.attention_mask),
         token_type_ids: int(&batch.token_type_ids),
     }
+}
+
+/// GELU with erf, x·(1 + erf(x/√2))/2, built from tensor operations so that autodiff takes
+/// the exact derivative Φ(x) + x·φ(x): Burn's fused `gelu` differentiates the tanh
+/// approximation instead (burn-backend 0.21 `gelu_backward`), which is not what torch trains
+/// with. The forward operations are Burn's, in the same order, so values are unchanged.
+pub fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let cdf = (x.clone() / std::f64::consts::SQRT_2).erf() + 1.0;
+    (x * cdf) / 2.0
 }

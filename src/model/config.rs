@@ -157,6 +157,19 @@ impl EncoderConfig {
                 raw.pad_token_id, raw.vocab_size
             )));
         }
+        let classifier_dropout = raw.classifier_dropout.unwrap_or(raw.hidden_dropout_prob);
+        for (key, prob) in [
+            ("hidden_dropout_prob", raw.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                raw.attention_probs_dropout_prob,
+            ),
+            ("classifier_dropout", classifier_dropout),
+        ] {
+            if !(0.0..1.0).contains(&prob) {
+                return Err(invalid(format!("{key} {prob} is outside [0, 1)")));
+            }
+        }
         let num_labels = raw
             .num_labels
             .or_else(|| raw.id2label.as_ref().map(BTreeMap::len))
@@ -175,7 +188,7 @@ impl EncoderConfig {
             intermediate_size: raw.intermediate_size,
             hidden_dropout_prob: raw.hidden_dropout_prob,
             attention_probs_dropout_prob: raw.attention_probs_dropout_prob,
-            classifier_dropout: raw.classifier_dropout.unwrap_or(raw.hidden_dropout_prob),
+            classifier_dropout,
             max_position_embeddings: raw.max_position_embeddings,
             type_vocab_size: raw.type_vocab_size,
             layer_norm_eps: raw.layer_norm_eps,

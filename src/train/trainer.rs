@@ -15,16 +15,15 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::cast::ToElement;
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{EpochRecord, LoadedCheckpoint, LoopState, save_checkpoint};
 use super::optim::{
-    AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
-    learning_rate,
+    AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule, learning_rate,
 };
+use super::step::{StepFailure, train_step};
 use crate::adapters::AdapterSpec;
 use crate::adapters::surgery::decays;
 use crate::data::Label;
@@ -32,7 +31,8 @@ use crate::data::batch::{Batch, TokenizedSplit};
 use crate::error::{Error, Result};
 use crate::eval::dev::evaluate_dev;
 use crate::eval::metrics::MnliMain;
-use crate::model::{SequenceClassifier, encoder_input};
+use crate::model::SequenceClassifier;
+use crate::model::dropout::seed_dropout;
 use crate::seed::substream_seed;
 
 /// The shape of the per-component factor on SRR's preserved block (§12.2 "Choice (form)").
@@ -320,19 +320,26 @@ pub fn train<B: AutodiffBackend>(
                 total_steps,
                 warmup,
             );
-            B::seed(
+            seed_dropout(substream_seed(
+                config.seed,
+                &format!("dropout/step-{}", state.global_step),
+            ));
+            let micro_batches: Vec<Batch> = group
+                .iter()
+                .map(|indices| data.train.batch(indices))
+                .collect();
+            let step = match train_step(
+                model,
+                &mut optimizer,
+                &table,
+                &micro_batches,
+                lr,
+                config.max_grad_norm,
                 device,
-                substream_seed(config.seed, &format!("dropout/step-{}", state.global_step)),
-            );
-            let mut grads = AccumulatedGrads::default();
-            let mut step_loss = 0.0;
-            let mut examples = 0;
-            for indices in group.iter() {
-                let batch: Batch = data.train.batch(indices);
-                let logits = model.forward(&encoder_input::<B>(&batch.encoded, device));
-                let loss = task_loss(logits, &batch.labels, device)? / group.len() as f64;
-                let value = f64::from(loss.clone().into_scalar().to_f32());
-                if !value.is_finite() {
+            ) {
+                Ok(step) => step,
+                Err(StepFailure::Error(error)) => return Err(error),
+                Err(StepFailure::NonFiniteLoss(value)) => {
                     progress.abandon();
                     return Err(Error::InvalidInput(format!(
                         "the loss is {value} at epoch {}, step {}: training stopped; {}",
@@ -344,13 +351,9 @@ pub fn train<B: AutodiffBackend>(
                         }
                     )));
                 }
-                step_loss += value;
-                examples += indices.len();
-                grads.add::<B, _>(loss.backward(), &model, &table);
-            }
-            let (updated, stats) =
-                optimizer.step::<B, _>(model, grads, &table, lr, config.max_grad_norm)?;
-            model = updated;
+            };
+            model = step.model;
+            let (step_loss, examples, stats) = (step.loss, step.examples, step.stats);
             let seconds = started.elapsed().as_secs_f64();
             state.train_seconds += seconds;
             state.samples += examples;

@@ -1,0 +1,89 @@
+//! Dropout whose masks come from qpeft's own seeded stream instead of the backend's RNG.
+//!
+//! Why: the CPU backend draws every mask element through a freshly built `Bernoulli` sampler
+//! (a fifth of a training step, docs/performance.md); here a ChaCha8 stream yields one `u32`
+//! per element, compared with p·2³². The stream is process-wide, like the backend's, and the
+//! trainer reseeds it before every optimizer step from the run's seed (`dropout/step-N`), so
+//! a resumed run draws the same masks as an uninterrupted one.
+
+use std::sync::{Mutex, PoisonError};
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+static STREAM: Mutex<Option<ChaCha8Rng>> = Mutex::new(None);
+
+/// Restarts the dropout stream from `seed`.
+pub fn seed_dropout(seed: u64) {
+    *STREAM.lock().unwrap_or_else(PoisonError::into_inner) = Some(ChaCha8Rng::seed_from_u64(seed));
+}
+
+/// `len` mask values: 0 with probability `prob`, else `1/(1 − prob)` (inverted dropout).
+fn scaled_keep_mask(len: usize, prob: f64) -> Vec<f32> {
+    let threshold = (prob * 2f64.powi(32)).round() as u64;
+    let scale = (1.0 / (1.0 - prob)) as f32;
+    let mut stream = STREAM.lock().unwrap_or_else(PoisonError::into_inner);
+    let rng = stream.get_or_insert_with(|| ChaCha8Rng::seed_from_u64(0));
+    (0..len)
+        .map(|_| {
+            if u64::from(rng.next_u32()) < threshold {
+                0.0
+            } else {
+                scale
+            }
+        })
+        .collect()
+}
+
+/// Zeroes each input element with probability `prob` and scales the rest by `1/(1 − prob)`,
+/// only when the backend records gradients (training); the identity otherwise.
+#[derive(Module, Clone, Debug)]
+pub struct Dropout {
+    pub prob: f64,
+}
+
+impl Dropout {
+    /// `prob` in [0, 1).
+    pub fn new(prob: f64) -> Self {
+        assert!(
+            (0.0..1.0).contains(&prob),
+            "dropout probability {prob} outside [0, 1)"
+        );
+        Dropout { prob }
+    }
+
+    pub fn forward<B: Backend, const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let device = input.device();
+        if self.prob == 0.0 || !B::ad_enabled(&device) {
+            return input;
+        }
+        let shape = input.shape();
+        let mask = scaled_keep_mask(shape.num_elements(), self.prob);
+        input * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_drop_the_asked_fraction_and_repeat_after_reseeding() {
+        seed_dropout(7);
+        let first = scaled_keep_mask(200_000, 0.1);
+        let dropped = first.iter().filter(|&&v| v == 0.0).count() as f64 / first.len() as f64;
+        // Binomial(200000, 0.1): standard deviation 0.00067.
+        assert!((dropped - 0.1).abs() < 0.004, "dropped fraction {dropped}");
+        assert!(
+            first
+                .iter()
+                .all(|&v| v == 0.0 || v == (1.0f64 / 0.9) as f32)
+        );
+        seed_dropout(7);
+        assert_eq!(first, scaled_keep_mask(200_000, 0.1));
+        assert!(scaled_keep_mask(1000, 0.0).iter().all(|&v| v == 1.0));
+    }
+}
