@@ -514,10 +514,65 @@ fn train_command_learns_the_toy_task() {
     );
     let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(scored["main"].as_f64().unwrap(), accuracy);
+    exported_model_matches_the_run(&run, &recipe, &glue, &tmp.path().join("exported"));
     // A second run into the same folder is refused: nothing already saved is overwritten.
     let again = qpeft_train(&recipe, &run, &glue);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+/// `qpeft export` writes a dense HF classifier (no quantized tensors, no adapters) whose logits
+/// equal the trained QPEFT model's up to the rounding of the merge.
+fn exported_model_matches_the_run(run: &Path, recipe: &Path, glue: &Path, out: &Path) {
+    let export = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .arg("export")
+        .arg(run)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let device = Default::default();
+    let trained = qpeft::train::setup::load_trained::<Ad>(run, &device).unwrap();
+    let files =
+        qpeft::model::resolve_model(out.to_str().unwrap(), &qpeft::model::HubOptions::from_env())
+            .unwrap();
+    let exported = qpeft::model::PretrainedModel::open(files).unwrap();
+    assert_eq!(
+        exported.config.head,
+        qpeft::model::HeadKind::Classification { num_labels: 2 }
+    );
+    let names = exported.weights.names();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with(".weight") || n.ends_with(".bias")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"bert.encoder.layer.0.attention.self.query.weight".to_string()));
+    let (dense, fresh) = exported
+        .classifier::<Cpu>(exported.config.head, &device)
+        .unwrap();
+    assert!(
+        fresh.is_empty(),
+        "head layers missing from the export: {fresh:?}"
+    );
+    let data = toy_data(&Recipe::load(recipe, &[]).unwrap(), glue);
+    let indices: Vec<usize> = (0..data.dev[0].len()).collect();
+    let batch = data.dev[0].batch(&indices);
+    let input = qpeft::model::encoder_input::<Cpu>(&batch.encoded, &device);
+    let want = values(trained.model.forward(&input));
+    let got = values(dense.forward(&input));
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "largest logit difference {worst}");
 }
 
 /// A diverging run stops with a message naming the step and the last good checkpoint,

@@ -2,6 +2,7 @@
 //! layer keeps each target linear in ([`TargetLinear`]), and the surgery that fills those slots
 //! from an init checkpoint ([`surgery`]).
 
+pub mod export;
 pub mod qlora_linear;
 pub mod surgery;
 

@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod embed;
 mod eval;
+mod export;
 mod glue;
 mod init;
 mod model;
@@ -44,6 +45,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Score a trained run (or one of its checkpoints) on the task's dev split(s).
     Eval(eval::EvalArgs),
+    /// Merge a trained run's adapters into a dense Hugging Face model folder.
+    Export(export::ExportArgs),
     /// Time the training step or evaluation pass of a recipe's model (synthetic batches).
     Bench(bench::BenchArgs),
     /// Run the GLUE comparison: one fine-tuning run per initialization and task, then the table.
@@ -84,5 +87,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Glue(args) => glue::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

@@ -1,0 +1,200 @@
+//! Export of a trained QPEFT classifier as a plain dense Hugging Face checkpoint: every adapted
+//! layer merged, W = deq(Q) + s·B·A (§12.1), written with the HF names and `[out, in]` layout of
+//! `BertForSequenceClassification` / `RobertaForSequenceClassification`, so that transformers
+//! (or qpeft itself) loads it without knowing about quantization or adapters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::backend::Backend;
+use safetensors::{Dtype, tensor::TensorView};
+
+use super::TargetLinear;
+use super::qlora_linear::to_vec;
+use crate::error::{Error, Result};
+use crate::model::Architecture;
+use crate::model::bert::ClassifierHead;
+use crate::model::weights::transpose;
+use crate::model::{HeadKind, PretrainedModel, SequenceClassifier};
+
+/// HF name → (shape, row-major values).
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn put_linear<B: Backend>(out: &mut Tensors, name: &str, linear: &Linear<B>) -> Result<()> {
+    // Burn keeps linear weights as [in, out]; HF as [out, in].
+    let [d_in, d_out] = linear.weight.dims();
+    let weight = transpose(&to_vec(linear.weight.val())?, d_in, d_out);
+    out.insert(format!("{name}.weight"), (vec![d_out, d_in], weight));
+    if let Some(bias) = &linear.bias {
+        out.insert(format!("{name}.bias"), (vec![d_out], to_vec(bias.val())?));
+    }
+    Ok(())
+}
+
+fn put_target<B: Backend>(out: &mut Tensors, name: &str, target: &TargetLinear<B>) -> Result<()> {
+    match target {
+        TargetLinear::Dense(linear) => put_linear(out, name, linear),
+        TargetLinear::Adapted(adapted) => {
+            let (d_out, d_in) = adapted.shape();
+            out.insert(
+                format!("{name}.weight"),
+                (vec![d_out, d_in], adapted.merged_weight()?),
+            );
+            if let Some(bias) = &adapted.bias {
+                out.insert(format!("{name}.bias"), (vec![d_out], to_vec(bias.val())?));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn put_layer_norm<B: Backend>(out: &mut Tensors, name: &str, norm: &LayerNorm<B>) -> Result<()> {
+    let gamma = to_vec(norm.gamma.val())?;
+    out.insert(format!("{name}.weight"), (vec![gamma.len()], gamma));
+    if let Some(beta) = &norm.beta {
+        let beta = to_vec(beta.val())?;
+        out.insert(format!("{name}.bias"), (vec![beta.len()], beta));
+    }
+    Ok(())
+}
+
+/// Every tensor of `model` under its HF sequence-classification name.
+fn dense_tensors<B: Backend>(model: &SequenceClassifier<B>, prefix: &str) -> Result<Tensors> {
+    let mut out = Tensors::new();
+    let embeddings = &model.encoder.embeddings;
+    for (name, table) in [
+        ("word_embeddings", &embeddings.word_embeddings),
+        ("position_embeddings", &embeddings.position_embeddings),
+        ("token_type_embeddings", &embeddings.token_type_embeddings),
+    ] {
+        let [rows, cols] = table.weight.dims();
+        out.insert(
+            format!("{prefix}embeddings.{name}.weight"),
+            (vec![rows, cols], to_vec(table.weight.val())?),
+        );
+    }
+    put_layer_norm(
+        &mut out,
+        &format!("{prefix}embeddings.LayerNorm"),
+        &embeddings.layer_norm,
+    )?;
+    for name in model.encoder.linear_names() {
+        let target = model
+            .encoder
+            .target(&name)
+            .expect("linear_names lists the target slots");
+        put_target(&mut out, &format!("{prefix}{name}"), target)?;
+    }
+    for (index, layer) in model.encoder.layers.iter().enumerate() {
+        let base = format!("{prefix}encoder.layer.{index}");
+        put_layer_norm(
+            &mut out,
+            &format!("{base}.attention.output.LayerNorm"),
+            &layer.attention.output.layer_norm,
+        )?;
+        put_layer_norm(
+            &mut out,
+            &format!("{base}.output.LayerNorm"),
+            &layer.output.layer_norm,
+        )?;
+    }
+    match &model.head {
+        ClassifierHead::Bert(head) => {
+            put_linear(
+                &mut out,
+                &format!("{prefix}pooler.dense"),
+                &head.pooler.dense,
+            )?;
+            put_linear(&mut out, "classifier", &head.classifier)?;
+        }
+        ClassifierHead::Roberta(head) => {
+            put_linear(&mut out, "classifier.dense", &head.dense)?;
+            put_linear(&mut out, "classifier.out_proj", &head.out_proj)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The base model's `config.json` with the head recorded the way transformers reads it.
+fn classifier_config(base: &PretrainedModel, head: HeadKind) -> Result<serde_json::Value> {
+    let path = &base.files.config;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.clone(),
+        source: e,
+    })?;
+    let object = config.as_object_mut().ok_or_else(|| Error::InvalidConfig {
+        path: path.clone(),
+        message: "config.json is not a JSON object".into(),
+    })?;
+    let architecture = match base.config.architecture {
+        Architecture::Bert => "BertForSequenceClassification",
+        Architecture::Roberta => "RobertaForSequenceClassification",
+    };
+    let outputs = head.num_outputs();
+    object.insert("architectures".into(), serde_json::json!([architecture]));
+    object.insert(
+        "id2label".into(),
+        (0..outputs)
+            .map(|i| (i.to_string(), serde_json::json!(format!("LABEL_{i}"))))
+            .collect(),
+    );
+    object.insert(
+        "label2id".into(),
+        (0..outputs)
+            .map(|i| (format!("LABEL_{i}"), serde_json::json!(i)))
+            .collect(),
+    );
+    if head == HeadKind::Regression {
+        object.insert("problem_type".into(), "regression".into());
+    } else {
+        object.insert("problem_type".into(), "single_label_classification".into());
+    }
+    Ok(config)
+}
+
+/// Writes `model` merged to dense f32 into `out`: `model.safetensors`, `config.json` (the
+/// base's, with the head) and `tokenizer.json`. The weights file appears only once complete.
+pub fn export_merged<B: Backend>(
+    model: &SequenceClassifier<B>,
+    base: &PretrainedModel,
+    head: HeadKind,
+    out: &Path,
+) -> Result<PathBuf> {
+    let prefix = match base.config.architecture {
+        Architecture::Bert => "bert.",
+        Architecture::Roberta => "roberta.",
+    };
+    let tensors = dense_tensors(model, prefix)?;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, (shape, values))| {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let config = classifier_config(base, head)?;
+    let config_path = out.join("config.json");
+    let pretty = serde_json::to_string_pretty(&config).expect("a JSON value serializes");
+    std::fs::write(&config_path, pretty).map_err(|e| Error::io(&config_path, e))?;
+    let tokenizer = out.join("tokenizer.json");
+    std::fs::copy(&base.files.tokenizer, &tokenizer)
+        .map_err(|e| Error::io(&base.files.tokenizer, e))?;
+    let path = out.join("model.safetensors");
+    let partial = out.join("model.safetensors.partial");
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &partial)
+        .map_err(|e| Error::InvalidInput(format!("{}: {e}", partial.display())))?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
