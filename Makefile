@@ -39,14 +39,16 @@ finetune: model data
 test: model data
 	$(CARGO) test --release
 
-# qpeft vs PyTorch side by side on CPU (training step and evaluation pass, bench/run.py); the
-# reference runs in its own virtual environment, made here on first use.
+# qpeft vs PyTorch side by side on CPU: training step and evaluation pass (bench/run.py), GPTQ
+# (bench/solver_run.py); the references run in their own virtual environment, made on first use.
 BENCH_VENV ?= $(HOME)/.cache/qpeft-bench-venv
 bench: model data
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
 	$(BENCH_VENV)/bin/python bench/run.py --qpeft $(CARGO_TARGET_DIR)/release/qpeft \
 		--python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/solver_run.py --qpeft $(CARGO_TARGET_DIR)/release/qpeft \
+		--python $(BENCH_VENV)/bin/python
 
 # The CUDA backend builds offline on a machine without a GPU; cudarc loads the driver at run time.
 cuda-build:

@@ -1,7 +1,7 @@
 """Side-by-side CPU benchmark: qpeft vs the PyTorch reference (bench/reference.py).
 
 Runs, alternately and `--rounds` times each, qpeft's QPEFT training step and evaluation pass
-(`qpeft bench`) and the same in PyTorch, on the default model at 2-bit MXINT, rank 8, batch 32,
+(`qpeft bench train|eval`) and the same in PyTorch, on the default model at 2-bit MXINT, rank 8, batch 32,
 sequence length 128, with the same thread count; prints samples/s (median, min, max over the
 rounds), the qpeft/PyTorch ratio, each process's peak resident memory and the sizes on disk of
 the saved checkpoint and of the model file. `make bench` installs what it needs and runs this.
@@ -51,8 +51,8 @@ def main():
     shape = ["--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
              "--steps", str(args.steps), "--warmup", str(args.warmup)]
     # The recipe's QLoRA init is the reference's set-up: MXINT-2 RTN base, B = 0, rank 8, α 16.
-    qpeft_base = [args.qpeft, "bench", "recipes/sst2.toml", "--set", "adapter.init=qlora",
-                  "--set", "quant.bits=2", "--set", "adapter.rank=8"] + shape
+    qpeft_set = ["recipes/sst2.toml", "--set", "adapter.init=qlora", "--set", "quant.bits=2",
+                 "--set", "adapter.rank=8"] + shape
     torch_base = [args.python, str(ROOT / "bench/reference.py"), "--bits", "2", "--rank", "8",
                   "--threads", threads] + shape
 
@@ -63,7 +63,7 @@ def main():
                 checkpoint = []
                 if mode == "train" and round_index == 0:
                     checkpoint = ["--checkpoint", os.path.join(tmp, "qpeft-checkpoint")]
-                runs = [("qpeft", qpeft_base + ["--mode", mode] + checkpoint),
+                runs = [("qpeft", [args.qpeft, "bench", mode] + qpeft_set + checkpoint),
                         ("pytorch", torch_base + ["--mode", mode])]
                 if round_index % 2 == 1:
                     runs.reverse()

@@ -1,6 +1,7 @@
-//! `qpeft bench <recipe>`: times the training step or the evaluation forward pass of the
-//! recipe's model on synthetic fixed-shape batches and prints one JSON object — what
-//! `bench/run.py` compares with the PyTorch reference.
+//! `qpeft bench train|eval <recipe>`: times the training step or the evaluation forward pass
+//! of the recipe's model on synthetic fixed-shape batches; `qpeft bench solver`: times a PTQ
+//! solver on a synthetic layer. Each prints one JSON object — what `bench/run.py` and
+//! `bench/solver_run.py` compare with the PyTorch references.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,8 @@ use burn_autodiff::Autodiff;
 use qpeft::data::glue_dir;
 use qpeft::device::BackendTask;
 use qpeft::model::resolve_model;
+use qpeft::quant::bench::{BenchSolver, synthetic_layer, time_solver};
+use qpeft::quant::grid::Bits;
 use qpeft::recipe::{InitName, Recipe};
 use qpeft::train::bench::{BenchConfig, BenchTimings, time_evaluation, time_training};
 use qpeft::train::report::peak_rss_bytes;
@@ -17,12 +20,49 @@ use qpeft::train::setup::{build_model, head_for};
 
 use super::DeviceArg;
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchMode {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BenchMode {
     /// Forward, backward and AdamW step.
     Train,
     /// Forward pass only, no autodiff, dropout off.
     Eval,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time the training step (forward, backward, AdamW) of a recipe's model.
+    Train(BenchArgs),
+    /// Time the evaluation forward pass (no autodiff, dropout off) of a recipe's model.
+    Eval(BenchArgs),
+    /// Time a PTQ solver on a synthetic layer.
+    Solver(SolverArgs),
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SolverArg {
+    Gptq,
+    Coreq,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SolverArgs {
+    #[arg(long, value_enum, default_value = "gptq")]
+    pub method: SolverArg,
+    /// Output features (rows of W).
+    #[arg(long, default_value_t = 3072)]
+    pub rows: usize,
+    /// Input features (columns of W, the size of H).
+    #[arg(long, default_value_t = 768)]
+    pub cols: usize,
+    #[arg(long, default_value_t = 2)]
+    pub bits: u8,
+    /// Lazy-batch block size.
+    #[arg(long, default_value_t = 128)]
+    pub block: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -32,8 +72,6 @@ pub struct BenchArgs {
     /// Override a recipe field: --set quant.bits=2 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
-    #[arg(long, value_enum, default_value = "train")]
-    pub mode: BenchMode,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 128)]
@@ -54,7 +92,42 @@ pub struct BenchArgs {
     pub device: DeviceArg,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Train(args) => run_step(args, BenchMode::Train),
+        BenchCommand::Eval(args) => run_step(args, BenchMode::Eval),
+        BenchCommand::Solver(args) => run_solver(args),
+    }
+}
+
+fn run_solver(args: SolverArgs) -> anyhow::Result<()> {
+    if args.rows == 0 || args.cols == 0 || args.block == 0 || args.repeats == 0 {
+        anyhow::bail!("--rows, --cols, --block and --repeats must be positive");
+    }
+    let bits = Bits::new(args.bits)?;
+    let solver = match args.method {
+        SolverArg::Gptq => BenchSolver::Gptq,
+        SolverArg::Coreq => BenchSolver::Coreq,
+    };
+    let layer = synthetic_layer(args.rows, args.cols, args.seed);
+    let seconds = time_solver(solver, &layer, bits, args.block, args.repeats)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "implementation": "qpeft",
+            "method": format!("{:?}", args.method).to_lowercase(),
+            "rows": args.rows,
+            "cols": args.cols,
+            "bits": args.bits,
+            "block": args.block,
+            "precision": "f64",
+            "seconds": seconds,
+        })
+    );
+    Ok(())
+}
+
+fn run_step(args: BenchArgs, mode: BenchMode) -> anyhow::Result<()> {
     let recipe = Recipe::load(&args.recipe, &args.overrides)?;
     if args.batch_size == 0 || args.seq_len == 0 || args.steps == 0 {
         anyhow::bail!("--batch-size, --seq-len and --steps must be positive");
@@ -80,7 +153,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let timings = args.device.device.run(BenchTask {
         recipe: &recipe,
         base: &base,
-        mode: args.mode,
+        mode,
         config,
         checkpoint: args.checkpoint.clone(),
     })??;
@@ -95,7 +168,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|m| m.len());
     let report = serde_json::json!({
         "implementation": "qpeft",
-        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "mode": format!("{mode:?}").to_lowercase(),
         "device": args.device.device.to_string(),
         "timings": timings,
         "peak_rss_bytes": peak_rss_bytes(),

@@ -47,8 +47,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Merge a trained run's adapters into a dense Hugging Face model folder.
     Export(export::ExportArgs),
-    /// Time the training step or evaluation pass of a recipe's model (synthetic batches).
-    Bench(bench::BenchArgs),
+    /// Time the training step, the evaluation pass or a PTQ solver on synthetic data.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run the GLUE comparison: one fine-tuning run per initialization and task, then the table.
     Glue(glue::GlueArgs),
 }

@@ -277,16 +277,28 @@ fn solve_columns(
             }
             // W1[:, k:] −= e ⊗ C[j, j:i2]  (+ w ⊗ P[j, j+1:i2] for GPTAQ, + (W_org − w) ⊗
             // P₂[j, j+1:i2] for ResComp; P[j, j] = P₂[j, j] = 0)
-            for kk in k..count {
-                let factor = c[(j, i1 + kk)];
-                let (pfactor, p2factor) = projection
-                    .as_ref()
-                    .map_or((0.0, 0.0), |pr| pr.factors(j, i1 + kk));
-                let mut column = w1.col_mut(kk);
-                for r in 0..m {
-                    let value = snapshot[(r, k)];
-                    column[r] +=
-                        value * pfactor + (target[(r, j)] - value) * p2factor - e[r] * factor;
+            match &projection {
+                // Plain GPTQ: axpys on contiguous columns, compiled for the CPU's widest SIMD
+                // (pulp's runtime dispatch). No fused multiply-add: the result stays
+                // bit-identical to the reference's separate multiply and subtract.
+                None => pulp::Arch::new().dispatch(|| {
+                    for kk in k..count {
+                        let factor = c[(j, i1 + kk)];
+                        for (value, e) in w1.col_as_slice_mut(kk).iter_mut().zip(&e) {
+                            *value -= e * factor;
+                        }
+                    }
+                }),
+                Some(pr) => {
+                    for kk in k..count {
+                        let factor = c[(j, i1 + kk)];
+                        let (pfactor, p2factor) = pr.factors(j, i1 + kk);
+                        for (r, value) in w1.col_as_slice_mut(kk).iter_mut().enumerate() {
+                            let snap = snapshot[(r, k)];
+                            *value +=
+                                snap * pfactor + (target[(r, j)] - snap) * p2factor - e[r] * factor;
+                        }
+                    }
                 }
             }
             for r in 0..m {
@@ -294,7 +306,9 @@ fn solve_columns(
             }
         }
         if i2 < n {
-            let par = Par::Seq;
+            // The flush is the one large product of the loop; faer splits it over output blocks,
+            // so the result does not depend on the thread count.
+            let par = Par::rayon(0);
             // W[:, i2:] −= Err1·C[i1:i2, i2:] − M·P[i1:i2, i2:]
             matmul(
                 w.subcols_mut(i2, n - i2),

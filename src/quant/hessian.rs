@@ -1,7 +1,8 @@
 //! What every GPTQ-family solver does to H first (ALGORITHMS.md §0, §3.4): dead columns,
 //! damping on a private copy, and the upper Cholesky factor C of H_λ⁻¹ ("Hinv").
 
-use faer::{Mat, MatRef, Side};
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::{Mat, MatRef, Par, Side};
 
 use crate::error::{Error, Result};
 
@@ -41,13 +42,18 @@ pub fn inverse_cholesky_upper(h_damped: MatRef<'_, f64>) -> Result<(Mat<f64>, u3
                 h[(j, j)] += extra;
             }
         }
-        let Ok(llt) = h.llt(Side::Lower) else {
+        // With J the reversal permutation and J·H·J = L'L'ᵀ, C = J·L'⁻¹·J is upper triangular
+        // with a positive diagonal and CᵀC = J(J·H·J)⁻¹J = H⁻¹: the Cholesky factor the
+        // reference gets from cholesky(cholesky_inverse(cholesky(H))), from one factorization
+        // and one triangular inverse instead of two factorizations and a full inverse.
+        let reversed = Mat::from_fn(n, n, |i, j| h[(n - 1 - i, n - 1 - j)]);
+        let Ok(llt) = reversed.llt(Side::Lower) else {
             continue;
         };
-        let inverse = faer::linalg::solvers::DenseSolveCore::inverse(&llt);
-        if let Ok(inv_llt) = inverse.llt(Side::Lower) {
-            return Ok((inv_llt.L().transpose().to_owned(), retry));
-        }
+        let mut l_inverse = Mat::zeros(n, n);
+        invert_lower_triangular(l_inverse.as_mut(), llt.L(), Par::rayon(0));
+        let c = Mat::from_fn(n, n, |i, j| l_inverse[(n - 1 - i, n - 1 - j)]);
+        return Ok((c, retry));
     }
     Err(Error::InvalidInput(
         "H is not positive definite even with 1000× damping".into(),

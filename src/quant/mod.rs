@@ -1,6 +1,7 @@
 //! Quantization: grids, bit packing and the layer-wise PTQ solvers, as pure functions on
 //! faer matrices (no Burn). Weights are `[out, in]`; Hessians `[in, in]`.
 
+pub mod bench;
 pub mod calib;
 pub mod checkpoint;
 pub mod codebook;
