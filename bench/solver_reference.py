@@ -1,7 +1,10 @@
 """PyTorch reference for `qpeft bench solver`: IST-DASLab/gptq's `GPTQ.fasterquant` loop
-(per-row asymmetric min-max grid, act-order, lazy batches of `--block` columns, 1% damping)
-on a synthetic layer shaped like qpeft's (uniform W; H = X·Xᵀ/N from correlated inputs with
-unequal column scales). Times the solver only (H given), `--repeats` times; prints one JSON line.
+(per-row asymmetric min-max grid, act-order, lazy batches of `--block` columns, 1% damping),
+and greedy CoreQ with the alternating α (ALGORITHMS.md §7.1-7.3: GPTQ on the shifted target
+W_ref = W + α(WD)H_λ⁻¹ with grids fitted on W_ref, then α* of that rounding, one re-round kept
+if the symmetric objective fell), on a synthetic layer shaped like qpeft's (uniform W;
+H = X·Xᵀ/N from correlated inputs with unequal column scales; D from inputs perturbed by 10%).
+Times the solver only (H and D given), `--repeats` times; prints one JSON line.
 """
 
 import argparse
@@ -19,8 +22,10 @@ def synthetic_layer(rows, cols, seed, dtype):
     x = (torch.rand(cols, tokens, generator=g, dtype=torch.float64) * 2 - 1) * scales
     for i in range(cols - 1, 0, -1):
         x[i] += 0.5 * x[i - 1]
+    noise = (torch.rand(cols, tokens, generator=g, dtype=torch.float64) * 2 - 1) * 0.1 * scales
     h = x @ x.T / tokens
-    return w.to(dtype), h.to(dtype)
+    d = noise @ x.T / tokens
+    return w.to(dtype), h.to(dtype), d.to(dtype)
 
 
 def find_params(w, bits):
@@ -78,8 +83,28 @@ def fasterquant(W, H, bits, blocksize=128, percdamp=0.01, actorder=True):
     return Q
 
 
+def coreq(W, H, D, bits, blocksize=128, percdamp=0.01, alpha=0.25):
+    """Greedy CoreQ, alternating α (§7.3 (d))."""
+    n = H.shape[0]
+    H_damped = H + percdamp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype)
+    factor = torch.linalg.cholesky(H_damped)
+    WD = W @ D
+    shift = torch.cholesky_solve(WD.T, factor).T  # (WD)·H_λ⁻¹
+
+    def objective(Q):
+        E = W - Q
+        return torch.sum((E @ H) * E)
+
+    Q = fasterquant(W + alpha * shift, H, bits, blocksize, percdamp)
+    denominator = torch.sum(WD * shift)
+    alpha_star = torch.clamp(torch.sum((Q - W) * WD) / denominator, 0, 1)
+    Q2 = fasterquant(W + alpha_star * shift, H, bits, blocksize, percdamp)
+    return Q2 if objective(Q2) < objective(Q) else Q
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=("gptq", "coreq"), default="gptq")
     parser.add_argument("--rows", type=int, default=3072)
     parser.add_argument("--cols", type=int, default=768)
     parser.add_argument("--bits", type=int, default=2)
@@ -91,13 +116,16 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = torch.float32 if args.precision == "f32" else torch.float64
-    w, h = synthetic_layer(args.rows, args.cols, args.seed, dtype)
+    w, h, d = synthetic_layer(args.rows, args.cols, args.seed, dtype)
     seconds = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        fasterquant(w, h, args.bits, args.block)
+        if args.method == "gptq":
+            fasterquant(w, h, args.bits, args.block)
+        else:
+            coreq(w, h, d, args.bits, args.block)
         seconds.append(time.perf_counter() - started)
-    print(json.dumps({"implementation": "pytorch", "method": "gptq", "rows": args.rows,
+    print(json.dumps({"implementation": "pytorch", "method": args.method, "rows": args.rows,
                       "cols": args.cols, "bits": args.bits, "block": args.block,
                       "precision": args.precision, "threads": args.threads,
                       "seconds": seconds}))

@@ -1,7 +1,8 @@
-"""Side-by-side GPTQ timing: `qpeft bench solver` (float64, faer) vs the PyTorch transcription
-of IST-DASLab's `fasterquant` loop (bench/solver_reference.py) in float32 (what the reference
-runs) and float64 (qpeft's precision), same thread count, on all-MiniLM-L6-v2's layer shapes and
-on 3072x768 / 768x3072, block 128, 2/3/4 bits. Prints median seconds and qpeft's speed ratio.
+"""Side-by-side solver timing: `qpeft bench solver` (float64, faer) vs the PyTorch references
+of bench/solver_reference.py (IST-DASLab's `fasterquant` loop; greedy CoreQ with alternating α
+built on it) in float32 (what the references run) and float64 (qpeft's precision), same thread
+count, on all-MiniLM-L6-v2's layer shapes and on 3072x768 / 768x3072, block 128, 2/3/4 bits.
+Prints median seconds and qpeft's speed ratio.
 """
 
 import argparse
@@ -32,12 +33,19 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bits", default="2,3,4")
     parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--methods", default="gptq,coreq")
     args = parser.parse_args()
     threads = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
                RAYON_NUM_THREADS=threads)
-    print(f"GPTQ, per-row asymmetric grid, act-order, block {args.block}, {args.threads} threads, "
+    print(f"Per-row asymmetric grid, act-order, block {args.block}, {args.threads} threads, "
           f"median of {args.repeats} runs per process\n")
+    for method in args.methods.split(","):
+        table(method, args, env, threads)
+
+
+def table(method, args, env, threads):
+    print(f"\n{method}\n")
     print("| shape [out, in] | bits | qpeft f64 (s) | PyTorch f32 (s) | PyTorch f64 (s) "
           "| speed vs f32 | speed vs f64 |")
     print("|---|---|---|---|---|---|---|")
@@ -47,11 +55,11 @@ def main():
             common = ["--rows", str(rows), "--cols", str(cols), "--bits", bits,
                       "--block", str(args.block), "--repeats", str(args.repeats)]
             runs = [
-                ("qpeft", [args.qpeft, "bench", "solver", "--method", "gptq"] + common),
-                ("f32", [args.python, str(ROOT / "bench/solver_reference.py"), "--threads",
-                         threads, "--precision", "f32"] + common),
-                ("f64", [args.python, str(ROOT / "bench/solver_reference.py"), "--threads",
-                         threads, "--precision", "f64"] + common),
+                ("qpeft", [args.qpeft, "bench", "solver", "--method", method] + common),
+                ("f32", [args.python, str(ROOT / "bench/solver_reference.py"), "--method",
+                         method, "--threads", threads, "--precision", "f32"] + common),
+                ("f64", [args.python, str(ROOT / "bench/solver_reference.py"), "--method",
+                         method, "--threads", threads, "--precision", "f64"] + common),
             ]
             median = {}
             for name, command in runs:

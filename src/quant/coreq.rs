@@ -52,6 +52,42 @@ fn right_solve(a: MatRef<'_, f64>, h_lambda: MatRef<'_, f64>) -> Result<Mat<f64>
     Ok(llt.solve(a.transpose().to_owned()).transpose().to_owned())
 }
 
+/// WD and the shift (WD)·H_λ⁻¹ of one layer: every α's target and α* read these, so a solver
+/// that tries several α computes the two products once.
+struct Mismatch {
+    wd: Mat<f64>,
+    shift: Mat<f64>,
+}
+
+impl Mismatch {
+    fn new(
+        w: MatRef<'_, f64>,
+        h: MatRef<'_, f64>,
+        d: MatRef<'_, f64>,
+        percdamp: f64,
+    ) -> Result<Self> {
+        let wd = w * d;
+        let shift = right_solve(wd.as_ref(), h_lambda(h, percdamp).as_ref())?;
+        Ok(Mismatch { wd, shift })
+    }
+
+    /// W_ref(α) = W + α·shift.
+    fn target(&self, w: MatRef<'_, f64>, alpha: f64) -> Mat<f64> {
+        w + &self.shift * faer::Scale(alpha)
+    }
+
+    /// α* of the rounding `q`: ⟨Q−W, WD⟩ / ⟨shift, WD⟩, clipped to [0, 1].
+    fn closed_form_alpha(&self, w: MatRef<'_, f64>, q: MatRef<'_, f64>) -> f64 {
+        let numerator = frobenius_inner((q - w).as_ref(), self.wd.as_ref());
+        let denominator = frobenius_inner(self.shift.as_ref(), self.wd.as_ref());
+        if denominator > 0.0 {
+            (numerator / denominator).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
 /// W_ref(α) = W + α(WD)H_λ⁻¹ (§7.1).
 pub fn shifted_target(
     w: MatRef<'_, f64>,
@@ -60,9 +96,7 @@ pub fn shifted_target(
     alpha: f64,
     percdamp: f64,
 ) -> Result<Mat<f64>> {
-    let wd = w * d;
-    let shift = right_solve(wd.as_ref(), h_lambda(h, percdamp).as_ref())?;
-    Ok(w + shift * faer::Scale(alpha))
+    Ok(Mismatch::new(w, h, d, percdamp)?.target(w, alpha))
 }
 
 /// α* = clip(⟨Q−W, WD⟩ / tr(WD H_λ⁻¹ DᵀWᵀ), 0, 1) for a rounding Q (§7.3 (c)).
@@ -73,17 +107,7 @@ pub fn closed_form_alpha(
     d: MatRef<'_, f64>,
     percdamp: f64,
 ) -> Result<f64> {
-    let wd = w * d;
-    let numerator = frobenius_inner((q - w).as_ref(), wd.as_ref());
-    let denominator = frobenius_inner(
-        right_solve(wd.as_ref(), h_lambda(h, percdamp).as_ref())?.as_ref(),
-        wd.as_ref(),
-    );
-    Ok(if denominator > 0.0 {
-        (numerator / denominator).clamp(0.0, 1.0)
-    } else {
-        0.0
-    })
+    Ok(Mismatch::new(w, h, d, percdamp)?.closed_form_alpha(w, q))
 }
 
 /// ⟨A, B⟩ = Σ A_ij B_ij.
@@ -172,10 +196,8 @@ pub fn coreq(
         ..config.gptq
     };
     let percdamp = solver.percdamp;
-    let round = |alpha: f64| -> Result<QuantizedLayer> {
-        let target = shifted_target(w, h, d, alpha, percdamp)?;
-        gptq(target.as_ref(), h, &solver)
-    };
+    let mismatch = Mismatch::new(w, h, d, percdamp)?;
+    let round = |alpha: f64| gptq(mismatch.target(w, alpha).as_ref(), h, &solver);
     let mut result = match config.alpha {
         AlphaMode::Fixed(alpha) => CoreqLayer {
             layer: round(alpha)?,
@@ -183,7 +205,7 @@ pub fn coreq(
         },
         AlphaMode::Alternate { initial } => {
             let first = round(initial)?;
-            let alpha = closed_form_alpha(w, first.dequantized.as_ref(), h, d, percdamp)?;
+            let alpha = mismatch.closed_form_alpha(w, first.dequantized.as_ref());
             let second = round(alpha)?;
             let objective =
                 |layer: &QuantizedLayer| symmetric_objective(w, layer.dequantized.as_ref(), h);
@@ -201,7 +223,7 @@ pub fn coreq(
         }
     };
     if config.cd_passes > 0 {
-        let target = shifted_target(w, h, d, result.alpha, percdamp)?;
+        let target = mismatch.target(w, result.alpha);
         let h_damped = h_lambda(h, percdamp);
         coordinate_descent(
             &mut result.layer,
