@@ -6,23 +6,16 @@ Prints median seconds and qpeft's speed ratio.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from run import run_json  # bench/run.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 # [out, in]: MiniLM's attention (q, k, v, output), intermediate and output dense; BERT-base's FFN.
 SHAPES = [(384, 384), (1536, 384), (384, 1536), (3072, 768), (768, 3072)]
-
-
-def run_json(command, env):
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(map(str, command))} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
