@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::Backend;
-use safetensors::{Dtype, tensor::TensorView};
 
 use super::TargetLinear;
 use super::qlora_linear::to_vec;
 use crate::error::{Error, Result};
 use crate::model::Architecture;
 use crate::model::bert::ClassifierHead;
-use crate::model::weights::transpose;
+use crate::model::weights::{transpose, write_f32_tensors};
 use crate::model::{HeadKind, PretrainedModel, SequenceClassifier};
 
 /// HF name → (shape, row-major values).
@@ -166,22 +165,10 @@ pub fn export_merged<B: Backend>(
         Architecture::Bert => "bert.",
         Architecture::Roberta => "roberta.",
     };
-    let tensors = dense_tensors(model, prefix)?;
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = dense_tensors(model, prefix)?
         .into_iter()
-        .map(|(name, (shape, values))| {
-            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, shape, bytes)
-        })
+        .map(|(name, (shape, values))| (name, shape, values))
         .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let config = classifier_config(base, head)?;
     let config_path = out.join("config.json");
@@ -193,8 +180,7 @@ pub fn export_merged<B: Backend>(
     let path = out.join("model.safetensors");
     let partial = out.join("model.safetensors.partial");
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), &partial)
-        .map_err(|e| Error::InvalidInput(format!("{}: {e}", partial.display())))?;
+    write_f32_tensors(&partial, &tensors, Some(metadata))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }

@@ -453,3 +453,27 @@ mod dtype_tests {
         assert!(err.contains("'missing' is missing"), "{err}");
     }
 }
+
+/// Writes f32 tensors `(name, shape, row-major values)` and the header `metadata` to a
+/// safetensors file at `path`.
+pub fn write_f32_tensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, metadata, path)
+        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+}

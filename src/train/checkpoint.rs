@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
 use crate::adapters::qlora_linear::to_vec;
 use crate::error::{Error, Result};
 use crate::model::WeightFile;
+use crate::model::weights::write_f32_tensors;
 
 /// Where the training loop stands after an optimizer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,10 +49,6 @@ pub struct EpochRecord {
     pub learning_rate: f64,
 }
 
-fn f32_view(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// Writes `dir` (replacing an older one of the same name) from the trainable parameters of
 /// `module`, the optimizer and `state`.
 pub fn save_checkpoint<AB, M>(
@@ -75,7 +71,7 @@ where
         values: Vec::new(),
     };
     module.visit(&mut collector);
-    write_tensors(
+    write_f32_tensors(
         &partial.join("trainable.safetensors"),
         &collector.values,
         None,
@@ -94,7 +90,7 @@ where
         }
     }
     let meta = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
-    write_tensors(&partial.join("optimizer.safetensors"), &moments, Some(meta))?;
+    write_f32_tensors(&partial.join("optimizer.safetensors"), &moments, Some(meta))?;
     let state_path = partial.join("state.json");
     std::fs::write(
         &state_path,
@@ -106,25 +102,6 @@ where
     }
     std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, e))?;
     Ok(())
-}
-
-fn write_tensors(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| f32_view(v)).collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
 }
 
 struct TrainableValues {
