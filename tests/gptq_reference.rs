@@ -89,3 +89,25 @@ fn codes_equal_the_reference_loop_in_every_configuration() {
         }
     }
 }
+
+/// The parallel parts of the solver (Cholesky, triangular inverse, block flush) give the same
+/// bits on one thread as on two: results do not depend on the machine's core count.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let layer = qpeft::quant::bench::synthetic_layer(256, 1024, 3);
+    let config = GptqConfig::new(GridSpec::new(
+        Bits::new(3).unwrap(),
+        UniformKind::Asymmetric,
+    ));
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| gptq(layer.w.as_ref(), layer.h.as_ref(), &config).unwrap())
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.codes, two.codes);
+    assert_eq!(one.dequantized, two.dequantized);
+    assert_eq!(one.loss.to_bits(), two.loss.to_bits());
+}

@@ -76,7 +76,8 @@ impl Mismatch {
         w + &self.shift * faer::Scale(alpha)
     }
 
-    /// α* of the rounding `q`: ⟨Q−W, WD⟩ / ⟨shift, WD⟩, clipped to [0, 1].
+    /// α* = clip(⟨Q−W, WD⟩ / tr(WD H_λ⁻¹ DᵀWᵀ), 0, 1) of the rounding `q` (§7.3 (c)); the
+    /// denominator is ⟨shift, WD⟩.
     fn closed_form_alpha(&self, w: MatRef<'_, f64>, q: MatRef<'_, f64>) -> f64 {
         let numerator = frobenius_inner((q - w).as_ref(), self.wd.as_ref());
         let denominator = frobenius_inner(self.shift.as_ref(), self.wd.as_ref());
@@ -97,17 +98,6 @@ pub fn shifted_target(
     percdamp: f64,
 ) -> Result<Mat<f64>> {
     Ok(Mismatch::new(w, h, d, percdamp)?.target(w, alpha))
-}
-
-/// α* = clip(⟨Q−W, WD⟩ / tr(WD H_λ⁻¹ DᵀWᵀ), 0, 1) for a rounding Q (§7.3 (c)).
-pub fn closed_form_alpha(
-    w: MatRef<'_, f64>,
-    q: MatRef<'_, f64>,
-    h: MatRef<'_, f64>,
-    d: MatRef<'_, f64>,
-    percdamp: f64,
-) -> Result<f64> {
-    Ok(Mismatch::new(w, h, d, percdamp)?.closed_form_alpha(w, q))
 }
 
 /// ⟨A, B⟩ = Σ A_ij B_ij.

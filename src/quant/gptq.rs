@@ -306,8 +306,8 @@ fn solve_columns(
             }
         }
         if i2 < n {
-            // The flush is the one large product of the loop; faer splits it over output blocks,
-            // so the result does not depend on the thread count.
+            // The flush is the one large product of the loop; faer splits it over output
+            // blocks, so results are the same on any number of threads (tested).
             let par = Par::rayon(0);
             // W[:, i2:] −= Err1·C[i1:i2, i2:] − M·P[i1:i2, i2:]
             matmul(
