@@ -9,7 +9,7 @@ use qpeft::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
 use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::gptq::GptqConfig;
 use qpeft::quant::grid::{Bits, GridSpec, UniformKind};
-use qpeft::quant::solve::{Method, MethodSolver};
+use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
 use qpeft::quant::stats::{LayerStats, StatsNeeded};
 
 type B = CpuBackend;
@@ -45,6 +45,7 @@ fn identical_streams_give_zero_mismatch_and_the_embedding_gram_matrix() {
         mismatch: true,
         r_xx: true,
         abs_mean: false,
+        sampled_mismatch: None,
     };
     calibrate(
         &mut encoder,
@@ -126,6 +127,7 @@ fn quantized_groups_make_the_later_streams_differ() {
             mismatch: true,
             r_xx: false,
             abs_mean: false,
+            sampled_mismatch: None,
         },
         &mut both,
     )
@@ -193,7 +195,7 @@ fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
     for method in [
         Method::Gptq,
         Method::Coreq {
-            alpha: qpeft::quant::coreq::AlphaMode::Fixed(1.0),
+            alpha: CoreqAlpha::PerModule(qpeft::quant::coreq::AlphaMode::Fixed(1.0)),
             cd_passes: 0,
         },
     ] {
@@ -208,6 +210,7 @@ fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
                 mismatch: true,
                 r_xx: false,
                 abs_mean: false,
+                sampled_mismatch: None,
             },
             &mut solver,
         )
@@ -309,6 +312,7 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
             mismatch: true,
             r_xx: false,
             abs_mean: false,
+            sampled_mismatch: None,
         },
         &mut compare,
     )
@@ -355,4 +359,99 @@ fn staged_forward_equals_forward() {
             .unwrap();
         assert_eq!(staged, direct);
     }
+}
+
+/// SNRQ-S (§7.3 (b)): each group's statistics draw a fresh α_s per sequence, from the seed's
+/// substream for that layer and group, and weight every token of the sequence by it, so the
+/// reported mean α is Σ_s α_s·len_s / N.
+#[test]
+fn sampled_mismatch_weights_each_sequence_by_its_own_alpha() {
+    use qpeft::quant::calib::GROUPS;
+    use qpeft::quant::stats::sample_sequence_alpha;
+    let model = tiny();
+    let batches = [
+        common::batch_of(
+            &model,
+            &[
+                TextInput::single("The quick brown fox jumps."),
+                TextInput::single("Dogs run."),
+            ],
+            32,
+        ),
+        common::batch_of(
+            &model,
+            &[
+                TextInput::pair("Is it raining?", "The streets are wet and grey."),
+                TextInput::single("Yes."),
+                TextInput::single("A much longer sentence about nothing in particular."),
+            ],
+            32,
+        ),
+    ];
+    let lengths: Vec<Vec<usize>> = batches
+        .iter()
+        .map(|b| {
+            let [rows, cols] = b.attention_mask.dims();
+            let mask = b
+                .attention_mask
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap();
+            (0..rows)
+                .map(|r| {
+                    mask[r * cols..(r + 1) * cols]
+                        .iter()
+                        .filter(|&&v| v != 0)
+                        .count()
+                })
+                .collect()
+        })
+        .collect();
+    let seed = 5;
+    let run = || {
+        let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
+        let mut recorder = common::Recorder::default();
+        let needed = StatsNeeded {
+            quantized: true,
+            sampled_mismatch: Some(seed),
+            ..StatsNeeded::default()
+        };
+        calibrate(&mut encoder, &batches, needed, &mut recorder).unwrap();
+        recorder.modules
+    };
+    let modules = run();
+    let tokens: usize = lengths.iter().flatten().sum();
+    for (name, _, stats) in &modules {
+        let layer: usize = name.split('.').nth(2).unwrap().parse().unwrap();
+        let suffix = name.splitn(4, '.').nth(3).unwrap();
+        let group = GROUPS.iter().position(|g| g.contains(&suffix)).unwrap();
+        let mut rng = qpeft::seed::substream_rng(
+            seed,
+            &format!("coreq-sampled-alpha/layer-{layer}/group-{group}"),
+        );
+        let expected = lengths
+            .iter()
+            .flatten()
+            .map(|&len| sample_sequence_alpha(&mut rng) * len as f64)
+            .sum::<f64>()
+            / tokens as f64;
+        let sampled = stats.d_sampled.as_ref().unwrap();
+        assert!((sampled.mean_alpha - expected).abs() < 1e-15, "{name}");
+        assert_eq!(stats.tokens, tokens);
+    }
+    let means: Vec<f64> = modules
+        .iter()
+        .map(|(_, _, s)| s.d_sampled.as_ref().unwrap().mean_alpha)
+        .collect();
+    assert!(
+        means.windows(2).any(|w| w[0] != w[1]),
+        "fresh draws per group"
+    );
+    let again: Vec<f64> = run()
+        .iter()
+        .map(|(_, _, s)| s.d_sampled.as_ref().unwrap().mean_alpha)
+        .collect();
+    assert_eq!(means, again, "seeded");
 }

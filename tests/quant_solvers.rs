@@ -512,3 +512,150 @@ fn coordinate_descent_only_lowers_the_objective() {
     println!("coordinate descent moved {moved_total} codes over 8 toys");
     assert!(moved_total > 0);
 }
+
+fn coreq_config(alpha: AlphaMode) -> CoreqConfig {
+    CoreqConfig {
+        gptq: GptqConfig::new(spec(3)),
+        alpha,
+        cd_passes: 0,
+    }
+}
+
+/// §7.3 (c): the closed mode re-rounds with the α* of its first rounding, unconditionally,
+/// and reports the α* of the rounding it returns.
+#[test]
+fn closed_alpha_rerounds_with_the_first_roundings_alpha_star() {
+    for seed in 0..6 {
+        let t = toy_mixed(seed);
+        let run = |alpha| {
+            coreq(
+                t.w.as_ref(),
+                t.h.as_ref(),
+                t.d.as_ref(),
+                &coreq_config(alpha),
+            )
+        };
+        let first = run(AlphaMode::Fixed(0.25)).unwrap();
+        let closed = run(AlphaMode::Closed { initial: 0.25 }).unwrap();
+        assert_eq!(closed.alpha, first.alpha_star, "seed {seed}");
+        let again = run(AlphaMode::Fixed(first.alpha_star)).unwrap();
+        assert_eq!(closed.layer.codes, again.layer.codes);
+        assert_eq!(closed.alpha_star, again.alpha_star);
+        // α* = clip(⟨Q−W, WD⟩ / ⟨(WD)H_λ⁻¹, WD⟩, 0, 1), from its definition.
+        let wd = &t.w * &t.d;
+        let shift =
+            shifted_target(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), 1.0, 0.01).unwrap() - &t.w;
+        let inner = |a: &Mat<f64>, b: &Mat<f64>| {
+            (0..M)
+                .flat_map(|i| (0..N).map(move |j| (i, j)))
+                .map(|(i, j)| a[(i, j)] * b[(i, j)])
+                .sum::<f64>()
+        };
+        let expected =
+            (inner(&(&first.layer.dequantized - &t.w), &wd) / inner(&shift, &wd)).clamp(0.0, 1.0);
+        assert!((first.alpha_star - expected).abs() < 1e-12, "seed {seed}");
+    }
+}
+
+/// §7.3 (b): sampled α rounds W_ref = W + (W·D_s)H_λ⁻¹. When every sequence drew the same
+/// α = c, D_s = c·D, and the result is CoreQ with fixed α = c.
+#[test]
+fn sampled_alpha_with_equal_draws_is_fixed_alpha() {
+    use qpeft::quant::solve::{CoreqAlpha, Method, solve_layer};
+    use qpeft::quant::stats::{LayerStats, SampledMismatch};
+    for (seed, c) in [(0, 0.2), (1, 0.377), (2, 0.45)] {
+        let t = toy_mixed(seed);
+        let stats = LayerStats {
+            h: t.h.clone(),
+            d: Some(t.d.clone()),
+            r_xx: None,
+            abs_mean: None,
+            abs_mean_batch_max: None,
+            d_sampled: Some(SampledMismatch {
+                d: &t.d * faer::Scale(c),
+                mean_alpha: c,
+            }),
+            tokens: TOKENS,
+        };
+        let method = Method::Coreq {
+            alpha: CoreqAlpha::Sampled { seed: 9 },
+            cd_passes: 0,
+        };
+        let config = GptqConfig::new(spec(3));
+        let sampled = solve_layer(method, &config, t.w.as_ref(), &stats).unwrap();
+        let fixed = coreq(
+            t.w.as_ref(),
+            t.h.as_ref(),
+            t.d.as_ref(),
+            &coreq_config(AlphaMode::Fixed(c)),
+        )
+        .unwrap();
+        assert_eq!(sampled.alpha, Some(c));
+        assert_eq!(sampled.layer.codes, fixed.layer.codes, "seed {seed}");
+        assert!(
+            max_abs_diff_mat(
+                sampled.layer.dequantized.as_ref(),
+                fixed.layer.dequantized.as_ref()
+            ) < 1e-12
+        );
+    }
+}
+
+/// §7.3 (a): the scheduled α is 0 in layer 0, the layer-1 α in layer 1, and from then on the
+/// α* that the same module kind reached one layer earlier; module kinds are tracked apart.
+#[test]
+fn scheduled_alpha_follows_each_module_from_layer_to_layer() {
+    use qpeft::quant::calib::ModuleSolver;
+    use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
+    use qpeft::quant::stats::LayerStats;
+    let method = Method::Coreq {
+        alpha: CoreqAlpha::Scheduled { second_layer: 0.5 },
+        cd_passes: 0,
+    };
+    let mut solver = MethodSolver::new(method, GptqConfig::new(spec(3)));
+    for layer in 0..4 {
+        for (kind, seed) in [
+            ("attention.self.query", layer),
+            ("output.dense", 10 + layer),
+        ] {
+            let t = toy_mixed(seed);
+            let stats = LayerStats {
+                h: t.h.clone(),
+                d: Some(t.d.clone()),
+                r_xx: None,
+                abs_mean: None,
+                abs_mean_batch_max: None,
+                d_sampled: None,
+                tokens: TOKENS,
+            };
+            let name = format!("encoder.layer.{layer}.{kind}");
+            let installed = solver.solve(&name, t.w.as_ref(), &stats).unwrap();
+            let report = solver.reports.last().unwrap();
+            let alpha = report.alpha.unwrap();
+            let expected = match layer {
+                0 => 0.0,
+                1 => 0.5,
+                _ => {
+                    let earlier = format!("encoder.layer.{}.{kind}", layer - 1);
+                    let previous = solver.reports.iter().find(|r| r.name == earlier).unwrap();
+                    previous.alpha_star.unwrap()
+                }
+            };
+            assert_eq!(alpha, expected, "{name}");
+            let fixed = coreq(
+                t.w.as_ref(),
+                t.h.as_ref(),
+                t.d.as_ref(),
+                &coreq_config(AlphaMode::Fixed(expected)),
+            )
+            .unwrap();
+            assert_eq!(installed, fixed.layer.dequantized, "{name}");
+            assert_eq!(report.alpha_star, Some(fixed.alpha_star));
+        }
+    }
+    let alphas: Vec<f64> = solver.reports.iter().map(|r| r.alpha.unwrap()).collect();
+    assert!(
+        alphas[4..].iter().any(|&a| a != 0.5 && a != 0.0),
+        "{alphas:?}"
+    );
+}

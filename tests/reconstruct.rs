@@ -49,7 +49,7 @@ fn init_scaled(
     rank: usize,
 ) -> LayerInit {
     let mut quantize = |target: MatRef<'_, f64>| -> qpeft::Result<QuantizedLayer> {
-        Ok(solve_layer(Method::Rtn, quant, target, stats)?.0)
+        Ok(solve_layer(Method::Rtn, quant, target, stats)?.layer)
     };
     let config = InitConfig {
         init,
@@ -98,6 +98,7 @@ fn random_layer(
         r_xx: Some(r_xx),
         abs_mean: None,
         abs_mean_batch_max: None,
+        d_sampled: None,
         tokens,
     };
     (w, stats)
@@ -445,6 +446,7 @@ fn initializers_match_the_numpy_reference() {
         r_xx: Some(r_xx),
         abs_mean: Some(abs_mean.row(0).iter().copied().collect()),
         abs_mean_batch_max: None,
+        d_sampled: None,
         tokens: 300,
     };
     let rank = spec["rank"].as_u64().unwrap() as usize;

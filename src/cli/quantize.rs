@@ -16,7 +16,7 @@ use qpeft::quant::coreq::AlphaMode;
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
 use qpeft::quant::grid::{Bits, GridSpec, MseSearch, Rounding, UniformKind};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
-use qpeft::quant::solve::{Method, MethodSolver};
+use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
 use qpeft::quant::stats::StatsNeeded;
 use qpeft::seed::{substream_rng, substream_seed};
 use rand::seq::SliceRandom;
@@ -34,6 +34,23 @@ pub enum MethodArg {
     Coreq,
     Kcoreq,
     Qronos,
+}
+
+/// CoreQ's α rule (§7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlphaModeArg {
+    /// --alpha for every module.
+    Fixed,
+    /// The reference's schedule: 0 in layer 0, --alpha in layer 1 (default 0.25 per row,
+    /// 0.5 with groups), then each module's α* from one layer earlier.
+    Scheduled,
+    /// SNRQ-S: per-sequence α_s = min(β, 1 − β), β ~ Beta(5, 5), seeded by --seed.
+    Sampled,
+    /// Round with --alpha (default 0.25), re-round with that rounding's closed-form α*.
+    Closed,
+    /// Like closed, but keep the second rounding only if it lowers the objective
+    /// (recommended).
+    Alternate,
 }
 
 /// ResComp's flush (§6 Choice).
@@ -83,10 +100,13 @@ pub struct QuantizerArgs {
     /// Unbiased stochastic rounding, seeded by --seed (stochastic OPTQ with gptq, §9).
     #[arg(long)]
     pub stochastic: bool,
-    /// α: GPTAQ's mismatch weight (default 0.25); CoreQ's fixed α (default: alternate from
-    /// 0.25); K-CoreQ's α (default 0.25).
+    /// α: GPTAQ's mismatch weight (default 0.25); CoreQ's fixed, initial or layer-1 α (see
+    /// --alpha-mode); K-CoreQ's α (default 0.25).
     #[arg(long)]
     pub alpha: Option<f64>,
+    /// CoreQ's α rule (§7.3).
+    #[arg(long, default_value = "alternate")]
+    pub alpha_mode: AlphaModeArg,
     /// K-CoreQ's beam width K.
     #[arg(long, default_value_t = 4)]
     pub beams: usize,
@@ -101,6 +121,43 @@ pub struct QuantizerArgs {
     /// Qronos' ridge λ (default: 1e-6·σ_max(H), the reference).
     #[arg(long)]
     pub qronos_lambda: Option<f64>,
+}
+
+impl QuantizerArgs {
+    /// CoreQ's α from --alpha-mode and --alpha; `default_group` decides the scheduled mode's
+    /// layer-1 α when --group is not given.
+    fn coreq_alpha(&self, default_group: usize, seed: u64) -> anyhow::Result<CoreqAlpha> {
+        let given = |name: &str| {
+            if self.alpha.is_some() {
+                anyhow::bail!("--alpha has no meaning with --alpha-mode {name}")
+            }
+            Ok(())
+        };
+        let initial = self.alpha.unwrap_or(0.25);
+        Ok(match self.alpha_mode {
+            AlphaModeArg::Fixed => CoreqAlpha::PerModule(AlphaMode::Fixed(
+                self.alpha
+                    .ok_or_else(|| anyhow::anyhow!("--alpha-mode fixed needs --alpha"))?,
+            )),
+            AlphaModeArg::Closed => CoreqAlpha::PerModule(AlphaMode::Closed { initial }),
+            AlphaModeArg::Alternate => CoreqAlpha::PerModule(AlphaMode::Alternate { initial }),
+            AlphaModeArg::Sampled => {
+                given("sampled")?;
+                CoreqAlpha::Sampled {
+                    seed: substream_seed(seed, "coreq-sampled-alpha"),
+                }
+            }
+            AlphaModeArg::Scheduled => CoreqAlpha::Scheduled {
+                second_layer: self
+                    .alpha
+                    .unwrap_or(if self.group.unwrap_or(default_group) == 0 {
+                        0.25
+                    } else {
+                        0.5
+                    }),
+            },
+        })
+    }
 }
 
 /// A fully resolved base quantizer.
@@ -148,9 +205,7 @@ impl QuantizerArgs {
                 lambda: self.qronos_lambda,
             },
             MethodArg::Coreq => Method::Coreq {
-                alpha: self
-                    .alpha
-                    .map_or(AlphaMode::Alternate { initial: 0.25 }, AlphaMode::Fixed),
+                alpha: self.coreq_alpha(default_group, seed)?,
                 cd_passes: self.cd_passes,
             },
             MethodArg::Kcoreq => Method::Kcoreq {
@@ -327,6 +382,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             "symmetric_objective": r.symmetric_objective,
             "asymmetric_objective": r.asymmetric_objective,
             "alpha": r.alpha,
+            "alpha_star": r.alpha_star,
             "seconds": r.seconds,
         })).collect::<Vec<_>>(),
     });

@@ -9,11 +9,12 @@ use burn::tensor::{Int, Tensor};
 use faer::{Mat, MatRef};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::stats::{LayerStats, StatsAccumulator, StatsNeeded};
+use super::stats::{LayerStats, StatsAccumulator, StatsNeeded, sample_sequence_alpha};
 use crate::error::{Error, Result};
 use crate::model::Encoder;
 use crate::model::bert::{EncoderInput, attention_mask_bias};
 use crate::model::weights::{linear_weight_out_in, set_linear_weight_out_in};
+use crate::seed::substream_rng;
 
 /// The groups of linear layers that share an input, in processing order (§3.2).
 pub const GROUPS: [&[&str]; 4] = [
@@ -130,7 +131,7 @@ pub fn calibrate<B: Backend>(
                 .map(|h| reference.layers[layer].stages(h.clone()))
                 .collect()
         });
-        for names in GROUPS.iter() {
+        for (group, names) in GROUPS.iter().enumerate() {
             let width = {
                 let first = encoder.layers[layer]
                     .linear(names[0])
@@ -138,7 +139,23 @@ pub fn calibrate<B: Backend>(
                 first.weight.dims()[0]
             };
             let mut acc = StatsAccumulator::new(width, needed);
+            // SNRQ-S draws a fresh α_s per sequence for every group's statistics (§7.3 (b)).
+            let mut alpha_rng = needed.sampled_mismatch.map(|seed| {
+                substream_rng(
+                    seed,
+                    &format!("coreq-sampled-alpha/layer-{layer}/group-{group}"),
+                )
+            });
             for (i, mask) in masks.iter().enumerate() {
+                let token_alpha = alpha_rng.as_mut().map(|rng| {
+                    let [sequences, length] = batches[i].attention_mask.dims();
+                    let alpha: Vec<f64> =
+                        (0..sequences).map(|_| sample_sequence_alpha(rng)).collect();
+                    (0..mask.len())
+                        .filter(|&p| mask[p])
+                        .map(|p| alpha[p / length])
+                        .collect::<Vec<f64>>()
+                });
                 let x_q = q_stages
                     .as_ref()
                     .map(|stages| tokens_of(stages[i].input().clone(), mask))
@@ -148,7 +165,9 @@ pub fn calibrate<B: Backend>(
                     .map(|stages| tokens_of(stages[i].input().clone(), mask))
                     .transpose()?;
                 match (&x_q, &x_f) {
-                    (Some(q), Some(f)) => acc.add(q.as_ref(), f.as_ref()),
+                    (Some(q), Some(f)) => {
+                        acc.add_weighted(q.as_ref(), f.as_ref(), token_alpha.as_deref())
+                    }
                     (Some(x), None) | (None, Some(x)) => acc.add(x.as_ref(), x.as_ref()),
                     (None, None) => unreachable!("one stream always runs"),
                 }

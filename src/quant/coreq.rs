@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 pub enum AlphaMode {
     /// A fixed α (0 is GPTQ, 1 the asymmetric objective).
     Fixed(f64),
+    /// Round with `initial`, then re-round with the closed form α* of that rounding
+    /// (§7.3 (c)), unconditionally.
+    Closed { initial: f64 },
     /// Round with `initial`, set α to the closed form α* of that rounding, re-round, and keep
     /// the second result only if the symmetric objective decreased (§7.3 (d), recommended
     /// with `initial` = 0.25).
@@ -31,11 +34,13 @@ pub struct CoreqConfig {
     pub cd_passes: usize,
 }
 
-/// CoreQ's result: the layer and the α it was rounded with.
+/// CoreQ's result: the layer, the α it was rounded with, and the closed form α* of that
+/// rounding (what the reference's schedule hands to the same module one layer later).
 #[derive(Debug, Clone)]
 pub struct CoreqLayer {
     pub layer: QuantizedLayer,
     pub alpha: f64,
+    pub alpha_star: f64,
 }
 
 /// H with dead columns fixed and damped (a private copy), as the target uses it.
@@ -188,11 +193,13 @@ pub fn coreq(
     let percdamp = solver.percdamp;
     let mismatch = Mismatch::new(w, h, d, percdamp)?;
     let round = |alpha: f64| gptq(mismatch.target(w, alpha).as_ref(), h, &solver);
-    let mut result = match config.alpha {
-        AlphaMode::Fixed(alpha) => CoreqLayer {
-            layer: round(alpha)?,
-            alpha,
-        },
+    let (mut layer, alpha) = match config.alpha {
+        AlphaMode::Fixed(alpha) => (round(alpha)?, alpha),
+        AlphaMode::Closed { initial } => {
+            let first = round(initial)?;
+            let alpha = mismatch.closed_form_alpha(w, first.dequantized.as_ref());
+            (round(alpha)?, alpha)
+        }
         AlphaMode::Alternate { initial } => {
             let first = round(initial)?;
             let alpha = mismatch.closed_form_alpha(w, first.dequantized.as_ref());
@@ -200,29 +207,28 @@ pub fn coreq(
             let objective =
                 |layer: &QuantizedLayer| symmetric_objective(w, layer.dequantized.as_ref(), h);
             if objective(&second) < objective(&first) {
-                CoreqLayer {
-                    layer: second,
-                    alpha,
-                }
+                (second, alpha)
             } else {
-                CoreqLayer {
-                    layer: first,
-                    alpha: initial,
-                }
+                (first, initial)
             }
         }
     };
     if config.cd_passes > 0 {
-        let target = mismatch.target(w, result.alpha);
+        let target = mismatch.target(w, alpha);
         let h_damped = h_lambda(h, percdamp);
         coordinate_descent(
-            &mut result.layer,
+            &mut layer,
             target.as_ref(),
             h_damped.as_ref(),
             config.cd_passes,
         );
     }
-    Ok(result)
+    let alpha_star = mismatch.closed_form_alpha(w, layer.dequantized.as_ref());
+    Ok(CoreqLayer {
+        layer,
+        alpha,
+        alpha_star,
+    })
 }
 
 /// K-CoreQ (§7.4): per row, a beam of `beams` partial roundings in successive-rounding order
@@ -250,7 +256,8 @@ pub fn kcoreq(
     let (m, n) = (w.nrows(), w.ncols());
     let group = config.grouping.width(n)?;
     let dead = dead_columns(h);
-    let mut target = shifted_target(w, h, d, alpha, config.percdamp)?;
+    let mismatch = Mismatch::new(w, h, d, config.percdamp)?;
+    let mut target = mismatch.target(w, alpha);
     for j in (0..n).filter(|&j| dead[j]) {
         target.col_mut(j).fill(0.0);
     }
@@ -346,6 +353,7 @@ pub fn kcoreq(
             dequantized[(r, column)] = grid.dequantize(code);
         }
     }
+    let alpha_star = mismatch.closed_form_alpha(w, dequantized.as_ref());
     Ok(CoreqLayer {
         layer: QuantizedLayer {
             rows: m,
@@ -359,5 +367,6 @@ pub fn kcoreq(
             damping_retries: 0,
         },
         alpha,
+        alpha_star,
     })
 }

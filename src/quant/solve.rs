@@ -1,6 +1,7 @@
 //! Solvers behind one interface for calibration: the method, its configuration, and a record
 //! of what each module's quantization cost (output error and objectives from the statistics).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use faer::{Mat, MatRef};
@@ -15,6 +16,19 @@ use super::layer::{Grouping, QuantizedLayer, rtn};
 use super::qronos::{QronosConfig, qronos};
 use super::stats::{LayerStats, StatsNeeded};
 use crate::error::{Error, Result};
+
+/// CoreQ's α across the model (§7.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CoreqAlpha {
+    /// Each module on its own: fixed, closed form or alternating (recommended, from 0.25).
+    PerModule(AlphaMode),
+    /// SNRQ-S: W_ref = W(H_λ + D_s)H_λ⁻¹ with D_s's per-sequence α_s, drawn from `seed`
+    /// (§7.3 (b)).
+    Sampled { seed: u64 },
+    /// The reference's "fixed" mode: α = 0 in layer 0, `second_layer` in layer 1, and from
+    /// then on the α* the same module reached one layer earlier (§7.3 (a)).
+    Scheduled { second_layer: f64 },
+}
 
 /// A layer-wise PTQ method with its own settings; grids, groups and damping come from
 /// [`GptqConfig`].
@@ -34,7 +48,7 @@ pub enum Method {
         flush: GptaqFlush,
     },
     Coreq {
-        alpha: AlphaMode,
+        alpha: CoreqAlpha,
         /// Coordinate-descent passes after rounding (§7.5).
         cd_passes: usize,
     },
@@ -56,6 +70,15 @@ impl Method {
             Method::Rtn => StatsNeeded::default(),
             Method::Gptq => StatsNeeded {
                 quantized: true,
+                ..StatsNeeded::default()
+            },
+            Method::Coreq {
+                alpha: CoreqAlpha::Sampled { seed },
+                ..
+            } => StatsNeeded {
+                quantized: true,
+                mismatch: true,
+                sampled_mismatch: Some(seed),
                 ..StatsNeeded::default()
             },
             Method::Gptaq { .. }
@@ -81,9 +104,29 @@ pub struct ModuleReport {
     pub symmetric_objective: f64,
     /// ‖ŴX_q − WX_f‖²/N up to a Q-independent term, when D was collected.
     pub asymmetric_objective: Option<f64>,
-    /// CoreQ's α.
+    /// CoreQ's α (sampled α: the token-weighted mean of α_s).
     pub alpha: Option<f64>,
+    /// CoreQ's closed form α* of its final rounding.
+    pub alpha_star: Option<f64>,
     pub seconds: f64,
+}
+
+/// One module's solution: the layer, and CoreQ's α and α*.
+#[derive(Debug, Clone)]
+pub struct Solved {
+    pub layer: QuantizedLayer,
+    pub alpha: Option<f64>,
+    pub alpha_star: Option<f64>,
+}
+
+impl From<QuantizedLayer> for Solved {
+    fn from(layer: QuantizedLayer) -> Self {
+        Solved {
+            layer,
+            alpha: None,
+            alpha_star: None,
+        }
+    }
 }
 
 /// Runs `method` on each module and keeps the quantized layers and reports.
@@ -92,6 +135,9 @@ pub struct MethodSolver {
     pub config: GptqConfig,
     pub reports: Vec<ModuleReport>,
     pub layers: Vec<(String, QuantizedLayer)>,
+    /// Per module kind (`attention.self.query`, …): modules solved so far and the last α*,
+    /// for CoreQ's scheduled α.
+    schedule: HashMap<String, (usize, f64)>,
 }
 
 impl MethodSolver {
@@ -101,6 +147,28 @@ impl MethodSolver {
             config,
             reports: Vec::new(),
             layers: Vec::new(),
+            schedule: HashMap::new(),
+        }
+    }
+
+    /// The method for module `name`: a scheduled CoreQ α becomes this layer's fixed α.
+    fn method_for(&self, name: &str) -> Method {
+        match self.method {
+            Method::Coreq {
+                alpha: CoreqAlpha::Scheduled { second_layer },
+                cd_passes,
+            } => {
+                let alpha = match self.schedule.get(module_kind(name)) {
+                    None => 0.0,
+                    Some((1, _)) => second_layer,
+                    Some((_, alpha_star)) => *alpha_star,
+                };
+                Method::Coreq {
+                    alpha: CoreqAlpha::PerModule(AlphaMode::Fixed(alpha)),
+                    cd_passes,
+                }
+            }
+            method => method,
         }
     }
 
@@ -114,6 +182,11 @@ impl MethodSolver {
     }
 }
 
+/// `attention.self.query` of `encoder.layer.3.attention.self.query`.
+fn module_kind(name: &str) -> &str {
+    name.splitn(4, '.').nth(3).unwrap_or(name)
+}
+
 /// Quantizes `weight` (`[out, in]`) with `method` on `stats`; returns the layer and, for
 /// CoreQ, the α it used. Any target can be passed as `weight` (SRR quantizes a residual).
 pub fn solve_layer(
@@ -121,7 +194,7 @@ pub fn solve_layer(
     config: &GptqConfig,
     weight: MatRef<'_, f64>,
     stats: &LayerStats,
-) -> Result<(QuantizedLayer, Option<f64>)> {
+) -> Result<Solved> {
     let d = || {
         stats.d.as_ref().ok_or_else(|| {
             Error::InvalidInput(format!("{method:?} needs the mismatch statistic D"))
@@ -134,9 +207,9 @@ pub fn solve_layer(
                 Grouping::Dynamic(g) => Grouping::Static(g),
                 other => other,
             };
-            (rtn(weight, &config.grid, grouping, config.rounding)?, None)
+            rtn(weight, &config.grid, grouping, config.rounding)?.into()
         }
-        Method::Gptq => (gptq(weight, stats.h.as_ref(), config)?, None),
+        Method::Gptq => gptq(weight, stats.h.as_ref(), config)?.into(),
         Method::Gptaq { alpha, flush } => {
             let mismatch = Mismatch {
                 d: d()?.as_ref(),
@@ -144,7 +217,7 @@ pub fn solve_layer(
                 flush,
                 compensation: None,
             };
-            (gptaq(weight, stats.h.as_ref(), mismatch, config)?, None)
+            gptaq(weight, stats.h.as_ref(), mismatch, config)?.into()
         }
         Method::Rescomp {
             alpha,
@@ -157,29 +230,57 @@ pub fn solve_layer(
                 flush,
                 compensation: Some(alpha2),
             };
-            (gptaq(weight, stats.h.as_ref(), mismatch, config)?, None)
+            gptaq(weight, stats.h.as_ref(), mismatch, config)?.into()
         }
         Method::Qronos { lambda } => {
             let config = QronosConfig {
                 gptq: *config,
                 lambda,
             };
-            (
-                qronos(weight, stats.h.as_ref(), d()?.as_ref(), &config)?,
-                None,
-            )
+            qronos(weight, stats.h.as_ref(), d()?.as_ref(), &config)?.into()
         }
-        Method::Coreq {
-            alpha: mode,
-            cd_passes,
-        } => {
-            let config = CoreqConfig {
+        Method::Coreq { alpha, cd_passes } => {
+            let config = |alpha| CoreqConfig {
                 gptq: *config,
-                alpha: mode,
+                alpha,
                 cd_passes,
             };
-            let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config)?;
-            (result.layer, Some(result.alpha))
+            match alpha {
+                CoreqAlpha::PerModule(mode) => {
+                    let result = coreq(weight, stats.h.as_ref(), d()?.as_ref(), &config(mode))?;
+                    Solved {
+                        layer: result.layer,
+                        alpha: Some(result.alpha),
+                        alpha_star: Some(result.alpha_star),
+                    }
+                }
+                CoreqAlpha::Sampled { .. } => {
+                    let sampled = stats.d_sampled.as_ref().ok_or_else(|| {
+                        Error::InvalidInput(
+                            "CoreQ's sampled α needs the per-sequence mismatch D_s".into(),
+                        )
+                    })?;
+                    // W_ref = W + (W·D_s)·H_λ⁻¹: the α_s are inside D_s.
+                    let result = coreq(
+                        weight,
+                        stats.h.as_ref(),
+                        sampled.d.as_ref(),
+                        &config(AlphaMode::Fixed(1.0)),
+                    )?;
+                    Solved {
+                        layer: result.layer,
+                        alpha: Some(sampled.mean_alpha),
+                        alpha_star: None,
+                    }
+                }
+                CoreqAlpha::Scheduled { .. } => {
+                    return Err(Error::InvalidInput(
+                        "CoreQ's scheduled α follows each module from layer to layer; it runs \
+                         in layer-sequential quantization (qpeft quantize), not on a lone layer"
+                            .into(),
+                    ));
+                }
+            }
         }
         Method::Kcoreq { alpha, beams } => {
             let result = kcoreq(
@@ -190,7 +291,11 @@ pub fn solve_layer(
                 config,
                 beams,
             )?;
-            (result.layer, Some(alpha))
+            Solved {
+                layer: result.layer,
+                alpha: Some(alpha),
+                alpha_star: Some(result.alpha_star),
+            }
         }
     })
 }
@@ -209,7 +314,18 @@ impl ModuleSolver for MethodSolver {
         stats: &LayerStats,
     ) -> Result<Mat<f64>> {
         let started = Instant::now();
-        let (layer, alpha) = solve_layer(self.method, &self.config, weight, stats)?;
+        let Solved {
+            layer,
+            alpha,
+            alpha_star,
+        } = solve_layer(self.method_for(name), &self.config, weight, stats)?;
+        if let Some(alpha_star) = alpha_star {
+            let seen = self
+                .schedule
+                .entry(module_kind(name).to_string())
+                .or_default();
+            *seen = (seen.0 + 1, alpha_star);
+        }
         let q = layer.dequantized.as_ref();
         self.reports.push(ModuleReport {
             name: name.to_string(),
@@ -220,6 +336,7 @@ impl ModuleSolver for MethodSolver {
                 .as_ref()
                 .map(|d| asymmetric_objective(weight, q, stats.h.as_ref(), d.as_ref())),
             alpha,
+            alpha_star,
             seconds: started.elapsed().as_secs_f64(),
         });
         let dequantized = layer.dequantized.clone();

@@ -98,7 +98,7 @@ impl ModuleSolver for InitSolver {
             .ok_or_else(|| Error::InvalidInput("start_group was not called".into()))?;
         let (method, quant) = (self.method, self.quant);
         let mut quantize =
-            |target: MatRef<'_, f64>| solve_layer(method, &quant, target, stats).map(|(l, _)| l);
+            |target: MatRef<'_, f64>| solve_layer(method, &quant, target, stats).map(|s| s.layer);
         let init = initialize(name, weight, scaling, &mut quantize, &self.config)?;
         let seconds = started.elapsed().as_secs_f64();
         let reconstructed = init.reconstructed();
