@@ -515,6 +515,13 @@ fn train_command_learns_the_toy_task() {
     let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(scored["main"].as_f64().unwrap(), accuracy);
     exported_model_matches_the_run(&run, &recipe, &glue, &tmp.path().join("exported"));
+    quantize_eval_scores_the_classifier_before_and_after(
+        &tmp.path().join("exported"),
+        &glue,
+        &tmp.path().join("calib.txt"),
+        accuracy,
+        &tmp.path().join("quantized"),
+    );
     // A second run into the same folder is refused: nothing already saved is overwritten.
     let again = qpeft_train(&recipe, &run, &glue);
     assert!(!again.status.success());
@@ -573,6 +580,101 @@ fn exported_model_matches_the_run(run: &Path, recipe: &Path, glue: &Path, out: &
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "largest logit difference {worst}");
+}
+
+/// `qpeft quantize --eval` on a fine-tuned classifier: "before" is the run's own dev metric,
+/// "after" is what the written quantized folder scores when loaded and run independently.
+fn quantize_eval_scores_the_classifier_before_and_after(
+    export: &Path,
+    glue: &Path,
+    calib: &Path,
+    accuracy: f64,
+    out: &Path,
+) {
+    let quantize = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args([
+            "quantize", "--method", "gptq", "--bits", "2", "--group", "0",
+        ])
+        .args(["--calib-samples", "40", "--max-length", "32"])
+        .args(["--eval", "sst2", "--eval-max-length", "32"])
+        .arg("--calib")
+        .arg(calib)
+        .arg("--data-dir")
+        .arg(glue)
+        .arg("--model")
+        .arg(export)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        quantize.status.success(),
+        "{}",
+        String::from_utf8_lossy(&quantize.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["eval"]["before"]["main"].as_f64().unwrap(), accuracy);
+    let after = report["eval"]["after"]["main"].as_f64().unwrap();
+    let device = Default::default();
+    let quantized = qpeft::model::PretrainedModel::open(
+        qpeft::model::resolve_model(out.to_str().unwrap(), &qpeft::model::HubOptions::from_env())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        quantized
+            .weights
+            .names()
+            .contains(&"bert.encoder.layer.0.attention.self.query.qcodes".to_string())
+    );
+    let (classifier, fresh) = quantized
+        .classifier::<Cpu>(quantized.config.head, &device)
+        .unwrap();
+    assert!(fresh.is_empty());
+    let tokenizer = quantized.tokenizer(32).unwrap();
+    let dev = qpeft::data::batch::TokenizedSplit::new(
+        &qpeft::data::load(glue, qpeft::data::Task::Sst2, qpeft::data::Split::Dev).unwrap(),
+        &tokenizer,
+        None,
+    )
+    .unwrap();
+    let indices: Vec<usize> = (0..dev.len()).collect();
+    let batch = dev.batch(&indices);
+    let logits =
+        values(classifier.forward(&qpeft::model::encoder_input::<Cpu>(&batch.encoded, &device)));
+    let correct = dev
+        .labels
+        .iter()
+        .enumerate()
+        .filter(|(i, label)| {
+            let predicted = usize::from(logits[2 * i + 1] > logits[2 * i]);
+            **label == Some(qpeft::data::Label::Class(predicted))
+        })
+        .count();
+    assert_eq!(after, correct as f64 / dev.len() as f64);
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(markdown.contains("## sst2 dev"), "{markdown}");
+    // A classifier whose head does not fit the task is refused before any calibration.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args([
+            "quantize", "--method", "rtn", "--bits", "4", "--eval", "sst2",
+        ])
+        .arg("--model")
+        .arg(common::fixture("tiny-bert"))
+        .arg("--data-dir")
+        .arg(glue)
+        .arg("--out")
+        .arg(out.with_extension("refused"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--eval sst2") && err.contains("classifier.weight"),
+        "{err}"
+    );
+    assert!(!out.with_extension("refused").join("report.json").exists());
 }
 
 /// A diverging run stops with a message naming the step and the last good checkpoint,

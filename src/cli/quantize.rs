@@ -7,18 +7,24 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::ValueEnum;
+use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Split, Task, load};
 use qpeft::device::BackendTask;
-use qpeft::model::{PretrainedModel, TextInput, encoder_input};
+use qpeft::eval::dev::evaluate_dev;
+use qpeft::eval::metrics::{MnliMain, TaskScore};
+use qpeft::model::{
+    HubOptions, ModelFiles, PretrainedModel, TextInput, encoder_input, resolve_model,
+};
 use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::checkpoint::{FORMAT_VERSION, QuantMetadata, write_quantized_model};
 use qpeft::quant::coreq::AlphaMode;
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
 use qpeft::quant::grid::{Bits, GridSpec, MseSearch, Rounding, UniformKind};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
-use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
+use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver, ModuleReport};
 use qpeft::quant::stats::StatsNeeded;
 use qpeft::seed::{substream_rng, substream_seed};
+use qpeft::train::setup::head_for;
 use rand::seq::SliceRandom;
 use serde_json::json;
 
@@ -280,9 +286,16 @@ pub struct QuantizeArgs {
     pub quantizer: QuantizerArgs,
     #[command(flatten)]
     pub calib: CalibArgs,
-    /// Output directory for the quantized model and report.json.
+    /// Output directory for the quantized model, report.json and report.md.
     #[arg(long)]
     pub out: PathBuf,
+    /// Score a fine-tuned classifier (e.g. a `qpeft export` folder) on this task's dev split
+    /// before and after quantization.
+    #[arg(long, value_name = "TASK")]
+    pub eval: Option<Task>,
+    /// Truncation length of the --eval dev examples.
+    #[arg(long, default_value_t = 128)]
+    pub eval_max_length: usize,
     #[command(flatten)]
     pub model: ModelArg,
     #[command(flatten)]
@@ -341,6 +354,19 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     } = args
         .quantizer
         .resolve(args.method, default_grid, 0, args.calib.seed)?;
+    let dev_score = |model: ModelFiles, task: Task| {
+        args.device.device.run(DevScore {
+            model,
+            task,
+            max_length: args.eval_max_length,
+            data_dir: args.calib.data.dir(),
+        })?
+    };
+    // Before calibration, so that a model without a trained head fails at once.
+    let before = args
+        .eval
+        .map(|task| dev_score(args.model.resolve()?, task))
+        .transpose()?;
     let mut solver = MethodSolver::new(method, config);
     let needs = solver.needs();
     let calibrated = calibrate_model(
@@ -367,8 +393,22 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .map(|r| r.relative_output_error)
         .sum::<f64>()
         / solver.reports.len() as f64;
+    let after = args
+        .eval
+        .map(|task| {
+            let quantized = resolve_model(&args.out.to_string_lossy(), &HubOptions::from_env())?;
+            dev_score(quantized, task)
+        })
+        .transpose()?;
+    let eval = before.zip(after);
     let report = json!({
         "metadata": meta,
+        "eval": eval.as_ref().map(|(before, after)| json!({
+            "task": before.task.name(),
+            "max_length": args.eval_max_length,
+            "before": {"main": before.main, "metrics": before.metrics},
+            "after": {"main": after.main, "metrics": after.metrics},
+        })),
         "summary": {
             "modules": solver.reports.len(),
             "mean_relative_output_error": mean_error,
@@ -394,8 +434,144 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         args.quantizer.bits,
         solver.reports.len()
     );
-    println!("wrote {} and {}", path.display(), report_path.display());
+    if let Some((before, after)) = &eval {
+        println!(
+            "{} dev: {:.4} before, {:.4} after quantization",
+            before.task, before.main, after.main
+        );
+    }
+    let markdown_path = args.out.join("report.md");
+    std::fs::write(
+        &markdown_path,
+        markdown_report(
+            &meta,
+            &solver.reports,
+            (mean_error, bpw, seconds),
+            eval.as_ref(),
+        ),
+    )
+    .with_context(|| format!("writing {}", markdown_path.display()))?;
+    println!(
+        "wrote {}, {} and {}",
+        path.display(),
+        report_path.display(),
+        markdown_path.display()
+    );
     Ok(())
+}
+
+/// report.md: the header, the summary, the dev scores, one row per module.
+fn markdown_report(
+    meta: &QuantMetadata,
+    reports: &[ModuleReport],
+    (mean_error, bits_per_weight, seconds): (f64, f64, f64),
+    eval: Option<&(TaskScore, TaskScore)>,
+) -> String {
+    let mut md = format!(
+        "# qpeft quantize: {} {}-bit, {} grid, group {}\n\n\
+         Calibration: {}. qpeft {}.\n\n\
+         | modules | mean relative output error | bits/weight | time |\n|---|---|---|---|\n\
+         | {} | {mean_error:.4} | {bits_per_weight:.3} | {seconds:.1} s |\n",
+        meta.method,
+        meta.bits,
+        meta.grid,
+        meta.group,
+        meta.calibration,
+        meta.qpeft_version,
+        reports.len(),
+    );
+    if let Some((before, after)) = eval {
+        md += &format!(
+            "\n## {} dev\n\n| | main |{}\n|---|---|{}\n",
+            before.task,
+            before
+                .metrics
+                .keys()
+                .map(|k| format!(" {k} |"))
+                .collect::<String>(),
+            "---|".repeat(before.metrics.len()),
+        );
+        for (label, score) in [
+            ("before quantization", before),
+            ("after quantization", after),
+        ] {
+            md += &format!(
+                "| {label} | {:.4} |{}\n",
+                score.main,
+                score
+                    .metrics
+                    .values()
+                    .map(|v| format!(" {v:.4} |"))
+                    .collect::<String>()
+            );
+        }
+    }
+    md += "\n## Modules\n\n\
+           Relative output error ‖(Ŵ − W)X_q‖/‖WX_q‖ on the calibration tokens; objectives \
+           tr((Ŵ − W)H(Ŵ − W)ᵀ) and ‖ŴX_q − WX_f‖²/N up to a constant.\n\n\
+           | module | relative error | symmetric objective | asymmetric objective | α | α* | time |\n\
+           |---|---|---|---|---|---|---|\n";
+    let optional = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
+    for r in reports {
+        md += &format!(
+            "| {} | {:.4} | {:.4e} | {} | {} | {} | {:.2} s |\n",
+            r.name,
+            r.relative_output_error,
+            r.symmetric_objective,
+            r.asymmetric_objective
+                .map_or("–".to_string(), |v| format!("{v:.4e}")),
+            optional(r.alpha),
+            optional(r.alpha_star),
+            r.seconds
+        );
+    }
+    md
+}
+
+/// A fine-tuned classifier's dev score for `--eval`.
+struct DevScore {
+    model: ModelFiles,
+    task: Task,
+    max_length: usize,
+    data_dir: PathBuf,
+}
+
+impl BackendTask for DevScore {
+    type Output = anyhow::Result<TaskScore>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let location = self.model.weights.display().to_string();
+        let pretrained = PretrainedModel::open(self.model)?;
+        let (classifier, fresh) = pretrained
+            .classifier::<B>(head_for(self.task), &device)
+            .with_context(|| format!("--eval {}: loading the classifier", self.task))?;
+        if !fresh.is_empty() {
+            anyhow::bail!(
+                "--eval needs a fine-tuned classifier, but {location} has no trained {} \
+                 (a `qpeft export` folder has one)",
+                fresh.join(", ")
+            );
+        }
+        let tokenizer = pretrained.tokenizer(self.max_length)?;
+        let cache = default_cache_dir();
+        let splits = self
+            .task
+            .dev_splits()
+            .iter()
+            .map(|&split| {
+                let dataset = load(&self.data_dir, self.task, split)?;
+                TokenizedSplit::new(&dataset, &tokenizer, Some(&cache))
+            })
+            .collect::<qpeft::Result<Vec<_>>>()?;
+        Ok(evaluate_dev(
+            &classifier,
+            self.task,
+            &splits,
+            64,
+            MnliMain::default(),
+            &device,
+        )?)
+    }
 }
 
 /// Bits per weight of packed layers, counting the stored metadata: f32 scale and zero per
