@@ -503,3 +503,41 @@ fn initializers_match_the_numpy_reference() {
     );
     assert_eq!(k as u64, spec["probe_k"].as_u64().unwrap());
 }
+
+/// §11.8, the pre-release rule: k = min(r, ⌊r·(1 − ρ_r(WS))⌋), computed here without S from
+/// the eigenvalues of W·R_xx·Wᵀ (the squared singular values of WS, as SSᵀ = R_xx), and the
+/// result equals SRR with that fixed k. Planted structure of growing strength moves k up.
+#[test]
+fn prerelease_rule_keeps_the_energy_share_of_the_top_r_directions() {
+    let quant = mxint(2, 32);
+    let rank = 8;
+    let mut layers: Vec<(String, Mat<f64>, LayerStats)> = [0.0, 0.5, 1.5, 4.0]
+        .iter()
+        .enumerate()
+        .map(|(seed, &strength)| {
+            let (w, stats) = random_layer(seed as u64, (48, 64, 400), 4, strength);
+            (format!("planted ×{strength}"), w, stats)
+        })
+        .collect();
+    layers.extend(minilm_modules().into_iter().take(6));
+    let mut chosen = Vec::new();
+    for (name, w, stats) in &layers {
+        let r_xx = stats.r_xx.as_ref().unwrap();
+        let gram = w * r_xx * w.transpose();
+        let mut energy = gram.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+        energy.sort_by(|a, b| b.total_cmp(a));
+        let total: f64 = energy.iter().sum();
+        let share = energy[..rank].iter().sum::<f64>() / total;
+        let expected = ((rank as f64 * share).floor() as usize).min(rank);
+        let margin = (rank as f64 * share - (rank as f64 * share).round()).abs();
+        let prerelease = init(name, w.as_ref(), stats, &quant, srr(KRule::Prerelease), rank);
+        if margin > 1e-6 {
+            assert_eq!(prerelease.k, expected, "{name}: share {share}");
+        }
+        let fixed = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(prerelease.k)), rank);
+        assert_same_init(&prerelease, &fixed, &format!("{name}: prerelease vs fixed k"));
+        chosen.push(prerelease.k);
+    }
+    println!("prerelease k: {chosen:?}");
+    assert!(chosen[3] > chosen[0], "planted strength raises k: {chosen:?}");
+}
