@@ -12,7 +12,7 @@ use qpeft::quant::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq, gptq_on_
 use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns};
 use qpeft::quant::layer::fit_rows;
-use qpeft::quant::qronos::{QronosConfig, qronos};
+use qpeft::quant::qronos::{QronosConfig, QronosLambda, qronos};
 
 const M: usize = 6;
 const N: usize = 12;
@@ -396,7 +396,7 @@ fn qronos_equals_its_naive_form_and_gptq_on_the_asymmetric_target() {
         };
         let config = QronosConfig {
             gptq: gptq_config,
-            lambda: Some(0.0),
+            lambda: QronosLambda::Absolute(0.0),
         };
         let ours = qronos(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config).unwrap();
         assert_eq!(ours.codes, naive_qronos(&t, 3), "seed {seed}");
@@ -441,8 +441,8 @@ fn qronos_reference_damping_is_small() {
         };
         qronos(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config).unwrap()
     };
-    let exact = run(Some(0.0), true);
-    let reference = run(None, true);
+    let exact = run(QronosLambda::Absolute(0.0), true);
+    let reference = run(QronosLambda::Reference, true);
     let diff = max_abs_diff_mat(exact.dequantized.as_ref(), reference.dequantized.as_ref());
     let changed = exact
         .codes
@@ -658,4 +658,33 @@ fn scheduled_alpha_follows_each_module_from_layer_to_layer() {
         alphas[4..].iter().any(|&a| a != 0.5 && a != 0.0),
         "{alphas:?}"
     );
+}
+
+/// §8 Choice: λ as a fraction of mean(diag H) is that absolute λ; the reference λ is
+/// 1e-6·σ_max(H) with σ_max from 30 power-iteration steps.
+#[test]
+fn qronos_lambda_rules_resolve_to_their_values() {
+    use qpeft::quant::qronos::largest_eigenvalue;
+    let t = toy_mixed(3);
+    let config = |lambda| QronosConfig {
+        gptq: GptqConfig::new(spec(2)),
+        lambda,
+    };
+    let run = |lambda| qronos(t.w.as_ref(), t.h.as_ref(), t.d.as_ref(), &config(lambda)).unwrap();
+    let mean_diagonal = (0..N).map(|j| t.h[(j, j)]).sum::<f64>() / N as f64;
+    let relative = run(QronosLambda::MeanDiagonal(0.01));
+    let absolute = run(QronosLambda::Absolute(0.01 * mean_diagonal));
+    assert_eq!(relative.codes, absolute.codes);
+    assert_eq!(relative.dequantized, absolute.dequantized);
+    let eigenvalues = t.h.self_adjoint_eigenvalues(Side::Lower).unwrap();
+    let sigma_max = eigenvalues.iter().copied().fold(0.0, f64::max);
+    // 30 power-iteration steps, as the reference: ‖Hv‖ ≤ σ_max for a unit v, close from below.
+    let estimate = largest_eigenvalue(t.h.as_ref());
+    println!("power iteration {estimate} vs σ_max {sigma_max}");
+    assert!(estimate <= sigma_max * (1.0 + 1e-12) && estimate > (1.0 - 1e-6) * sigma_max);
+    let reference = run(QronosLambda::Reference);
+    let given = run(QronosLambda::Absolute(
+        1e-6 * largest_eigenvalue(t.h.as_ref()),
+    ));
+    assert_eq!(reference.codes, given.codes);
 }

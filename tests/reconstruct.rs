@@ -530,14 +530,35 @@ fn prerelease_rule_keeps_the_energy_share_of_the_top_r_directions() {
         let share = energy[..rank].iter().sum::<f64>() / total;
         let expected = ((rank as f64 * share).floor() as usize).min(rank);
         let margin = (rank as f64 * share - (rank as f64 * share).round()).abs();
-        let prerelease = init(name, w.as_ref(), stats, &quant, srr(KRule::Prerelease), rank);
+        let prerelease = init(
+            name,
+            w.as_ref(),
+            stats,
+            &quant,
+            srr(KRule::Prerelease),
+            rank,
+        );
         if margin > 1e-6 {
             assert_eq!(prerelease.k, expected, "{name}: share {share}");
         }
-        let fixed = init(name, w.as_ref(), stats, &quant, srr(KRule::Fixed(prerelease.k)), rank);
-        assert_same_init(&prerelease, &fixed, &format!("{name}: prerelease vs fixed k"));
+        let fixed = init(
+            name,
+            w.as_ref(),
+            stats,
+            &quant,
+            srr(KRule::Fixed(prerelease.k)),
+            rank,
+        );
+        assert_same_init(
+            &prerelease,
+            &fixed,
+            &format!("{name}: prerelease vs fixed k"),
+        );
         chosen.push(prerelease.k);
     }
     println!("prerelease k: {chosen:?}");
-    assert!(chosen[3] > chosen[0], "planted strength raises k: {chosen:?}");
+    assert!(
+        chosen[3] > chosen[0],
+        "planted strength raises k: {chosen:?}"
+    );
 }

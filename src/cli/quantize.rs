@@ -21,6 +21,7 @@ use qpeft::quant::coreq::AlphaMode;
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
 use qpeft::quant::grid::{Bits, GridSpec, MseSearch, Rounding, UniformKind};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
+use qpeft::quant::qronos::QronosLambda;
 use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver, ModuleReport};
 use qpeft::quant::stats::StatsNeeded;
 use qpeft::seed::{substream_rng, substream_seed};
@@ -125,8 +126,11 @@ pub struct QuantizerArgs {
     #[arg(long, default_value = "snapshot")]
     pub rescomp_mode: RescompModeArg,
     /// Qronos' ridge λ (default: 1e-6·σ_max(H), the reference).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "qronos_damp")]
     pub qronos_lambda: Option<f64>,
+    /// Qronos' ridge λ as this fraction of mean(diag H), like GPTQ's damping (e.g. 0.01).
+    #[arg(long)]
+    pub qronos_damp: Option<f64>,
 }
 
 impl QuantizerArgs {
@@ -208,7 +212,11 @@ impl QuantizerArgs {
                 },
             },
             MethodArg::Qronos => Method::Qronos {
-                lambda: self.qronos_lambda,
+                lambda: match (self.qronos_lambda, self.qronos_damp) {
+                    (Some(lambda), _) => QronosLambda::Absolute(lambda),
+                    (None, Some(fraction)) => QronosLambda::MeanDiagonal(fraction),
+                    (None, None) => QronosLambda::Reference,
+                },
             },
             MethodArg::Coreq => Method::Coreq {
                 alpha: self.coreq_alpha(default_group, seed)?,

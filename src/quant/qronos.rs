@@ -19,12 +19,35 @@ use crate::error::{Error, Result};
 pub const REFERENCE_RELATIVE_LAMBDA: f64 = 1e-6;
 const POWER_ITERATIONS: usize = 30;
 
+/// The ridge λ of the diffusion step (§8 Choice).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QronosLambda {
+    /// Brevitas' 1e-6·σ_max(H) (recommended).
+    Reference,
+    /// This fraction of mean(diag H), GPTQ's damping (the spec's alternative at 0.01).
+    MeanDiagonal(f64),
+    /// A given λ.
+    Absolute(f64),
+}
+
+impl QronosLambda {
+    fn value(self, h: MatRef<'_, f64>) -> f64 {
+        match self {
+            QronosLambda::Reference => REFERENCE_RELATIVE_LAMBDA * largest_eigenvalue(h),
+            QronosLambda::MeanDiagonal(fraction) => {
+                let n = h.nrows().max(1) as f64;
+                fraction * (0..h.nrows()).map(|j| h[(j, j)]).sum::<f64>() / n
+            }
+            QronosLambda::Absolute(lambda) => lambda,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QronosConfig {
     /// Grid, grouping, act-order and block; its percdamp is unused (Qronos damps by λ).
     pub gptq: GptqConfig,
-    /// The ridge λ; `None` for the reference 1e-6·σ_max(H) (§8 Choice).
-    pub lambda: Option<f64>,
+    pub lambda: QronosLambda,
 }
 
 /// σ_max of a symmetric positive semi-definite `h` by power iteration (as the reference).
@@ -65,9 +88,7 @@ pub fn qronos(
         w.col_mut(j).fill(0.0);
     }
     let g = &h + d;
-    let lambda = config
-        .lambda
-        .unwrap_or_else(|| REFERENCE_RELATIVE_LAMBDA * largest_eigenvalue(h.as_ref()));
+    let lambda = config.lambda.value(h.as_ref());
     if !(lambda.is_finite() && lambda >= 0.0) {
         return Err(Error::InvalidInput(format!(
             "Qronos' λ must be finite and non-negative, got {lambda}"

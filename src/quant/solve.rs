@@ -13,7 +13,7 @@ use super::coreq::{
 };
 use super::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
 use super::layer::{Grouping, QuantizedLayer, rtn};
-use super::qronos::{QronosConfig, qronos};
+use super::qronos::{QronosConfig, QronosLambda, qronos};
 use super::stats::{LayerStats, StatsNeeded};
 use crate::error::{Error, Result};
 
@@ -52,9 +52,9 @@ pub enum Method {
         /// Coordinate-descent passes after rounding (§7.5).
         cd_passes: usize,
     },
-    /// Qronos (§8) with ridge λ (`None`: the reference 1e-6·σ_max(H)).
+    /// Qronos (§8) with its ridge λ.
     Qronos {
-        lambda: Option<f64>,
+        lambda: QronosLambda,
     },
     /// K-CoreQ beam search with a fixed α (§7.4).
     Kcoreq {
