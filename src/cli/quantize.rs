@@ -395,12 +395,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         &[],
     )?;
     let bpw = bits_per_weight(solver.layers.iter().map(|(_, l)| l), args.quantizer.bits);
-    let mean_error = solver
-        .reports
-        .iter()
-        .map(|r| r.relative_output_error)
-        .sum::<f64>()
-        / solver.reports.len() as f64;
+    let mean = |error: fn(&ModuleReport) -> f64| {
+        solver.reports.iter().map(error).sum::<f64>() / solver.reports.len() as f64
+    };
+    let mean_error = mean(|r| r.relative_output_error);
+    let mean_error_to_full_precision =
+        mean(|r| r.relative_error_to_full_precision.unwrap_or(f64::NAN));
     let after = args
         .eval
         .map(|task| {
@@ -420,6 +420,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         "summary": {
             "modules": solver.reports.len(),
             "mean_relative_output_error": mean_error,
+            "mean_relative_error_to_full_precision": mean_error_to_full_precision,
             "seconds": seconds,
             "solver_seconds": solver.reports.iter().map(|r| r.seconds).sum::<f64>(),
             "bits_per_weight": bpw,
@@ -427,6 +428,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         "modules": solver.reports.iter().map(|r| json!({
             "name": r.name,
             "relative_output_error": r.relative_output_error,
+            "relative_error_to_full_precision": r.relative_error_to_full_precision,
             "symmetric_objective": r.symmetric_objective,
             "asymmetric_objective": r.asymmetric_objective,
             "alpha": r.alpha,
@@ -438,7 +440,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", report_path.display()))?;
     println!(
-        "{method:?} {}-bit {kind:?}: {} modules, mean relative output error {mean_error:.4}, {bpw:.3} bits/weight, {seconds:.1} s",
+        "{method:?} {}-bit {kind:?}: {} modules, mean relative output error {mean_error:.4} (to full precision {mean_error_to_full_precision:.4}), {bpw:.3} bits/weight, {seconds:.1} s",
         args.quantizer.bits,
         solver.reports.len()
     );
@@ -454,7 +456,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         markdown_report(
             &meta,
             &solver.reports,
-            (mean_error, bpw, seconds),
+            (mean_error, mean_error_to_full_precision, bpw, seconds),
             eval.as_ref(),
         ),
     )
@@ -472,14 +474,16 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
 fn markdown_report(
     meta: &QuantMetadata,
     reports: &[ModuleReport],
-    (mean_error, bits_per_weight, seconds): (f64, f64, f64),
+    (mean_error, mean_error_to_full_precision, bits_per_weight, seconds): (f64, f64, f64, f64),
     eval: Option<&(TaskScore, TaskScore)>,
 ) -> String {
     let mut md = format!(
         "# qpeft quantize: {} {}-bit, {} grid, group {}\n\n\
          Calibration: {}. qpeft {}.\n\n\
-         | modules | mean relative output error | bits/weight | time |\n|---|---|---|---|\n\
-         | {} | {mean_error:.4} | {bits_per_weight:.3} | {seconds:.1} s |\n",
+         | modules | mean relative output error | to full precision | bits/weight | time |\n\
+         |---|---|---|---|---|\n\
+         | {} | {mean_error:.4} | {mean_error_to_full_precision:.4} | {bits_per_weight:.3} | \
+         {seconds:.1} s |\n",
         meta.method,
         meta.bits,
         meta.grid,
@@ -515,16 +519,19 @@ fn markdown_report(
         }
     }
     md += "\n## Modules\n\n\
-           Relative output error ‖(Ŵ − W)X_q‖/‖WX_q‖ on the calibration tokens; objectives \
-           tr((Ŵ − W)H(Ŵ − W)ᵀ) and ‖ŴX_q − WX_f‖²/N up to a constant.\n\n\
-           | module | relative error | symmetric objective | asymmetric objective | α | α* | time |\n\
-           |---|---|---|---|---|---|---|\n";
+           Relative output error ‖(Ŵ − W)X_q‖/‖WX_q‖ on the calibration tokens, and to full \
+           precision ‖ŴX_q − WX_f‖/‖WX_f‖; objectives tr((Ŵ − W)H(Ŵ − W)ᵀ) and \
+           ‖ŴX_q − WX_f‖²/N up to a constant.\n\n\
+           | module | relative error | to full precision | symmetric objective | \
+           asymmetric objective | α | α* | time |\n\
+           |---|---|---|---|---|---|---|---|\n";
     let optional = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
     for r in reports {
         md += &format!(
-            "| {} | {:.4} | {:.4e} | {} | {} | {} | {:.2} s |\n",
+            "| {} | {:.4} | {} | {:.4e} | {} | {} | {} | {:.2} s |\n",
             r.name,
             r.relative_output_error,
+            optional(r.relative_error_to_full_precision),
             r.symmetric_objective,
             r.asymmetric_objective
                 .map_or("–".to_string(), |v| format!("{v:.4e}")),

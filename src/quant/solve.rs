@@ -100,6 +100,9 @@ pub struct ModuleReport {
     pub name: String,
     /// ‖(Ŵ − W)X_q‖/‖W X_q‖ over the calibration tokens, from H.
     pub relative_output_error: f64,
+    /// ‖ŴX_q − WX_f‖/‖WX_f‖: the output's distance from the full-precision model's, which
+    /// the asymmetric methods minimise (needs G and R_xx of X_f).
+    pub relative_error_to_full_precision: Option<f64>,
     /// tr((Ŵ − W)H(Ŵ − W)ᵀ).
     pub symmetric_objective: f64,
     /// ‖ŴX_q − WX_f‖²/N up to a Q-independent term, when D was collected.
@@ -172,11 +175,13 @@ impl MethodSolver {
         }
     }
 
-    /// The method's statistics, and the quantized stream's H for the report, so every
-    /// method's output error is measured on the same inputs.
+    /// The method's statistics, and what the report reads for every method alike: H, G and
+    /// R_xx of both streams, so each output error is measured on the same inputs.
     pub fn needs(&self) -> StatsNeeded {
         self.method.needs().union(StatsNeeded {
             quantized: true,
+            mismatch: true,
+            r_xx: true,
             ..StatsNeeded::default()
         })
     }
@@ -300,6 +305,22 @@ pub fn solve_layer(
     })
 }
 
+/// ‖ŴX_q − WX_f‖/‖WX_f‖ from H = X_qX_qᵀ/N, G = X_fX_qᵀ/N and R = X_fX_fᵀ/N:
+/// ‖ŴX_q − WX_f‖²/N = ⟨ŴH, Ŵ⟩ − 2⟨WG, Ŵ⟩ + ⟨WR, W⟩.
+pub fn relative_error_to_full_precision(
+    w: MatRef<'_, f64>,
+    w_hat: MatRef<'_, f64>,
+    h: MatRef<'_, f64>,
+    g: MatRef<'_, f64>,
+    r_xx: MatRef<'_, f64>,
+) -> f64 {
+    let signal = frobenius_inner((w * r_xx).as_ref(), w);
+    let error = frobenius_inner((w_hat * h).as_ref(), w_hat)
+        - 2.0 * frobenius_inner((w * g).as_ref(), w_hat)
+        + signal;
+    (error.max(0.0) / signal).sqrt()
+}
+
 /// Relative output error ‖(Ŵ − W)X‖/‖WX‖ from a second moment `m` = XXᵀ/N.
 pub fn relative_error(w: MatRef<'_, f64>, w_hat: MatRef<'_, f64>, m: MatRef<'_, f64>) -> f64 {
     let signal = frobenius_inner((w * m).as_ref(), w);
@@ -330,6 +351,15 @@ impl ModuleSolver for MethodSolver {
         self.reports.push(ModuleReport {
             name: name.to_string(),
             relative_output_error: relative_error(weight, q, stats.h.as_ref()),
+            relative_error_to_full_precision: stats.g().zip(stats.r_xx.as_ref()).map(|(g, r)| {
+                relative_error_to_full_precision(
+                    weight,
+                    q,
+                    stats.h.as_ref(),
+                    g.as_ref(),
+                    r.as_ref(),
+                )
+            }),
             symmetric_objective: symmetric_objective(weight, q, stats.h.as_ref()),
             asymmetric_objective: stats
                 .d
@@ -342,5 +372,48 @@ impl ModuleSolver for MethodSolver {
         let dequantized = layer.dequantized.clone();
         self.layers.push((name.to_string(), layer));
         Ok(dequantized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::stats::StatsAccumulator;
+
+    /// The error to full precision from the statistics equals ‖ŴX_q − WX_f‖/‖WX_f‖ computed on
+    /// the tokens themselves.
+    #[test]
+    fn error_to_full_precision_matches_the_tokens() {
+        let x_f = Mat::from_fn(40, 5, |t, j| ((t * 3 + j * 7) as f64 * 0.31).sin());
+        let x_q = Mat::from_fn(40, 5, |t, j| {
+            x_f[(t, j)] + 0.05 * ((t + 2 * j) as f64).cos()
+        });
+        let w = Mat::from_fn(3, 5, |i, j| ((i * 5 + j) as f64 * 0.7).cos());
+        let w_hat = Mat::from_fn(3, 5, |i, j| (w[(i, j)] * 4.0).round() / 4.0);
+        let mut acc = StatsAccumulator::new(
+            5,
+            StatsNeeded {
+                quantized: true,
+                mismatch: true,
+                r_xx: true,
+                ..StatsNeeded::default()
+            },
+        );
+        acc.add(x_q.as_ref(), x_f.as_ref());
+        let stats = acc.finish();
+        let from_stats = relative_error_to_full_precision(
+            w.as_ref(),
+            w_hat.as_ref(),
+            stats.h.as_ref(),
+            stats.g().unwrap().as_ref(),
+            stats.r_xx.as_ref().unwrap().as_ref(),
+        );
+        // Token-major: outputs are X·Wᵀ.
+        let reference = &x_f * w.transpose();
+        let direct = (&x_q * w_hat.transpose() - &reference).norm_l2() / reference.norm_l2();
+        assert!(
+            (from_stats - direct).abs() < 1e-12,
+            "{from_stats} vs {direct}"
+        );
     }
 }
