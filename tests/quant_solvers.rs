@@ -513,6 +513,22 @@ fn coordinate_descent_only_lowers_the_objective() {
     assert!(moved_total > 0);
 }
 
+/// The toy layer's H and D as calibration statistics, with an optional D_s.
+fn toy_stats(
+    t: &ToyLayer,
+    d_sampled: Option<qpeft::quant::stats::SampledMismatch>,
+) -> qpeft::quant::stats::LayerStats {
+    qpeft::quant::stats::LayerStats {
+        h: t.h.clone(),
+        d: Some(t.d.clone()),
+        r_xx: None,
+        abs_mean: None,
+        abs_mean_batch_max: None,
+        d_sampled,
+        tokens: TOKENS,
+    }
+}
+
 fn coreq_config(alpha: AlphaMode) -> CoreqConfig {
     CoreqConfig {
         gptq: GptqConfig::new(spec(3)),
@@ -562,21 +578,16 @@ fn closed_alpha_rerounds_with_the_first_roundings_alpha_star() {
 #[test]
 fn sampled_alpha_with_equal_draws_is_fixed_alpha() {
     use qpeft::quant::solve::{CoreqAlpha, Method, solve_layer};
-    use qpeft::quant::stats::{LayerStats, SampledMismatch};
+    use qpeft::quant::stats::SampledMismatch;
     for (seed, c) in [(0, 0.2), (1, 0.377), (2, 0.45)] {
         let t = toy_mixed(seed);
-        let stats = LayerStats {
-            h: t.h.clone(),
-            d: Some(t.d.clone()),
-            r_xx: None,
-            abs_mean: None,
-            abs_mean_batch_max: None,
-            d_sampled: Some(SampledMismatch {
+        let stats = toy_stats(
+            &t,
+            Some(SampledMismatch {
                 d: &t.d * faer::Scale(c),
                 mean_alpha: c,
             }),
-            tokens: TOKENS,
-        };
+        );
         let method = Method::Coreq {
             alpha: CoreqAlpha::Sampled { seed: 9 },
             cd_passes: 0,
@@ -607,7 +618,6 @@ fn sampled_alpha_with_equal_draws_is_fixed_alpha() {
 fn scheduled_alpha_follows_each_module_from_layer_to_layer() {
     use qpeft::quant::calib::ModuleSolver;
     use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
-    use qpeft::quant::stats::LayerStats;
     let method = Method::Coreq {
         alpha: CoreqAlpha::Scheduled { second_layer: 0.5 },
         cd_passes: 0,
@@ -619,15 +629,7 @@ fn scheduled_alpha_follows_each_module_from_layer_to_layer() {
             ("output.dense", 10 + layer),
         ] {
             let t = toy_mixed(seed);
-            let stats = LayerStats {
-                h: t.h.clone(),
-                d: Some(t.d.clone()),
-                r_xx: None,
-                abs_mean: None,
-                abs_mean_batch_max: None,
-                d_sampled: None,
-                tokens: TOKENS,
-            };
+            let stats = toy_stats(&t, None);
             let name = format!("encoder.layer.{layer}.{kind}");
             let installed = solver.solve(&name, t.w.as_ref(), &stats).unwrap();
             let report = solver.reports.last().unwrap();
