@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use burn_autodiff::Autodiff;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
-use qpeft::data::{glue_dir, load};
+use qpeft::data::glue_dir;
 use qpeft::device::BackendTask;
 use qpeft::eval::dev::evaluate_dev;
 use qpeft::train::setup::load_trained;
@@ -44,14 +44,7 @@ impl BackendTask for Eval<'_> {
         let dir = glue_dir(self.args.data_dir.as_deref().or(recipe.data.dir.as_deref()));
         let tokenizer = trained.base.tokenizer(recipe.train.max_length)?;
         let cache = default_cache_dir();
-        let splits = task
-            .dev_splits()
-            .iter()
-            .map(|&split| {
-                let dataset = load(&dir, task, split)?;
-                TokenizedSplit::new(&dataset, &tokenizer, Some(&cache))
-            })
-            .collect::<qpeft::Result<Vec<_>>>()?;
+        let splits = TokenizedSplit::dev_splits(&dir, task, &tokenizer, Some(&cache))?;
         let score = evaluate_dev(
             &trained.model,
             task,

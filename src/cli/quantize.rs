@@ -569,15 +569,8 @@ impl BackendTask for DevScore {
         }
         let tokenizer = pretrained.tokenizer(self.max_length)?;
         let cache = default_cache_dir();
-        let splits = self
-            .task
-            .dev_splits()
-            .iter()
-            .map(|&split| {
-                let dataset = load(&self.data_dir, self.task, split)?;
-                TokenizedSplit::new(&dataset, &tokenizer, Some(&cache))
-            })
-            .collect::<qpeft::Result<Vec<_>>>()?;
+        let splits =
+            TokenizedSplit::dev_splits(&self.data_dir, self.task, &tokenizer, Some(&cache))?;
         Ok(evaluate_dev(
             &classifier,
             self.task,

@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn_autodiff::Autodiff;
 use clap::Parser;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
-use qpeft::data::{Split, glue_dir, load};
+use qpeft::data::{Split, glue_dir};
 use qpeft::device::BackendTask;
 use qpeft::recipe::{GridName, InitName, QuantMethod, Recipe};
 use qpeft::train::checkpoint::LoadedCheckpoint;
@@ -338,21 +338,14 @@ impl BackendTask for TrainTask<'_> {
         let built = build_model::<Autodiff<B>>(recipe, self.run.base_files(recipe)?, &device)?;
         let tokenizer = built.base.tokenizer(recipe.train.max_length)?;
         let cache = default_cache_dir();
-        let tokenize = |split: Split| -> anyhow::Result<TokenizedSplit> {
-            let dataset = load(self.data_dir, task, split)?;
-            Ok(TokenizedSplit::new(&dataset, &tokenizer, Some(&cache))?)
-        };
-        let mut train_split = tokenize(Split::Train)?;
+        let mut train_split =
+            TokenizedSplit::load(self.data_dir, task, Split::Train, &tokenizer, Some(&cache))?;
         if let Some(n) = recipe.data.max_train_samples {
             train_split = train_split.subsample(n, recipe.train.seed);
         }
         let data = TrainData {
             train: train_split,
-            dev: task
-                .dev_splits()
-                .iter()
-                .map(|&s| tokenize(s))
-                .collect::<anyhow::Result<_>>()?,
+            dev: TokenizedSplit::dev_splits(self.data_dir, task, &tokenizer, Some(&cache))?,
         };
         let config = train_config(recipe);
         eprintln!(

@@ -93,6 +93,31 @@ impl TokenizedSplit {
         }
     }
 
+    /// Loads `split` of `task` from the GLUE folder `dir` and tokenizes it (cached in
+    /// `cache_dir` when given).
+    pub fn load(
+        dir: &Path,
+        task: Task,
+        split: Split,
+        tokenizer: &TextTokenizer,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self> {
+        Self::new(&super::glue::load(dir, task, split)?, tokenizer, cache_dir)
+    }
+
+    /// The task's dev split(s), tokenized (MNLI: matched, then mismatched).
+    pub fn dev_splits(
+        dir: &Path,
+        task: Task,
+        tokenizer: &TextTokenizer,
+        cache_dir: Option<&Path>,
+    ) -> Result<Vec<Self>> {
+        task.dev_splits()
+            .iter()
+            .map(|&split| Self::load(dir, task, split, tokenizer, cache_dir))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
