@@ -137,12 +137,6 @@ impl QuantizerArgs {
     /// CoreQ's α from --alpha-mode and --alpha; `default_group` decides the scheduled mode's
     /// layer-1 α when --group is not given.
     fn coreq_alpha(&self, default_group: usize, seed: u64) -> anyhow::Result<CoreqAlpha> {
-        let given = |name: &str| {
-            if self.alpha.is_some() {
-                anyhow::bail!("--alpha has no meaning with --alpha-mode {name}")
-            }
-            Ok(())
-        };
         let initial = self.alpha.unwrap_or(0.25);
         Ok(match self.alpha_mode {
             AlphaModeArg::Fixed => CoreqAlpha::PerModule(AlphaMode::Fixed(
@@ -152,7 +146,9 @@ impl QuantizerArgs {
             AlphaModeArg::Closed => CoreqAlpha::PerModule(AlphaMode::Closed { initial }),
             AlphaModeArg::Alternate => CoreqAlpha::PerModule(AlphaMode::Alternate { initial }),
             AlphaModeArg::Sampled => {
-                given("sampled")?;
+                if self.alpha.is_some() {
+                    anyhow::bail!("--alpha has no meaning with --alpha-mode sampled");
+                }
                 CoreqAlpha::Sampled {
                     seed: substream_seed(seed, "coreq-sampled-alpha"),
                 }

@@ -146,11 +146,6 @@ impl StatsAccumulator {
         }
     }
 
-    /// Whether [`add_weighted`](Self::add_weighted) needs per-token α.
-    pub fn needs_token_alpha(&self) -> bool {
-        self.d_sampled.is_some()
-    }
-
     /// Adds a batch: `x_q` and `x_f` are `[tokens, n]`, the same tokens through the partly
     /// quantized and the full-precision model (the same matrix when only the full-precision
     /// stream runs).
@@ -305,7 +300,6 @@ mod tests {
             ..StatsNeeded::default()
         };
         let mut acc = StatsAccumulator::new(3, needed);
-        assert!(acc.needs_token_alpha());
         acc.add_weighted(x_q.subrows(0, 12), x_f.subrows(0, 12), Some(&alpha[..12]));
         acc.add_weighted(x_q.subrows(12, 18), x_f.subrows(12, 18), Some(&alpha[12..]));
         let stats = acc.finish();
