@@ -528,6 +528,104 @@ fn train_command_learns_the_toy_task() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
+/// `qpeft glue --recipes R --tasks sst2 --compare ROWS --out OUT --data-dir GLUE [--set …]`,
+/// with the init cache in `cache`.
+fn qpeft_glue(
+    recipes: &Path,
+    out: &Path,
+    glue: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .env("QPEFT_CACHE", cache)
+        .args(["glue", "--tasks", "sst2", "--compare", "lora,srr"])
+        .arg("--recipes")
+        .arg(recipes)
+        .arg("--out")
+        .arg(out)
+        .arg("--data-dir")
+        .arg(glue)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// `qpeft glue` trains one run per (row, task), builds the rows' init checkpoints from the
+/// recipe, and tables the final scores; the same command continues a suite whose runs were
+/// stopped — before their first checkpoint (trained again from the start) or after one
+/// (resumed) — to the same epochs, bit for bit, and refuses a run made from another recipe.
+#[test]
+fn glue_command_tables_and_continues_a_suite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let glue = tmp.path().join("glue");
+    common::toy::write_toy_glue(&glue);
+    let recipes = tmp.path().join("recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    std::fs::write(
+        recipes.join("sst2.toml"),
+        format!(
+            "[model]\nname = {:?}\n[quant]\ncalib = \"sst2\"\ncalib_samples = 40\ncalib_max_length = 32\n\
+             [data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[train]\nlearning_rate = 3e-3\n\
+             batch_size = 16\nepochs = 3\nmax_length = 32\neval_batch_size = 64\n",
+            common::fixture("tiny-bert").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (out, cache) = (tmp.path().join("suite"), tmp.path().join("cache"));
+    let first = qpeft_glue(&recipes, &out, &glue, &cache, &[]);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("building the init checkpoint"), "{stderr}");
+    let report = |row: &str| -> serde_json::Value {
+        let path = out.join(row).join("sst2/report.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (lora, srr) = (report("lora"), report("srr"));
+    assert_eq!(lora["recipe"]["adapter"]["init"], "lora");
+    assert_eq!(srr["recipe"]["adapter"]["init"], "srr");
+    let table = std::fs::read_to_string(out.join("glue.md")).unwrap();
+    for (row, run) in [("lora", &lora), ("srr", &srr)] {
+        let score = 100.0 * run["final_main"].as_f64().unwrap();
+        let line = format!("| {row} | {score:.2} | {score:.2} |");
+        assert!(table.contains(&line), "{line} not in\n{table}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("glue.json")).unwrap()).unwrap();
+    assert_eq!(json[1]["tasks"]["sst2"]["main"], srr["final_main"]);
+
+    // lora stopped after its second epoch's checkpoint, srr during its first epoch.
+    let lora_run = out.join("lora/sst2");
+    std::fs::remove_file(lora_run.join("report.json")).unwrap();
+    std::fs::remove_dir_all(lora_run.join("checkpoints/epoch-3")).unwrap();
+    let srr_run = out.join("srr/sst2");
+    std::fs::remove_file(srr_run.join("report.json")).unwrap();
+    std::fs::remove_dir_all(srr_run.join("checkpoints")).unwrap();
+    let again = qpeft_glue(&recipes, &out, &glue, &cache, &[]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming from") && stderr.contains("epoch-2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("starting it again"), "{stderr}");
+    assert!(!stderr.contains("init checkpoint"), "{stderr}");
+    assert_eq!(report("lora")["epochs"], lora["epochs"]);
+    assert_eq!(report("srr")["epochs"], srr["epochs"]);
+    assert_eq!(std::fs::read_to_string(out.join("glue.md")).unwrap(), table);
+    let log = std::fs::read_to_string(srr_run.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.matches("\"type\":\"start\"").count(), 2);
+
+    // Another protocol in the same folder is refused, naming the field that differs.
+    let other = qpeft_glue(&recipes, &out, &glue, &cache, &["--set", "train.epochs=4"]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success());
+    assert!(
+        stderr.contains("train.epochs = 4 here, 3 there") && stderr.contains("lora"),
+        "{stderr}"
+    );
+}
+
 /// `qpeft export` writes a dense HF classifier (no quantized tensors, no adapters) whose logits
 /// equal the trained QPEFT model's up to the rounding of the merge.
 fn exported_model_matches_the_run(run: &Path, recipe: &Path, glue: &Path, out: &Path) {

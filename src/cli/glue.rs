@@ -1,7 +1,7 @@
 //! `qpeft glue`: the GLUE comparison of the papers — one training run per (initialization,
 //! task) from the task recipes, then a table with one row per initialization, one column per
-//! task's main score and the average. Finished runs are reused and killed ones resumed, so
-//! the same command continues an interrupted suite.
+//! task's main score and the average. Finished runs are reused and killed ones continued, so
+//! the same command continues an interrupted suite; a run of another recipe is refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,10 +11,9 @@ use qpeft::data::Task;
 use qpeft::recipe::Recipe;
 use qpeft::train::report::RunReport;
 use qpeft::train::setup::RunDir;
-use qpeft::train::trainer::latest_checkpoint;
 
 use super::DeviceArg;
-use super::train::run_recipe;
+use super::train::{RunStart, run_recipe};
 
 #[derive(clap::Args, Debug)]
 pub struct GlueArgs {
@@ -96,25 +95,21 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
                 root: out.join(row).join(task.name()),
             };
             let report_path = run.root.join("report.json");
-            let report = if report_path.is_file() {
-                let text = std::fs::read_to_string(&report_path)?;
+            let start = if run.recipe_path().is_file() {
+                same_recipe(&run, &recipe)?;
+                RunStart::Continue
+            } else {
+                RunStart::New
+            };
+            let report = if start == RunStart::Continue && report_path.is_file() {
+                let text = std::fs::read_to_string(&report_path)
+                    .with_context(|| format!("reading {}", report_path.display()))?;
                 serde_json::from_str(&text)
                     .with_context(|| format!("reading {}", report_path.display()))?
             } else {
-                let resume = if run.recipe_path().is_file() {
-                    latest_checkpoint(&run.root)?
-                } else {
-                    None
-                };
                 eprintln!("== {row} / {task} → {}", run.root.display());
-                run_recipe(
-                    &recipe,
-                    &run,
-                    resume.as_deref(),
-                    args.data_dir.as_deref(),
-                    &args.device,
-                )
-                .with_context(|| format!("row {row}, task {task}"))?
+                run_recipe(&recipe, &run, start, args.data_dir.as_deref(), &args.device)
+                    .with_context(|| format!("row {row}, task {task}"))?
             };
             scores.insert((row_index, task), report);
         }
@@ -142,6 +137,34 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("glue.json"), serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", out.join("glue.md").display());
     Ok(())
+}
+
+/// Refuses to reuse or continue a run made from another recipe than the suite's now (e.g. after
+/// a changed `--set`), which would put another protocol's score in the table.
+fn same_recipe(run: &RunDir, recipe: &Recipe) -> anyhow::Result<()> {
+    let saved = run
+        .recipe()
+        .with_context(|| format!("reading the recipe of run {}", run.root.display()))?;
+    if &saved == recipe {
+        return Ok(());
+    }
+    let (ours, theirs) = (serde_json::to_value(recipe)?, serde_json::to_value(&saved)?);
+    let mut differing = Vec::new();
+    for (section, fields) in ours.as_object().into_iter().flatten() {
+        for (key, value) in fields.as_object().into_iter().flatten() {
+            let saved_value = &theirs[section][key];
+            if saved_value != value {
+                differing.push(format!(
+                    "{section}.{key} = {value} here, {saved_value} there"
+                ));
+            }
+        }
+    }
+    anyhow::bail!(
+        "{} holds a run of another recipe ({}): choose another --out, or remove that run",
+        run.root.display(),
+        differing.join("; ")
+    )
 }
 
 fn average(row: usize, tasks: &[Task], scores: &BTreeMap<(usize, Task), RunReport>) -> f64 {

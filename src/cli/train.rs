@@ -42,19 +42,18 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let (run_dir, recipe, resume) = match (&args.resume, &args.recipe) {
+    let (run_dir, recipe, start) = match (&args.resume, &args.recipe) {
         (Some(dir), _) => {
             let run = RunDir { root: dir.clone() };
             let recipe = run
                 .recipe()
                 .with_context(|| format!("reading the recipe of run {}", dir.display()))?;
-            let checkpoint = latest_checkpoint(dir)?;
-            (run, recipe, checkpoint)
+            (run, recipe, RunStart::Continue)
         }
         (None, Some(path)) => {
             let recipe = Recipe::load(path, &args.overrides)?;
             let root = args.out.clone().unwrap_or_else(|| default_run_dir(&recipe));
-            (RunDir { root }, recipe, None)
+            (RunDir { root }, recipe, RunStart::New)
         }
         (None, None) => {
             anyhow::bail!("name a recipe (qpeft train recipes/rte.toml) or --resume RUN")
@@ -63,7 +62,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let report = run_recipe(
         &recipe,
         &run_dir,
-        resume.as_deref(),
+        start,
         args.data_dir.as_deref(),
         &args.device,
     )?;
@@ -263,9 +262,6 @@ fn link_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         let path = entry?.path();
         if path.is_file() {
             let target = to.join(path.file_name().expect("a file has a name"));
-            if target.exists() {
-                continue;
-            }
             if std::fs::hard_link(&path, &target).is_err() {
                 std::fs::copy(&path, &target).with_context(|| {
                     format!("copying {} to {}", path.display(), target.display())
@@ -276,40 +272,52 @@ fn link_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs (or resumes) `recipe` in `run`; the report of the finished run.
+/// Whether `run_recipe` begins a run or continues the one its directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run: the directory must not hold one already.
+    New,
+    /// The run the directory holds, from its latest checkpoint, or from its beginning when it
+    /// was stopped before the first checkpoint was written.
+    Continue,
+}
+
+/// Runs (or continues) `recipe` in `run`; the report of the finished run.
 pub fn run_recipe(
     recipe: &Recipe,
     run: &RunDir,
-    resume: Option<&Path>,
+    start: RunStart,
     data_dir: Option<&Path>,
     device: &DeviceArg,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let data_dir = glue_dir(data_dir.or(recipe.data.dir.as_deref()));
-    std::fs::create_dir_all(&run.root)
-        .with_context(|| format!("creating {}", run.root.display()))?;
-    if resume.is_none() {
-        let recipe_path = run.recipe_path();
-        if recipe_path.exists() {
-            anyhow::bail!(
-                "{} already holds a run: continue it with --resume {0}, or choose another --out",
-                run.root.display()
-            );
+    let resume = match start {
+        RunStart::New => {
+            set_up_run(recipe, run, &data_dir, device)?;
+            None
         }
-        std::fs::write(&recipe_path, recipe.to_toml()?)
-            .with_context(|| format!("writing {}", recipe_path.display()))?;
-        if recipe.adapter.init != InitName::Lora {
-            let init = match &recipe.model.init_checkpoint {
-                Some(dir) => dir.clone(),
-                None => cached_init(recipe, &data_dir, device)?,
-            };
-            link_dir(&init, &run.init_dir())?;
+        RunStart::Continue => {
+            if recipe.adapter.init != InitName::Lora && !run.init_dir().is_dir() {
+                anyhow::bail!(
+                    "{} holds no init/ folder: it is not a complete run directory",
+                    run.root.display()
+                );
+            }
+            let checkpoint = latest_checkpoint(&run.root)?;
+            match &checkpoint {
+                Some(dir) => eprintln!("resuming from {}", dir.display()),
+                None => eprintln!(
+                    "{} was stopped before its first checkpoint: starting it again",
+                    run.root.display()
+                ),
+            }
+            checkpoint
+                .as_deref()
+                .map(LoadedCheckpoint::open)
+                .transpose()?
         }
-    }
-    let resume = resume.map(LoadedCheckpoint::open).transpose()?;
-    if let Some(checkpoint) = &resume {
-        eprintln!("resuming from {}", checkpoint.dir.display());
-    }
+    };
     let mut report = device.device.run(TrainTask {
         recipe,
         run,
@@ -320,6 +328,46 @@ pub fn run_recipe(
     report.device = device.device.to_string();
     report.write(&run.root)?;
     Ok(report)
+}
+
+/// Makes `run` a run directory: its `init/` (linked from the recipe's init checkpoint, built in
+/// the cache if needed), then `recipe.toml`, written last so that a directory with a recipe
+/// always has its complete base.
+fn set_up_run(
+    recipe: &Recipe,
+    run: &RunDir,
+    data_dir: &Path,
+    device: &DeviceArg,
+) -> anyhow::Result<()> {
+    let recipe_path = run.recipe_path();
+    if recipe_path.exists() {
+        anyhow::bail!(
+            "{} already holds a run: continue it with --resume {0}, or choose another --out",
+            run.root.display()
+        );
+    }
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("creating {}", run.root.display()))?;
+    if recipe.adapter.init != InitName::Lora {
+        let init = match &recipe.model.init_checkpoint {
+            Some(dir) => dir.clone(),
+            None => cached_init(recipe, data_dir, device)?,
+        };
+        // Left by a setup that stopped before writing the recipe: no run has used it.
+        let linked = run.init_dir();
+        let partial = linked.with_extension("partial");
+        for stale in [&linked, &partial] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale)
+                    .with_context(|| format!("removing {}", stale.display()))?;
+            }
+        }
+        link_dir(&init, &partial)?;
+        std::fs::rename(&partial, &linked)
+            .with_context(|| format!("moving {} into place", linked.display()))?;
+    }
+    std::fs::write(&recipe_path, recipe.to_toml()?)
+        .with_context(|| format!("writing {}", recipe_path.display()))
 }
 
 struct TrainTask<'a> {

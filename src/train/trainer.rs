@@ -281,16 +281,21 @@ pub fn train<B: AutodiffBackend>(
         epoch_loss_sum: 0.0,
         epochs: Vec::new(),
     };
+    // Every attempt opens with a start or resume line: the lines of an attempt stopped before
+    // its first checkpoint stay in the log, and the next `start` line says they were dropped.
     let mut log = MetricsLog::open(run)?;
-    if let Some(checkpoint) = resume {
-        model = checkpoint.restore_module(model)?;
-        checkpoint.restore_optimizer(&mut optimizer, device)?;
-        state = checkpoint.state.clone();
-        log.write(serde_json::json!({
-            "type": "resume",
-            "from": checkpoint.dir,
-            "global_step": state.global_step,
-        }))?;
+    match resume {
+        Some(checkpoint) => {
+            model = checkpoint.restore_module(model)?;
+            checkpoint.restore_optimizer(&mut optimizer, device)?;
+            state = checkpoint.state.clone();
+            log.write(serde_json::json!({
+                "type": "resume",
+                "from": checkpoint.dir,
+                "global_step": state.global_step,
+            }))?;
+        }
+        None => log.write(serde_json::json!({"type": "start", "global_step": 0}))?,
     }
     let batches_per_epoch = data.train.len().div_ceil(config.batch_size);
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
