@@ -624,6 +624,29 @@ fn glue_command_tables_and_continues_a_suite() {
         stderr.contains("train.epochs = 4 here, 3 there") && stderr.contains("lora"),
         "{stderr}"
     );
+
+    // The init cache is keyed by the calibration texts too: the same texts reuse the init,
+    // an edited calibration set builds a new one.
+    let fresh = qpeft_glue(&recipes, &tmp.path().join("suite-2"), &glue, &cache, &[]);
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(
+        fresh.status.success() && stderr.contains("(cached)"),
+        "{stderr}"
+    );
+    let train_tsv = glue.join("SST-2/train.tsv");
+    let edited = std::fs::read_to_string(&train_tsv)
+        .unwrap()
+        .replace("people", "persons");
+    std::fs::write(&train_tsv, edited).unwrap();
+    let fresh = qpeft_glue(&recipes, &tmp.path().join("suite-3"), &glue, &cache, &[]);
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(fresh.status.success(), "{stderr}");
+    assert!(stderr.contains("building the init checkpoint"), "{stderr}");
+    let inits = std::fs::read_dir(cache.join("inits")).unwrap().count();
+    assert_eq!(
+        inits, 2,
+        "two complete init checkpoints, no partial folders left"
+    );
 }
 
 /// `qpeft export` writes a dense HF classifier (no quantized tensors, no adapters) whose logits

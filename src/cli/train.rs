@@ -20,6 +20,7 @@ use qpeft::train::trainer::{TrainData, latest_checkpoint, train};
 use sha2::{Digest, Sha256};
 
 use super::DeviceArg;
+use super::quantize::calibration_texts;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -200,17 +201,50 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
     argv
 }
 
-/// Builds the init checkpoint in the cache (keyed by everything that shapes it), once.
+/// Builds the init checkpoint in the cache, once. The key covers everything that shapes it:
+/// the init arguments and the calibration texts themselves, so that an edited calibration file
+/// or another copy of GLUE builds anew. Concurrent builders of one key each write their own
+/// partial folder; the first to finish places it, the others use it.
 pub fn cached_init(
     recipe: &Recipe,
     data_dir: &Path,
     device: &DeviceArg,
 ) -> anyhow::Result<PathBuf> {
+    #[derive(Parser)]
+    struct InitCommand {
+        #[command(flatten)]
+        args: super::init::InitArgs,
+    }
     let argv = init_arguments(recipe);
-    let key = Sha256::new()
-        .chain_update(argv.join("\u{0}").as_bytes())
-        .finalize();
-    let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut full = vec!["qpeft-init".to_string()];
+    full.extend(argv.iter().cloned());
+    full.extend([
+        "--device".into(),
+        device.device.to_string(),
+        "--data-dir".into(),
+        data_dir.to_string_lossy().into_owned(),
+        "--out".into(),
+        "<set once the key is known>".into(),
+    ]);
+    let mut args = InitCommand::try_parse_from(&full)
+        .with_context(|| {
+            format!(
+                "the recipe gives an invalid init command: {}",
+                full.join(" ")
+            )
+        })?
+        .args;
+    let mut key = Sha256::new().chain_update(argv.join("\u{0}").as_bytes());
+    for text in calibration_texts(&args.calib)? {
+        key.update(text.first.as_bytes());
+        key.update([0]);
+        key.update(text.second.unwrap_or_default().as_bytes());
+        key.update([1]);
+    }
+    let key: String = key.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let root = default_cache_dir().with_file_name("inits");
     let dir = root.join(format!(
         "{}-{}-{}b-r{}-{key}",
@@ -219,39 +253,27 @@ pub fn cached_init(
         recipe.quant.bits,
         recipe.adapter.rank
     ));
-    if dir.join("model.safetensors").is_file() {
+    let complete = |dir: &Path| dir.join("model.safetensors").is_file();
+    if complete(&dir) {
         eprintln!("init checkpoint: {} (cached)", dir.display());
         return Ok(dir);
     }
-    let partial = dir.with_extension("partial");
-    let mut full = vec!["qpeft-init".to_string()];
-    full.extend(argv);
-    full.extend([
-        "--out".into(),
-        partial.to_string_lossy().into_owned(),
-        "--device".into(),
-        device.device.to_string(),
-        "--data-dir".into(),
-        data_dir.to_string_lossy().into_owned(),
-    ]);
+    args.out = dir.with_extension(format!("partial-{}", std::process::id()));
+    let shown = full.len() - 1;
+    full[shown] = args.out.to_string_lossy().into_owned();
     eprintln!(
         "building the init checkpoint: qpeft init {}",
         full[1..].join(" ")
     );
-    #[derive(Parser)]
-    struct InitCommand {
-        #[command(flatten)]
-        args: super::init::InitArgs,
+    let partial = args.out.clone();
+    super::init::run(args)?;
+    if let Err(error) = std::fs::rename(&partial, &dir) {
+        if !complete(&dir) {
+            return Err(error).with_context(|| format!("moving {} into place", dir.display()));
+        }
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
     }
-    let command = InitCommand::try_parse_from(&full).with_context(|| {
-        format!(
-            "the recipe gives an invalid init command: {}",
-            full.join(" ")
-        )
-    })?;
-    super::init::run(command.args)?;
-    std::fs::rename(&partial, &dir)
-        .with_context(|| format!("moving {} into place", dir.display()))?;
     Ok(dir)
 }
 
