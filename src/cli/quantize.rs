@@ -32,7 +32,7 @@ use serde_json::json;
 use super::data::DataDirArg;
 use super::{DeviceArg, ModelArg};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
     Rtn,
     Gptq,
@@ -111,20 +111,21 @@ pub struct QuantizerArgs {
     /// --alpha-mode); K-CoreQ's α (default 0.25).
     #[arg(long)]
     pub alpha: Option<f64>,
-    /// CoreQ's α rule (§7.3).
-    #[arg(long, default_value = "alternate")]
-    pub alpha_mode: AlphaModeArg,
-    /// K-CoreQ's beam width K.
-    #[arg(long, default_value_t = 4)]
-    pub beams: usize,
-    /// CoreQ's coordinate-descent passes after rounding (§7.5).
-    #[arg(long, default_value_t = 0)]
-    pub cd_passes: usize,
-    /// ResComp's α₂, the weight of the compensation-aware error.
-    #[arg(long, default_value_t = 0.25)]
-    pub alpha2: f64,
-    #[arg(long, default_value = "snapshot")]
-    pub rescomp_mode: RescompModeArg,
+    /// CoreQ's α rule (§7.3; default alternate).
+    #[arg(long)]
+    pub alpha_mode: Option<AlphaModeArg>,
+    /// K-CoreQ's beam width K (default 4).
+    #[arg(long)]
+    pub beams: Option<usize>,
+    /// CoreQ's coordinate-descent passes after rounding (§7.5; default 0).
+    #[arg(long)]
+    pub cd_passes: Option<usize>,
+    /// ResComp's α₂, the weight of the compensation-aware error (default 0.25).
+    #[arg(long)]
+    pub alpha2: Option<f64>,
+    /// ResComp's flush (default snapshot).
+    #[arg(long)]
+    pub rescomp_mode: Option<RescompModeArg>,
     /// Qronos' ridge λ (default: 1e-6·σ_max(H), the reference).
     #[arg(long, conflicts_with = "qronos_damp")]
     pub qronos_lambda: Option<f64>,
@@ -138,7 +139,7 @@ impl QuantizerArgs {
     /// layer-1 α when --group is not given.
     fn coreq_alpha(&self, default_group: usize, seed: u64) -> anyhow::Result<CoreqAlpha> {
         let initial = self.alpha.unwrap_or(0.25);
-        Ok(match self.alpha_mode {
+        Ok(match self.alpha_mode.unwrap_or(AlphaModeArg::Alternate) {
             AlphaModeArg::Fixed => CoreqAlpha::PerModule(AlphaMode::Fixed(
                 self.alpha
                     .ok_or_else(|| anyhow::anyhow!("--alpha-mode fixed needs --alpha"))?,
@@ -166,6 +167,42 @@ impl QuantizerArgs {
     }
 }
 
+impl QuantizerArgs {
+    /// A method-specific flag given with another method would be silently ignored: refuse it.
+    fn reject_flags_of_other_methods(&self, method: MethodArg) -> anyhow::Result<()> {
+        use MethodArg::*;
+        let flags: [(&str, bool, &[MethodArg]); 8] = [
+            (
+                "--alpha",
+                self.alpha.is_some(),
+                &[Gptaq, Rescomp, Coreq, Kcoreq],
+            ),
+            ("--alpha-mode", self.alpha_mode.is_some(), &[Coreq]),
+            ("--cd-passes", self.cd_passes.is_some(), &[Coreq]),
+            ("--beams", self.beams.is_some(), &[Kcoreq]),
+            ("--alpha2", self.alpha2.is_some(), &[Rescomp]),
+            ("--rescomp-mode", self.rescomp_mode.is_some(), &[Rescomp]),
+            ("--qronos-lambda", self.qronos_lambda.is_some(), &[Qronos]),
+            ("--qronos-damp", self.qronos_damp.is_some(), &[Qronos]),
+        ];
+        for (flag, given, methods) in flags {
+            if given && !methods.contains(&method) {
+                let name = |m: &MethodArg| {
+                    m.to_possible_value()
+                        .map_or_else(String::new, |v| v.get_name().to_string())
+                };
+                let names: Vec<String> = methods.iter().map(name).collect();
+                anyhow::bail!(
+                    "{flag} applies to {} only, not to {}",
+                    names.join(", "),
+                    name(&method)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A fully resolved base quantizer.
 pub struct Quantizer {
     pub method: Method,
@@ -184,6 +221,7 @@ impl QuantizerArgs {
         default_group: usize,
         seed: u64,
     ) -> anyhow::Result<Quantizer> {
+        self.reject_flags_of_other_methods(method)?;
         let bits = Bits::new(self.bits)?;
         let kind = match self.grid.unwrap_or(default_grid) {
             GridArg::Asym => UniformKind::Asymmetric,
@@ -200,8 +238,8 @@ impl QuantizerArgs {
             },
             MethodArg::Rescomp => Method::Rescomp {
                 alpha: self.alpha.unwrap_or(0.25),
-                alpha2: self.alpha2,
-                flush: match self.rescomp_mode {
+                alpha2: self.alpha2.unwrap_or(0.25),
+                flush: match self.rescomp_mode.unwrap_or(RescompModeArg::Snapshot) {
                     RescompModeArg::Snapshot => GptaqFlush::Snapshot,
                     RescompModeArg::Allw => GptaqFlush::ClampedSnapshot,
                     RescompModeArg::Org => GptaqFlush::Quantized,
@@ -216,11 +254,11 @@ impl QuantizerArgs {
             },
             MethodArg::Coreq => Method::Coreq {
                 alpha: self.coreq_alpha(default_group, seed)?,
-                cd_passes: self.cd_passes,
+                cd_passes: self.cd_passes.unwrap_or(0),
             },
             MethodArg::Kcoreq => Method::Kcoreq {
                 alpha: self.alpha.unwrap_or(0.25),
-                beams: self.beams,
+                beams: self.beams.unwrap_or(4),
             },
         };
         let grid = GridSpec {
@@ -658,5 +696,67 @@ impl<S: ModuleSolver> BackendTask for Calibrate<'_, S> {
         let mut encoder = self.pretrained.encoder::<B>(&device)?;
         calibrate(&mut encoder, &batches, self.needs, self.solver)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use qpeft::quant::solve::{CoreqAlpha, Method};
+
+    use super::{GridArg, MethodArg, QuantizerArgs};
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        quant: QuantizerArgs,
+    }
+
+    fn resolve(method: MethodArg, flags: &[&str]) -> Result<Method, String> {
+        let argv = std::iter::once("qpeft").chain(flags.iter().copied());
+        let args = Command::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .quant;
+        args.resolve(method, GridArg::Asym, 128, 0)
+            .map(|q| q.method)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_of_other_methods_are_refused_by_name() {
+        let err = resolve(MethodArg::Gptq, &["--alpha-mode", "closed"]).unwrap_err();
+        assert_eq!(err, "--alpha-mode applies to coreq only, not to gptq");
+        let err = resolve(MethodArg::Rtn, &["--alpha", "0.3"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--alpha applies to gptaq, rescomp, coreq, kcoreq only, not to rtn"
+        );
+        let err = resolve(MethodArg::Coreq, &["--beams", "8"]).unwrap_err();
+        assert_eq!(err, "--beams applies to kcoreq only, not to coreq");
+        let err = resolve(MethodArg::Gptaq, &["--qronos-damp", "0.01"]).unwrap_err();
+        assert_eq!(err, "--qronos-damp applies to qronos only, not to gptaq");
+        let err = resolve(
+            MethodArg::Coreq,
+            &["--alpha-mode", "sampled", "--alpha", "0.3"],
+        )
+        .unwrap_err();
+        assert!(err.contains("no meaning"), "{err}");
+    }
+
+    #[test]
+    fn method_flags_reach_their_method() {
+        assert!(matches!(
+            resolve(MethodArg::Kcoreq, &["--beams", "8"]),
+            Ok(Method::Kcoreq { beams: 8, alpha }) if alpha == 0.25
+        ));
+        assert!(matches!(
+            resolve(MethodArg::Coreq, &["--alpha-mode", "scheduled", "--cd-passes", "2"]),
+            Ok(Method::Coreq { alpha: CoreqAlpha::Scheduled { second_layer }, cd_passes: 2 })
+                if second_layer == 0.5
+        ));
+        assert!(matches!(
+            resolve(MethodArg::Rescomp, &["--alpha2", "0.5"]),
+            Ok(Method::Rescomp { alpha, alpha2, .. }) if alpha == 0.25 && alpha2 == 0.5
+        ));
     }
 }
