@@ -561,7 +561,7 @@ fn glue_command_tables_and_continues_a_suite() {
     let glue = tmp.path().join("glue");
     common::toy::write_toy_glue(&glue);
     let recipes = tmp.path().join("recipes");
-    std::fs::create_dir_all(&recipes).unwrap();
+    write_toy_suite_recipe(&recipes);
     std::fs::write(
         recipes.join("sst2.toml"),
         format!(
@@ -616,6 +616,27 @@ fn glue_command_tables_and_continues_a_suite() {
     let log = std::fs::read_to_string(srr_run.join("metrics.jsonl")).unwrap();
     assert_eq!(log.matches("\"type\":\"start\"").count(), 2);
 
+    // A run is trained by one process at a time.
+    let held = qpeft::train::setup::RunDir {
+        root: lora_run.clone(),
+    }
+    .try_lock()
+    .unwrap()
+    .unwrap();
+    let busy = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .arg("train")
+        .arg("--resume")
+        .arg(&lora_run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(!busy.status.success());
+    assert!(
+        stderr.contains("being trained by another process"),
+        "{stderr}"
+    );
+    drop(held);
+
     // Another protocol in the same folder is refused, naming the field that differs.
     let other = qpeft_glue(&recipes, &out, &glue, &cache, &["--set", "train.epochs=4"]);
     let stderr = String::from_utf8_lossy(&other.stderr);
@@ -647,6 +668,79 @@ fn glue_command_tables_and_continues_a_suite() {
         inits, 2,
         "two complete init checkpoints, no partial folders left"
     );
+}
+
+/// Two `qpeft glue` commands on one folder share the runs: each run is trained by one of them,
+/// once, and both print the whole table.
+#[test]
+fn parallel_glue_commands_share_the_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let glue = tmp.path().join("glue");
+    common::toy::write_toy_glue(&glue);
+    let recipes = tmp.path().join("recipes");
+    write_toy_suite_recipe(&recipes);
+    let (out, cache) = (tmp.path().join("suite"), tmp.path().join("cache"));
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+            .env("QPEFT_CACHE", &cache)
+            .args([
+                "glue",
+                "--tasks",
+                "sst2",
+                "--compare",
+                "lora,qlora,srr,loftq",
+            ])
+            .arg("--recipes")
+            .arg(&recipes)
+            .arg("--out")
+            .arg(&out)
+            .arg("--data-dir")
+            .arg(&glue)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let (first, second) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    for output in [&first, &second] {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let table = |output: &std::process::Output| -> String {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(table(&first), table(&second));
+    for row in ["lora", "qlora", "srr", "loftq"] {
+        let log = std::fs::read_to_string(out.join(row).join("sst2/metrics.jsonl")).unwrap();
+        assert_eq!(log.matches("\"type\":\"start\"").count(), 1, "{row}");
+        assert!(table(&first).contains(&format!("| {row} |")));
+    }
+}
+
+/// `recipes/sst2.toml` for the toy suite: the tiny BERT, calibrated on the toy SST-2.
+fn write_toy_suite_recipe(recipes: &Path) {
+    std::fs::create_dir_all(recipes).unwrap();
+    std::fs::write(
+        recipes.join("sst2.toml"),
+        format!(
+            "[model]\nname = {:?}\n[quant]\ncalib = \"sst2\"\ncalib_samples = 40\ncalib_max_length = 32\n\
+             [data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[train]\nlearning_rate = 3e-3\n\
+             batch_size = 16\nepochs = 3\nmax_length = 32\neval_batch_size = 64\n",
+            common::fixture("tiny-bert").display().to_string()
+        ),
+    )
+    .unwrap();
 }
 
 /// `qpeft export` writes a dense HF classifier (no quantized tensors, no adapters) whose logits

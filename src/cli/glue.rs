@@ -10,7 +10,7 @@ use anyhow::Context;
 use qpeft::data::Task;
 use qpeft::recipe::Recipe;
 use qpeft::train::report::RunReport;
-use qpeft::train::setup::RunDir;
+use qpeft::train::setup::{RunDir, RunLock};
 
 use super::DeviceArg;
 use super::train::{RunStart, run_recipe};
@@ -83,7 +83,11 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("glue-{}", super::train::now_stamp()))
     });
+    // Runs held by another process (a second `qpeft glue` on the same --out) are passed over
+    // and waited for at the end, so that parallel suites share the work and each writes the
+    // whole table.
     let mut scores: BTreeMap<(usize, Task), RunReport> = BTreeMap::new();
+    let mut held_elsewhere = Vec::new();
     for (row_index, row) in args.compare.iter().enumerate() {
         let mut overrides = row_overrides(row)?;
         overrides.extend(args.overrides.iter().cloned());
@@ -94,25 +98,26 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
             let run = RunDir {
                 root: out.join(row).join(task.name()),
             };
-            let report_path = run.root.join("report.json");
-            let start = if run.recipe_path().is_file() {
-                same_recipe(&run, &recipe)?;
-                RunStart::Continue
-            } else {
-                RunStart::New
-            };
-            let report = if start == RunStart::Continue && report_path.is_file() {
-                let text = std::fs::read_to_string(&report_path)
-                    .with_context(|| format!("reading {}", report_path.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("reading {}", report_path.display()))?
-            } else {
-                eprintln!("== {row} / {task} → {}", run.root.display());
-                run_recipe(&recipe, &run, start, args.data_dir.as_deref(), &args.device)
-                    .with_context(|| format!("row {row}, task {task}"))?
-            };
-            scores.insert((row_index, task), report);
+            match run.try_lock()? {
+                Some(lock) => {
+                    let report = finish_run(&args, row, task, &recipe, &run, &lock)?;
+                    scores.insert((row_index, task), report);
+                }
+                None => {
+                    eprintln!(
+                        "== {row} / {task}: another process is running it, coming back to it"
+                    );
+                    held_elsewhere.push((row_index, task, recipe, run));
+                }
+            }
         }
+    }
+    for (row_index, task, recipe, run) in held_elsewhere {
+        let row = &args.compare[row_index];
+        eprintln!("== {row} / {task}: waiting for the other process");
+        let lock = run.lock()?;
+        let report = finish_run(&args, row, task, &recipe, &run, &lock)?;
+        scores.insert((row_index, task), report);
     }
     let table = markdown_table(&args.compare, &args.tasks, &scores);
     println!("{table}");
@@ -137,6 +142,41 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("glue.json"), serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", out.join("glue.md").display());
     Ok(())
+}
+
+/// The report of the run of `recipe` in `run`, whose lock the caller holds: read if the run
+/// finished, else the run trained (continued, or begun).
+fn finish_run(
+    args: &GlueArgs,
+    row: &str,
+    task: Task,
+    recipe: &Recipe,
+    run: &RunDir,
+    lock: &RunLock,
+) -> anyhow::Result<RunReport> {
+    let start = if run.recipe_path().is_file() {
+        same_recipe(run, recipe)?;
+        RunStart::Continue
+    } else {
+        RunStart::New
+    };
+    let report_path = run.root.join("report.json");
+    if start == RunStart::Continue && report_path.is_file() {
+        let text = std::fs::read_to_string(&report_path)
+            .with_context(|| format!("reading {}", report_path.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("reading {}", report_path.display()));
+    }
+    eprintln!("== {row} / {task} → {}", run.root.display());
+    run_recipe(
+        recipe,
+        run,
+        lock,
+        start,
+        args.data_dir.as_deref(),
+        &args.device,
+    )
+    .with_context(|| format!("row {row}, task {task}"))
 }
 
 /// Refuses to reuse or continue a run made from another recipe than the suite's now (e.g. after

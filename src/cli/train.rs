@@ -15,7 +15,7 @@ use qpeft::device::BackendTask;
 use qpeft::recipe::{GridName, InitName, QuantMethod, Recipe};
 use qpeft::train::checkpoint::LoadedCheckpoint;
 use qpeft::train::report::{RunReport, peak_rss_bytes};
-use qpeft::train::setup::{RunDir, build_model, train_config};
+use qpeft::train::setup::{RunDir, RunLock, build_model, train_config};
 use qpeft::train::trainer::{TrainData, latest_checkpoint, train};
 use sha2::{Digest, Sha256};
 
@@ -60,9 +60,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             anyhow::bail!("name a recipe (qpeft train recipes/rte.toml) or --resume RUN")
         }
     };
+    let lock = run_dir.try_lock()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is being trained by another process",
+            run_dir.root.display()
+        )
+    })?;
     let report = run_recipe(
         &recipe,
         &run_dir,
+        &lock,
         start,
         args.data_dir.as_deref(),
         &args.device,
@@ -304,10 +311,12 @@ pub enum RunStart {
     Continue,
 }
 
-/// Runs (or continues) `recipe` in `run`; the report of the finished run.
+/// Runs (or continues) `recipe` in `run`, whose lock the caller holds; the report of the
+/// finished run.
 pub fn run_recipe(
     recipe: &Recipe,
     run: &RunDir,
+    _lock: &RunLock,
     start: RunStart,
     data_dir: Option<&Path>,
     device: &DeviceArg,

@@ -60,14 +60,14 @@ impl RunReport {
             })
     }
 
-    /// Writes `report.json` and `report.md` into `run`; returns the markdown path.
+    /// Writes `report.json` and `report.md` into `run`, each complete or not at all (a run with
+    /// a report is finished: `qpeft glue` reuses it); returns the markdown path.
     pub fn write(&self, run: &Path) -> Result<PathBuf> {
-        let json_path = run.join("report.json");
         let json =
             serde_json::to_string_pretty(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        std::fs::write(&json_path, json).map_err(|e| Error::io(&json_path, e))?;
         let md_path = run.join("report.md");
-        std::fs::write(&md_path, self.markdown()).map_err(|e| Error::io(&md_path, e))?;
+        replace_file(&md_path, self.markdown().as_bytes())?;
+        replace_file(&run.join("report.json"), json.as_bytes())?;
         Ok(md_path)
     }
 
@@ -144,4 +144,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Writes `path` through a temporary file in its folder and a rename.
+fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, contents).map_err(|e| Error::io(&partial, e))?;
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
 }

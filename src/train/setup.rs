@@ -13,7 +13,7 @@ use crate::adapters::surgery::{
     AdapterSource, SurgeryOptions, TrainableSet, attach_adapters, set_trainable,
 };
 use crate::data::Task;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{HeadKind, ModelFiles, PretrainedModel, SequenceClassifier};
 use crate::recipe::{InitName, Recipe};
 use crate::seed::substream_seed;
@@ -152,6 +152,12 @@ fn summarize<B: AutodiffBackend>(
     }
 }
 
+/// The exclusive right to train a run, held until dropped (see [`RunDir::try_lock`]).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
 /// A run directory: `recipe.toml` (resolved), `init/` (the base it started from, absent for
 /// full-precision LoRA, whose base is the recipe's model), `checkpoints/`, `metrics.jsonl`,
 /// `report.{json,md}`.
@@ -173,6 +179,37 @@ impl RunDir {
         Recipe::load(&self.recipe_path(), &[])
     }
 
+    /// Takes the run's lock (`<run>/.lock`, created with the directory if needed), which
+    /// keeps a second process from training the same run; `None` while another process holds
+    /// it. The operating system releases it when the holder exits, however it exits.
+    pub fn try_lock(&self) -> Result<Option<RunLock>> {
+        let file = self.lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(RunLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(self.root.join(".lock"), e)),
+        }
+    }
+
+    /// Waits for the run's lock.
+    pub fn lock(&self) -> Result<RunLock> {
+        let file = self.lock_file()?;
+        file.lock()
+            .map_err(|e| Error::io(self.root.join(".lock"), e))?;
+        Ok(RunLock { _file: file })
+    }
+
+    fn lock_file(&self) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let path = self.root.join(".lock");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))
+    }
+
     /// The model files the run started from.
     pub fn base_files(&self, recipe: &Recipe) -> Result<ModelFiles> {
         let init = self.init_dir();
@@ -186,7 +223,6 @@ impl RunDir {
 
     /// `path` is a run directory (its latest checkpoint) or one of its checkpoints.
     pub fn locate(path: &std::path::Path) -> Result<(RunDir, std::path::PathBuf)> {
-        use crate::error::Error;
         if path.join("state.json").is_file() {
             let root = path.parent().and_then(|p| p.parent()).ok_or_else(|| {
                 Error::InvalidInput(format!(
