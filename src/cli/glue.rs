@@ -119,7 +119,11 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
         let report = finish_run(&args, row, task, &recipe, &run, &lock)?;
         scores.insert((row_index, task), report);
     }
-    let table = markdown_table(&args.compare, &args.tasks, &scores);
+    let table = format!(
+        "{}\n{}",
+        markdown_table(&args.compare, &args.tasks, &scores),
+        per_epoch_table(&args.compare, &args.tasks, &scores)
+    );
     println!("{table}");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("glue.md"), &table)?;
@@ -235,6 +239,44 @@ fn markdown_table(
             md.push_str(&format!(" {:.2} |", 100.0 * scores[&(i, *task)].final_main));
         }
         md.push_str(&format!(" {:.2} |\n", average(i, tasks, scores)));
+    }
+    md
+}
+
+/// Every run's dev main score (%) and training loss after each epoch, its best epoch and its
+/// training time: what the final-epoch table hides (a run that peaked early, a loss that never
+/// fell).
+fn per_epoch_table(
+    rows: &[String],
+    tasks: &[Task],
+    scores: &BTreeMap<(usize, Task), RunReport>,
+) -> String {
+    let epochs = scores.values().map(|r| r.epochs.len()).max().unwrap_or(0);
+    let mut md = String::from("| init | task |");
+    for epoch in 1..=epochs {
+        md.push_str(&format!(" epoch {epoch}: dev (loss) |"));
+    }
+    md.push_str(" best epoch | training time |\n|---|---|");
+    md.push_str(&"---|".repeat(epochs + 2));
+    md.push('\n');
+    for (i, row) in rows.iter().enumerate() {
+        for task in tasks {
+            let report = &scores[&(i, *task)];
+            md.push_str(&format!("| {row} | {} |", task.name()));
+            for epoch in 0..epochs {
+                match report.epochs.get(epoch) {
+                    Some(e) => {
+                        md.push_str(&format!(" {:.2} ({:.4}) |", 100.0 * e.main, e.train_loss))
+                    }
+                    None => md.push_str(" – |"),
+                }
+            }
+            md.push_str(&format!(
+                " {} | {:.1} min |\n",
+                report.best_epoch,
+                report.train_seconds / 60.0
+            ));
+        }
     }
     md
 }
