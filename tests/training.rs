@@ -528,27 +528,50 @@ fn train_command_learns_the_toy_task() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
-/// `qpeft glue --recipes R --tasks sst2 --compare ROWS --out OUT --data-dir GLUE [--set …]`,
-/// with the init cache in `cache`.
-fn qpeft_glue(
-    recipes: &Path,
-    out: &Path,
-    glue: &Path,
-    cache: &Path,
-    extra: &[&str],
-) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .env("QPEFT_CACHE", cache)
-        .args(["glue", "--tasks", "sst2", "--compare", "lora,srr"])
-        .arg("--recipes")
-        .arg(recipes)
-        .arg("--out")
-        .arg(out)
-        .arg("--data-dir")
-        .arg(glue)
-        .args(extra)
-        .output()
-        .unwrap()
+/// A GLUE suite on the toy task: the toy GLUE folder, `recipes/sst2.toml` for the tiny BERT
+/// (calibrated on the toy SST-2), and the init cache, all in one temporary folder.
+struct ToySuite {
+    root: tempfile::TempDir,
+}
+
+impl ToySuite {
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        common::toy::write_toy_glue(&root.path().join("glue"));
+        let recipes = root.path().join("recipes");
+        std::fs::create_dir_all(&recipes).unwrap();
+        std::fs::write(
+            recipes.join("sst2.toml"),
+            format!(
+                "[model]\nname = {:?}\n[quant]\ncalib = \"sst2\"\ncalib_samples = 40\ncalib_max_length = 32\n\
+                 [data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[train]\nlearning_rate = 3e-3\n\
+                 batch_size = 16\nepochs = 3\nmax_length = 32\neval_batch_size = 64\n",
+                common::fixture("tiny-bert").display().to_string()
+            ),
+        )
+        .unwrap();
+        ToySuite { root }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// `qpeft glue --tasks sst2 --compare ROWS --out <root>/OUT` on the toy suite; more
+    /// arguments may follow.
+    fn glue(&self, out: &str, rows: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"));
+        command
+            .env("QPEFT_CACHE", self.path("cache"))
+            .args(["glue", "--tasks", "sst2", "--compare", rows])
+            .arg("--recipes")
+            .arg(self.path("recipes"))
+            .arg("--out")
+            .arg(self.path(out))
+            .arg("--data-dir")
+            .arg(self.path("glue"));
+        command
+    }
 }
 
 /// `qpeft glue` trains one run per (row, task), builds the rows' init checkpoints from the
@@ -557,23 +580,9 @@ fn qpeft_glue(
 /// (resumed) — to the same epochs, bit for bit, and refuses a run made from another recipe.
 #[test]
 fn glue_command_tables_and_continues_a_suite() {
-    let tmp = tempfile::tempdir().unwrap();
-    let glue = tmp.path().join("glue");
-    common::toy::write_toy_glue(&glue);
-    let recipes = tmp.path().join("recipes");
-    write_toy_suite_recipe(&recipes);
-    std::fs::write(
-        recipes.join("sst2.toml"),
-        format!(
-            "[model]\nname = {:?}\n[quant]\ncalib = \"sst2\"\ncalib_samples = 40\ncalib_max_length = 32\n\
-             [data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[train]\nlearning_rate = 3e-3\n\
-             batch_size = 16\nepochs = 3\nmax_length = 32\neval_batch_size = 64\n",
-            common::fixture("tiny-bert").display().to_string()
-        ),
-    )
-    .unwrap();
-    let (out, cache) = (tmp.path().join("suite"), tmp.path().join("cache"));
-    let first = qpeft_glue(&recipes, &out, &glue, &cache, &[]);
+    let suite = ToySuite::new();
+    let out = suite.path("suite");
+    let first = suite.glue("suite", "lora,srr").output().unwrap();
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
     assert!(stderr.contains("building the init checkpoint"), "{stderr}");
@@ -601,7 +610,7 @@ fn glue_command_tables_and_continues_a_suite() {
     let srr_run = out.join("srr/sst2");
     std::fs::remove_file(srr_run.join("report.json")).unwrap();
     std::fs::remove_dir_all(srr_run.join("checkpoints")).unwrap();
-    let again = qpeft_glue(&recipes, &out, &glue, &cache, &[]);
+    let again = suite.glue("suite", "lora,srr").output().unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert!(
@@ -646,7 +655,11 @@ fn glue_command_tables_and_continues_a_suite() {
     drop(held);
 
     // Another protocol in the same folder is refused, naming the field that differs.
-    let other = qpeft_glue(&recipes, &out, &glue, &cache, &["--set", "train.epochs=4"]);
+    let other = suite
+        .glue("suite", "lora,srr")
+        .args(["--set", "train.epochs=4"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(!other.status.success());
     assert!(
@@ -656,22 +669,24 @@ fn glue_command_tables_and_continues_a_suite() {
 
     // The init cache is keyed by the calibration texts too: the same texts reuse the init,
     // an edited calibration set builds a new one.
-    let fresh = qpeft_glue(&recipes, &tmp.path().join("suite-2"), &glue, &cache, &[]);
-    let stderr = String::from_utf8_lossy(&fresh.stderr);
-    assert!(
-        fresh.status.success() && stderr.contains("(cached)"),
-        "{stderr}"
-    );
-    let train_tsv = glue.join("SST-2/train.tsv");
+    let suite_in = |name: &str| {
+        let output = suite.glue(name, "lora,srr").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = suite_in("suite-2");
+    assert!(stderr.contains("(cached)"), "{stderr}");
+    let train_tsv = suite.path("glue/SST-2/train.tsv");
     let edited = std::fs::read_to_string(&train_tsv)
         .unwrap()
         .replace("people", "persons");
     std::fs::write(&train_tsv, edited).unwrap();
-    let fresh = qpeft_glue(&recipes, &tmp.path().join("suite-3"), &glue, &cache, &[]);
-    let stderr = String::from_utf8_lossy(&fresh.stderr);
-    assert!(fresh.status.success(), "{stderr}");
+    let stderr = suite_in("suite-3");
     assert!(stderr.contains("building the init checkpoint"), "{stderr}");
-    let inits = std::fs::read_dir(cache.join("inits")).unwrap().count();
+    let inits = std::fs::read_dir(suite.path("cache/inits"))
+        .unwrap()
+        .count();
     assert_eq!(
         inits, 2,
         "two complete init checkpoints, no partial folders left"
@@ -682,28 +697,11 @@ fn glue_command_tables_and_continues_a_suite() {
 /// once, and both print the whole table.
 #[test]
 fn parallel_glue_commands_share_the_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let glue = tmp.path().join("glue");
-    common::toy::write_toy_glue(&glue);
-    let recipes = tmp.path().join("recipes");
-    write_toy_suite_recipe(&recipes);
-    let (out, cache) = (tmp.path().join("suite"), tmp.path().join("cache"));
+    let suite = ToySuite::new();
+    let out = suite.path("suite");
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-            .env("QPEFT_CACHE", &cache)
-            .args([
-                "glue",
-                "--tasks",
-                "sst2",
-                "--compare",
-                "lora,qlora,srr,loftq",
-            ])
-            .arg("--recipes")
-            .arg(&recipes)
-            .arg("--out")
-            .arg(&out)
-            .arg("--data-dir")
-            .arg(&glue)
+        suite
+            .glue("suite", "lora,qlora,srr,loftq")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -734,21 +732,6 @@ fn parallel_glue_commands_share_the_runs() {
         assert_eq!(log.matches("\"type\":\"start\"").count(), 1, "{row}");
         assert!(table(&first).contains(&format!("| {row} |")));
     }
-}
-
-/// `recipes/sst2.toml` for the toy suite: the tiny BERT, calibrated on the toy SST-2.
-fn write_toy_suite_recipe(recipes: &Path) {
-    std::fs::create_dir_all(recipes).unwrap();
-    std::fs::write(
-        recipes.join("sst2.toml"),
-        format!(
-            "[model]\nname = {:?}\n[quant]\ncalib = \"sst2\"\ncalib_samples = 40\ncalib_max_length = 32\n\
-             [data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[train]\nlearning_rate = 3e-3\n\
-             batch_size = 16\nepochs = 3\nmax_length = 32\neval_batch_size = 64\n",
-            common::fixture("tiny-bert").display().to_string()
-        ),
-    )
-    .unwrap();
 }
 
 /// `qpeft export` writes a dense HF classifier (no quantized tensors, no adapters) whose logits
