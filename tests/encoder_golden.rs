@@ -7,6 +7,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use common::{Golden, fixture, max_abs_diff};
+use qpeft::eval::similarity::{embed_texts, pair_cosines};
 use qpeft::model::{
     DEFAULT_MODEL, HubOptions, PretrainedModel, TextInput, encoder_input, resolve_model,
 };
@@ -120,8 +121,69 @@ fn minilm<B: Backend>(device: &B::Device) {
     );
 }
 
+/// `embed_texts` (mean pooling, L2 normalization, batching) against the same computed from
+/// transformers' last hidden states, for every single-sentence input of the MiniLM fixture;
+/// `pair_cosines` against their dot products.
+fn minilm_sentence_embeddings<B: Backend>(device: &B::Device) {
+    let files = resolve_model(DEFAULT_MODEL, &HubOptions::from_env()).unwrap();
+    let pretrained = PretrainedModel::open(files).unwrap();
+    let dir = fixture("minilm");
+    let golden = Golden::open(&dir.join("golden.safetensors"));
+    let (max_length, inputs) = read_inputs(&dir.join("inputs.json"));
+    let (shape, hidden) = golden.f32("last_hidden_state");
+    let (_, mask) = golden.i64("attention_mask");
+    let (seq, width) = (shape[1], shape[2]);
+    let singles: Vec<usize> = (0..inputs.len())
+        .filter(|&i| inputs[i].second.is_none())
+        .collect();
+    let expected: Vec<Vec<f64>> = singles
+        .iter()
+        .map(|&row| {
+            let mut pooled = vec![0.0f64; width];
+            let tokens = (0..seq).filter(|&t| mask[row * seq + t] == 1);
+            let count = tokens.clone().count() as f64;
+            for t in tokens {
+                for (j, p) in pooled.iter_mut().enumerate() {
+                    *p += f64::from(hidden[(row * seq + t) * width + j]) / count;
+                }
+            }
+            let norm = pooled.iter().map(|v| v * v).sum::<f64>().sqrt();
+            pooled.iter().map(|v| v / norm).collect()
+        })
+        .collect();
+    let texts: Vec<TextInput> = singles.iter().map(|&i| inputs[i].clone()).collect();
+    let tokenizer = pretrained.tokenizer(max_length).unwrap();
+    let encoder = pretrained.encoder::<B>(device).unwrap();
+    // Batches of 3: the padding of a batch must not change its rows' embeddings.
+    let ours = embed_texts(&encoder, &tokenizer, &texts, 3, device).unwrap();
+    let worst = ours
+        .iter()
+        .flatten()
+        .zip(expected.iter().flatten())
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst <= 2e-5, "sentence embeddings differ by {worst}");
+    let pairs: Vec<(String, String)> = (1..texts.len())
+        .map(|i| (texts[0].first.clone(), texts[i].first.clone()))
+        .collect();
+    let cosines = pair_cosines(&encoder, &tokenizer, &pairs, 2, device).unwrap();
+    for (i, cosine) in cosines.iter().enumerate() {
+        let dot: f64 = expected[0]
+            .iter()
+            .zip(&expected[i + 1])
+            .map(|(a, b)| a * b)
+            .sum();
+        assert!((cosine - dot).abs() <= 2e-5, "pair {i}: {cosine} vs {dot}");
+    }
+}
+
 mod cpu {
     use qpeft::device::CpuBackend;
+
+    #[test]
+    fn minilm_sentence_embeddings_match_transformers() {
+        super::minilm_sentence_embeddings::<CpuBackend>(&Default::default());
+    }
 
     #[test]
     fn tiny_bert_matches_transformers() {

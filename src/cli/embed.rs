@@ -3,7 +3,8 @@
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use qpeft::device::BackendTask;
-use qpeft::model::{PretrainedModel, TextInput, encoder_input, mean_pool};
+use qpeft::eval::similarity::embed_texts;
+use qpeft::model::{PretrainedModel, TextInput};
 
 use super::{DeviceArg, ModelArg};
 
@@ -80,23 +81,17 @@ impl BackendTask for Embed<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let tokenizer = self.pretrained.tokenizer(self.max_length)?;
-        let batch = tokenizer.encode_batch(std::slice::from_ref(self.input))?;
         let encoder = self.pretrained.encoder::<B>(&device)?;
-        let input = encoder_input::<B>(&batch, &device);
-        let pooled = mean_pool(encoder.forward(&input), &input.attention_mask);
-        let norm = pooled
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        let embedding = (pooled / norm)
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading the embedding back: {e:?}"))?;
+        let mut embeddings = embed_texts(
+            &encoder,
+            &tokenizer,
+            std::slice::from_ref(self.input),
+            1,
+            &device,
+        )?;
         Ok(Embedded {
             tokens: tokenizer.tokens(self.input)?,
-            embedding,
+            embedding: embeddings.pop().expect("one embedding per input"),
         })
     }
 }

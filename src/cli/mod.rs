@@ -10,6 +10,7 @@ mod init;
 mod model;
 mod predict;
 mod quantize;
+mod sts;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Command {
     Model(model::ModelCommand),
     /// Encode a sentence (or a sentence pair) and print its embedding.
     Embed(embed::EmbedArgs),
+    /// Score a model's zero-shot sentence similarity on STS-B (cosine of mean-pooled
+    /// embeddings against the gold scores).
+    Sts(sts::StsArgs),
     /// Fetch and verify the GLUE data.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(command) => model::run(command),
         Command::Embed(args) => embed::run(args),
+        Command::Sts(args) => sts::run(args),
         Command::Data(command) => data::run(command),
         Command::Predict(args) => predict::run(args),
         Command::Quantize(args) => quantize::run(args),
