@@ -164,12 +164,10 @@ fn finish_run(
     } else {
         RunStart::New
     };
-    let report_path = run.root.join("report.json");
-    if start == RunStart::Continue && report_path.is_file() {
-        let text = std::fs::read_to_string(&report_path)
-            .with_context(|| format!("reading {}", report_path.display()))?;
-        return serde_json::from_str(&text)
-            .with_context(|| format!("reading {}", report_path.display()));
+    if start == RunStart::Continue
+        && let Some(report) = RunReport::read(&run.root)?
+    {
+        return Ok(report);
     }
     eprintln!("== {row} / {task} → {}", run.root.display());
     run_recipe(

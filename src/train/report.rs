@@ -60,6 +60,18 @@ impl RunReport {
             })
     }
 
+    /// The report `write` left in `run`, if the run finished.
+    pub fn read(run: &Path) -> Result<Option<Self>> {
+        let path = run.join("report.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| Error::Json { path, source })
+    }
+
     /// Writes `report.json` and `report.md` into `run`, each complete or not at all (a run with
     /// a report is finished: `qpeft glue` reuses it); returns the markdown path.
     pub fn write(&self, run: &Path) -> Result<PathBuf> {
