@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use common::{Golden, fixture, max_abs_diff};
-use qpeft::eval::similarity::{embed_texts, pair_cosines};
+use qpeft::eval::similarity::{Pooling, embed_texts, pair_cosines};
 use qpeft::model::{
     DEFAULT_MODEL, HubOptions, PretrainedModel, TextInput, encoder_input, resolve_model,
 };
@@ -121,9 +121,9 @@ fn minilm<B: Backend>(device: &B::Device) {
     );
 }
 
-/// `embed_texts` (mean pooling, L2 normalization, batching) against the same computed from
-/// transformers' last hidden states, for every single-sentence input of the MiniLM fixture;
-/// `pair_cosines` against their dot products.
+/// `embed_texts` (mean and [CLS] pooling, L2 normalization, batching) against the same
+/// computed from transformers' last hidden states, for every single-sentence input of the
+/// MiniLM fixture; `pair_cosines` against their dot products.
 fn minilm_sentence_embeddings<B: Backend>(device: &B::Device) {
     let files = resolve_model(DEFAULT_MODEL, &HubOptions::from_env()).unwrap();
     let pretrained = PretrainedModel::open(files).unwrap();
@@ -136,44 +136,61 @@ fn minilm_sentence_embeddings<B: Backend>(device: &B::Device) {
     let singles: Vec<usize> = (0..inputs.len())
         .filter(|&i| inputs[i].second.is_none())
         .collect();
-    let expected: Vec<Vec<f64>> = singles
-        .iter()
-        .map(|&row| {
-            let mut pooled = vec![0.0f64; width];
-            let tokens = (0..seq).filter(|&t| mask[row * seq + t] == 1);
-            let count = tokens.clone().count() as f64;
-            for t in tokens {
-                for (j, p) in pooled.iter_mut().enumerate() {
-                    *p += f64::from(hidden[(row * seq + t) * width + j]) / count;
-                }
-            }
-            let norm = pooled.iter().map(|v| v * v).sum::<f64>().sqrt();
-            pooled.iter().map(|v| v / norm).collect()
-        })
-        .collect();
+    let state = |row: usize, t: usize| &hidden[(row * seq + t) * width..][..width];
+    let normalized = |v: Vec<f64>| {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter().map(|x| x / norm).collect::<Vec<f64>>()
+    };
     let texts: Vec<TextInput> = singles.iter().map(|&i| inputs[i].clone()).collect();
     let tokenizer = pretrained.tokenizer(max_length).unwrap();
     let encoder = pretrained.encoder::<B>(device).unwrap();
-    // Batches of 3: the padding of a batch must not change its rows' embeddings.
-    let ours = embed_texts(&encoder, &tokenizer, &texts, 3, device).unwrap();
-    let worst = ours
-        .iter()
-        .flatten()
-        .zip(expected.iter().flatten())
-        .map(|(a, b)| (f64::from(*a) - b).abs())
-        .fold(0.0, f64::max);
-    assert!(worst <= 2e-5, "sentence embeddings differ by {worst}");
-    let pairs: Vec<(String, String)> = (1..texts.len())
-        .map(|i| (texts[0].first.clone(), texts[i].first.clone()))
-        .collect();
-    let cosines = pair_cosines(&encoder, &tokenizer, &pairs, 2, device).unwrap();
-    for (i, cosine) in cosines.iter().enumerate() {
-        let dot: f64 = expected[0]
+    for pooling in [Pooling::Mean, Pooling::Cls] {
+        let expected: Vec<Vec<f64>> = singles
             .iter()
-            .zip(&expected[i + 1])
-            .map(|(a, b)| a * b)
-            .sum();
-        assert!((cosine - dot).abs() <= 2e-5, "pair {i}: {cosine} vs {dot}");
+            .map(|&row| match pooling {
+                Pooling::Mean => {
+                    let tokens: Vec<usize> =
+                        (0..seq).filter(|&t| mask[row * seq + t] == 1).collect();
+                    let count = tokens.len() as f64;
+                    normalized(
+                        (0..width)
+                            .map(|j| {
+                                tokens
+                                    .iter()
+                                    .map(|&t| f64::from(state(row, t)[j]))
+                                    .sum::<f64>()
+                                    / count
+                            })
+                            .collect(),
+                    )
+                }
+                Pooling::Cls => normalized(state(row, 0).iter().map(|&x| f64::from(x)).collect()),
+            })
+            .collect();
+        // Batches of 3: the padding of a batch must not change its rows' embeddings.
+        let ours = embed_texts(&encoder, &tokenizer, &texts, pooling, 3, device).unwrap();
+        let worst = ours
+            .iter()
+            .flatten()
+            .zip(expected.iter().flatten())
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= 2e-5, "{pooling} embeddings differ by {worst}");
+        let pairs: Vec<(String, String)> = (1..texts.len())
+            .map(|i| (texts[0].first.clone(), texts[i].first.clone()))
+            .collect();
+        let cosines = pair_cosines(&encoder, &tokenizer, &pairs, pooling, 2, device).unwrap();
+        for (i, cosine) in cosines.iter().enumerate() {
+            let dot: f64 = expected[0]
+                .iter()
+                .zip(&expected[i + 1])
+                .map(|(a, b)| a * b)
+                .sum();
+            assert!(
+                (cosine - dot).abs() <= 2e-5,
+                "{pooling} pair {i}: {cosine} vs {dot}"
+            );
+        }
     }
 }
 

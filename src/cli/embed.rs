@@ -3,7 +3,7 @@
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use qpeft::device::BackendTask;
-use qpeft::eval::similarity::embed_texts;
+use qpeft::eval::similarity::{Pooling, embed_texts};
 use qpeft::model::{PretrainedModel, TextInput};
 
 use super::{DeviceArg, ModelArg};
@@ -21,6 +21,9 @@ pub struct EmbedArgs {
     /// Truncate the input to this many tokens.
     #[arg(long, default_value_t = 128)]
     pub max_length: usize,
+    /// The sentence embedding: mean (of the token states) or cls (the first token's state).
+    #[arg(long, default_value_t = Pooling::Mean)]
+    pub pooling: Pooling,
     /// Print the whole embedding as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -36,6 +39,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let embedded = args.device.device.run(Embed {
         pretrained: &pretrained,
         input: &input,
+        pooling: args.pooling,
         max_length: args.max_length,
     })??;
     if args.json {
@@ -57,8 +61,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             .map(|v| format!("{v:+.5}"))
             .collect();
         println!(
-            "embedding  dim {} (mean pooled, L2-normalized), norm {norm:.6}, first 8: [{}]",
+            "embedding  dim {} ({} pooled, L2-normalized), norm {norm:.6}, first 8: [{}]",
             embedded.embedding.len(),
+            args.pooling,
             head.join(", ")
         );
     }
@@ -73,6 +78,7 @@ struct Embedded {
 struct Embed<'a> {
     pretrained: &'a PretrainedModel,
     input: &'a TextInput,
+    pooling: Pooling,
     max_length: usize,
 }
 
@@ -86,6 +92,7 @@ impl BackendTask for Embed<'_> {
             &encoder,
             &tokenizer,
             std::slice::from_ref(self.input),
+            self.pooling,
             1,
             &device,
         )?;

@@ -32,8 +32,8 @@ enum Command {
     Model(model::ModelCommand),
     /// Encode a sentence (or a sentence pair) and print its embedding.
     Embed(embed::EmbedArgs),
-    /// Score a model's zero-shot sentence similarity on STS-B (cosine of mean-pooled
-    /// embeddings against the gold scores).
+    /// Score a model's zero-shot sentence similarity on STS-B (cosine of pooled embeddings
+    /// against the gold scores).
     Sts(sts::StsArgs),
     /// Fetch and verify the GLUE data.
     #[command(subcommand)]

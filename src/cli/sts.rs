@@ -1,13 +1,13 @@
 //! `qpeft sts`: a model's zero-shot sentence similarity on STS-B — the cosine of the two
-//! sentences' mean-pooled embeddings against the gold scores (Spearman and Pearson), which
-//! shows how much of the model a quantized or initialized checkpoint keeps before training.
+//! sentences' pooled embeddings against the gold scores (Spearman and Pearson), which shows
+//! how much of the model a quantized or initialized checkpoint keeps before training.
 
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use qpeft::data::{Label, Split, Task, load};
 use qpeft::device::BackendTask;
 use qpeft::eval::metrics::{pearson, spearman};
-use qpeft::eval::similarity::pair_cosines;
+use qpeft::eval::similarity::{Pooling, pair_cosines};
 use qpeft::model::PretrainedModel;
 
 use super::data::DataDirArg;
@@ -24,6 +24,10 @@ pub struct StsArgs {
     pub max_length: usize,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// The sentence embedding: mean (of the token states; how all-MiniLM-L6-v2 is trained) or
+    /// cls (the first token's state, which a classifier head reads).
+    #[arg(long, default_value_t = Pooling::Mean)]
+    pub pooling: Pooling,
     /// Print the scores and every pair's cosine as JSON.
     #[arg(long)]
     pub json: bool,
@@ -53,6 +57,7 @@ pub fn run(args: StsArgs) -> anyhow::Result<()> {
     let cosines = args.device.device.run(Cosines {
         pretrained: &pretrained,
         pairs: &pairs,
+        pooling: args.pooling,
         max_length: args.max_length,
         batch_size: args.batch_size,
     })??;
@@ -61,6 +66,7 @@ pub fn run(args: StsArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "model": args.model.model,
             "split": args.split.to_string(),
+            "pooling": args.pooling.name(),
             "pairs": pairs.len(),
             "spearman": spearman,
             "pearson": pearson,
@@ -69,10 +75,11 @@ pub fn run(args: StsArgs) -> anyhow::Result<()> {
         println!("{json}");
     } else {
         println!(
-            "{} STS-B {} ({} pairs), cosine of mean-pooled embeddings: Spearman {:.2}, Pearson {:.2}",
+            "{} STS-B {} ({} pairs), cosine of {}-pooled embeddings: Spearman {:.2}, Pearson {:.2}",
             args.model.model,
             args.split,
             pairs.len(),
+            args.pooling,
             100.0 * spearman,
             100.0 * pearson
         );
@@ -83,6 +90,7 @@ pub fn run(args: StsArgs) -> anyhow::Result<()> {
 struct Cosines<'a> {
     pretrained: &'a PretrainedModel,
     pairs: &'a [(String, String)],
+    pooling: Pooling,
     max_length: usize,
     batch_size: usize,
 }
@@ -97,6 +105,7 @@ impl BackendTask for Cosines<'_> {
             &encoder,
             &tokenizer,
             self.pairs,
+            self.pooling,
             self.batch_size,
             &device,
         )?)

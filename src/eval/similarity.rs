@@ -1,19 +1,59 @@
-//! Zero-shot sentence similarity: the cosine of the mean-pooled, L2-normalized embeddings of
-//! the two sentences of a pair (how sentence-transformers models such as all-MiniLM-L6-v2 are
-//! trained and used), scored against STS-B's gold similarities. With no training involved it
-//! measures how much of a model's embedding geometry a quantized or initialized checkpoint
-//! keeps.
+//! Zero-shot sentence similarity: the cosine of the pooled, L2-normalized embeddings of the
+//! two sentences of a pair, scored against STS-B's gold similarities. Mean pooling is how
+//! sentence-transformers models such as all-MiniLM-L6-v2 are trained and used; [CLS] pooling
+//! reads the token a sequence classifier's head reads. With no training involved it measures
+//! how much of a model's embedding geometry a quantized or initialized checkpoint keeps.
+
+use std::fmt;
+use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
 
 use crate::error::{Error, Result};
-use crate::model::{Encoder, TextInput, TextTokenizer, encoder_input, mean_pool};
+use crate::model::{Encoder, TextInput, TextTokenizer, encoder_input, first_token, mean_pool};
 
-/// The mean-pooled, L2-normalized embedding of each text, `batch_size` texts per forward pass.
+/// How a sentence embedding is read from the encoder's last hidden states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean of the token states over the attention mask (sentence-transformers).
+    #[default]
+    Mean,
+    /// The first token's state ([CLS]), before the pooler: what the classifier head reads.
+    Cls,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+impl fmt::Display for Pooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Pooling {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [Pooling::Mean, Pooling::Cls]
+            .into_iter()
+            .find(|pooling| pooling.name() == s.trim())
+            .ok_or_else(|| Error::InvalidInput(format!("unknown pooling {s:?} (mean or cls)")))
+    }
+}
+
+/// The pooled, L2-normalized embedding of each text, `batch_size` texts per forward pass.
 pub fn embed_texts<B: Backend>(
     encoder: &Encoder<B>,
     tokenizer: &TextTokenizer,
     texts: &[TextInput],
+    pooling: Pooling,
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Vec<Vec<f32>>> {
@@ -21,7 +61,11 @@ pub fn embed_texts<B: Backend>(
     for chunk in texts.chunks(batch_size.max(1)) {
         let batch = tokenizer.encode_batch(chunk)?;
         let input = encoder_input::<B>(&batch, device);
-        let pooled = mean_pool(encoder.forward(&input), &input.attention_mask);
+        let hidden = encoder.forward(&input);
+        let pooled = match pooling {
+            Pooling::Mean => mean_pool(hidden, &input.attention_mask),
+            Pooling::Cls => first_token(hidden),
+        };
         let [rows, width] = pooled.dims();
         let norm = pooled
             .clone()
@@ -44,14 +88,17 @@ pub fn pair_cosines<B: Backend>(
     encoder: &Encoder<B>,
     tokenizer: &TextTokenizer,
     pairs: &[(String, String)],
+    pooling: Pooling,
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Vec<f64>> {
     let side = |pick: fn(&(String, String)) -> &String| -> Vec<TextInput> {
         pairs.iter().map(|p| TextInput::single(pick(p))).collect()
     };
-    let first = embed_texts(encoder, tokenizer, &side(|p| &p.0), batch_size, device)?;
-    let second = embed_texts(encoder, tokenizer, &side(|p| &p.1), batch_size, device)?;
+    let embed = |texts: Vec<TextInput>| {
+        embed_texts(encoder, tokenizer, &texts, pooling, batch_size, device)
+    };
+    let (first, second) = (embed(side(|p| &p.0))?, embed(side(|p| &p.1))?);
     Ok(first
         .iter()
         .zip(&second)

@@ -390,7 +390,7 @@ pub fn attention_mask_bias<B: Backend>(mask: &Tensor<B, 2, Int>) -> Tensor<B, 4>
 }
 
 /// `[b, t, h]` → the first token's state `[b, h]` ([CLS] / `<s>`).
-fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+pub fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, _, h] = hidden.dims();
     hidden.narrow(1, 0, 1).reshape([batch, h])
 }

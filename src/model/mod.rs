@@ -9,7 +9,7 @@ pub mod weights;
 
 use burn::tensor::backend::Backend;
 
-pub use bert::{Encoder, EncoderInput, SequenceClassifier, encoder_input, mean_pool};
+pub use bert::{Encoder, EncoderInput, SequenceClassifier, encoder_input, first_token, mean_pool};
 pub use config::{Architecture, EncoderConfig, HeadKind};
 pub use hub::{DEFAULT_MODEL, HubOptions, ModelFiles, resolve_model};
 pub use tokenizer::{EncodedBatch, TextInput, TextTokenizer, TokenizedRow, pad_rows};
