@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::MnliMain;
 use crate::model::DEFAULT_MODEL;
 use crate::model::bert::LAYER_LINEARS;
+use crate::reconstruct::lowrank::FactorSplit;
 use crate::train::optim::{PreservedScaling, Schedule};
 use crate::train::trainer::GammaForm;
 
@@ -123,6 +124,10 @@ pub struct AdapterSection {
     pub k_rule: String,
     pub joint_refit: bool,
     pub loftq_iters: usize,
+    /// How Σ is shared between L and R (§11.1); absent: the method's own split. The split
+    /// leaves L·R unchanged but sets the factors' scales, which AdamW's steps are taken on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factor_split: Option<FactorSplit>,
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f64,
@@ -145,6 +150,7 @@ impl Default for AdapterSection {
             k_rule: "probe".to_string(),
             joint_refit: false,
             loftq_iters: 5,
+            factor_split: None,
             rank: 8,
             alpha: 16.0,
             dropout: 0.1,
@@ -378,6 +384,13 @@ impl Recipe {
                 return Err("adapter.init = \"lora\" is full-precision LoRA: set quant.method = \"none\" (on a quantized base PEFT's init is \"qlora\")".into());
             }
             _ => {}
+        }
+        if let (Some(split), InitName::Lora | InitName::Qlora) = (a.factor_split, a.init) {
+            return Err(format!(
+                "adapter.factor_split = {:?} applies to the SVD initializers, not adapter.init = {:?} (its L·R starts at 0)",
+                split.name(),
+                a.init
+            ));
         }
         check(
             a.rank > 0,

@@ -16,6 +16,7 @@ use burn_autodiff::Autodiff;
 use burn_ndarray::NdArray;
 use qpeft::adapters::{AdapterSpec, DropoutPlacement, FrozenWeight, QLoraLinear};
 use qpeft::recipe::Recipe;
+use qpeft::reconstruct::lowrank::FactorSplit;
 use qpeft::train::optim::{
     AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
     learning_rate,
@@ -400,6 +401,21 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
     .unwrap();
     assert_eq!(set.train.learning_rate, 1e-4);
     assert_eq!(set.data.max_train_samples, Some(100));
+    // The factor split: absent by default (the method's own), and left out of a resolved
+    // recipe then, so that runs written before the key existed still compare equal.
+    assert_eq!(ok.adapter.factor_split, None);
+    assert!(!toml::to_string(&ok).unwrap().contains("factor_split"));
+    let split = parse("[data]\ntask = \"rte\"\n", &["adapter.factor_split=sqrt"]).unwrap();
+    assert_eq!(split.adapter.factor_split, Some(FactorSplit::Sqrt));
+    let err = parse(
+        "[data]\ntask = \"rte\"\n",
+        &["adapter.init=qlora", "adapter.factor_split=sqrt"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("adapter.factor_split") && err.contains("Qlora"),
+        "{err}"
+    );
     // An unknown key in the file: its line and the valid keys.
     let err = parse(
         "[data]\ntask = \"rte\"\n[train]\nlearnig_rate = 1e-4\n",
@@ -427,6 +443,7 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
         ("adapter.rank=0", "adapter.rank"),
         ("adapter.dropout=1.5", "adapter.dropout"),
         ("adapter.k_rule=9", "adapter.k_rule"),
+        ("adapter.factor_split=sigma", "factor_split"),
         (
             "adapter.targets=[\"attention.self.bogus\"]",
             "adapter.targets",

@@ -205,6 +205,9 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
     if a.joint_refit {
         argv.push("--joint-refit".into());
     }
+    if let Some(split) = a.factor_split {
+        argv.extend(["--factor-split".into(), split.name().into()]);
+    }
     argv
 }
 

@@ -112,6 +112,17 @@ pub enum FactorSplit {
     SigmaRight,
 }
 
+impl FactorSplit {
+    /// The name recipes and `qpeft init --factor-split` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FactorSplit::SigmaLeft => "sigma-left",
+            FactorSplit::Sqrt => "sqrt",
+            FactorSplit::SigmaRight => "sigma-right",
+        }
+    }
+}
+
 /// L `[m, r]` and R `[r, n]` with L·R = U·diag(σ)·`v_t_scaled` for a split of σ, where
 /// `v_t_scaled` is Vᵀ already multiplied by S⁻¹.
 pub fn split_factors(
