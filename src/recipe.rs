@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::DropoutPlacement;
 use crate::data::Task;
+use crate::data::batch::LENGTH_GROUP_WINDOW;
 use crate::error::{Error, Result};
 use crate::eval::metrics::MnliMain;
 use crate::model::DEFAULT_MODEL;
@@ -36,6 +37,10 @@ pub struct ModelSection {
     pub name: String,
     /// Start from this init checkpoint (`qpeft init --out`) instead of building one.
     pub init_checkpoint: Option<PathBuf>,
+    /// Overrides every dropout probability of the encoder and the head (`config.json`'s
+    /// hidden, attention and classifier dropout); absent keeps the model's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
 }
 
 impl Default for ModelSection {
@@ -43,6 +48,7 @@ impl Default for ModelSection {
         ModelSection {
             name: DEFAULT_MODEL.to_string(),
             init_checkpoint: None,
+            dropout: None,
         }
     }
 }
@@ -189,6 +195,9 @@ pub struct TrainSection {
     pub log_every: usize,
     /// How MNLI enters the GLUE average: `matched` or `mean-of-both`.
     pub mnli_main: MnliMainName,
+    /// Training batches are sorted by length inside shuffled windows of this many batches
+    /// (1: plain shuffling).
+    pub length_group_window: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +236,7 @@ impl Default for TrainSection {
             checkpoint_every: 0,
             log_every: 10,
             mnli_main: MnliMainName::Matched,
+            length_group_window: LENGTH_GROUP_WINDOW,
         }
     }
 }
@@ -409,6 +419,20 @@ impl Recipe {
             "adapter.dropout",
             "a probability in [0, 1)",
             a.dropout.to_string(),
+        )?;
+        if let Some(p) = self.model.dropout {
+            check(
+                (0.0..1.0).contains(&p),
+                "model.dropout",
+                "a probability in [0, 1)",
+                p.to_string(),
+            )?;
+        }
+        check(
+            t.length_group_window > 0,
+            "train.length_group_window",
+            "at least 1 batch (1 is plain shuffling)",
+            t.length_group_window.to_string(),
         )?;
         check(
             (0.0..=1.0).contains(&a.gamma),

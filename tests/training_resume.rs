@@ -40,7 +40,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let model = build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
-    let full = train(model, &data, &config, &straight, None, &device).unwrap();
+    let full = train(model, &data, &config, &straight, None, &mut (), &device).unwrap();
     assert!(full.finished);
 
     let killed = tmp.path().join("killed");
@@ -52,7 +52,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let model = build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
-    let partial = train(model, &data, &stopping, &killed, None, &device).unwrap();
+    let partial = train(model, &data, &stopping, &killed, None, &mut (), &device).unwrap();
     assert!(!partial.finished);
     let checkpoint = latest_checkpoint(&killed).unwrap().unwrap();
     assert!(checkpoint.ends_with("step-3"), "{}", checkpoint.display());
@@ -60,7 +60,16 @@ fn resumed_run_equals_uninterrupted_run() {
     let model = build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
-    let resumed = train(model, &data, &config, &killed, Some(&loaded), &device).unwrap();
+    let resumed = train(
+        model,
+        &data,
+        &config,
+        &killed,
+        Some(&loaded),
+        &mut (),
+        &device,
+    )
+    .unwrap();
     assert!(resumed.finished);
 
     assert_eq!(resumed.state.epochs, full.state.epochs);

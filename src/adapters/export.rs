@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::ParamId;
 use burn::nn::{LayerNorm, Linear};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::TargetLinear;
@@ -98,21 +100,118 @@ fn dense_tensors<B: Backend>(model: &SequenceClassifier<B>, prefix: &str) -> Res
             &layer.output.layer_norm,
         )?;
     }
+    put_head(&mut out, model, prefix)?;
+    Ok(out)
+}
+
+/// The head's linears under their HF sequence-classification names.
+fn put_head<B: Backend>(
+    out: &mut Tensors,
+    model: &SequenceClassifier<B>,
+    prefix: &str,
+) -> Result<()> {
     match &model.head {
         ClassifierHead::Bert(head) => {
-            put_linear(
-                &mut out,
-                &format!("{prefix}pooler.dense"),
-                &head.pooler.dense,
-            )?;
-            put_linear(&mut out, "classifier", &head.classifier)?;
+            put_linear(out, &format!("{prefix}pooler.dense"), &head.pooler.dense)?;
+            put_linear(out, "classifier", &head.classifier)
         }
         ClassifierHead::Roberta(head) => {
-            put_linear(&mut out, "classifier.dense", &head.dense)?;
-            put_linear(&mut out, "classifier.out_proj", &head.out_proj)?;
+            put_linear(out, "classifier.dense", &head.dense)?;
+            put_linear(out, "classifier.out_proj", &head.out_proj)
         }
     }
-    Ok(out)
+}
+
+/// The HF name prefix of the base model inside a sequence classifier.
+pub fn hf_prefix(architecture: Architecture) -> &'static str {
+    match architecture {
+        Architecture::Bert => "bert.",
+        Architecture::Roberta => "roberta.",
+    }
+}
+
+/// A trainable tensor of the adapters or the head: its PEFT/HF name, its parameter id, and its
+/// value as Burn keeps it, 2-D (`[in, out]` weights, `[in, r]` / `[r, out]` factors, `[1, n]`
+/// biases).
+pub struct NamedParam<B: Backend> {
+    pub name: String,
+    pub id: ParamId,
+    pub value: Tensor<B, 2>,
+}
+
+impl<B: Backend> NamedParam<B> {
+    /// `tensor` (this parameter's value, or its gradient, in Burn's layout) as PEFT/HF store it:
+    /// matrices transposed to `[out, in]` (`[r, in]` for lora_A, `[out, r]` for lora_B),
+    /// biases as vectors.
+    pub fn to_hf<C: Backend>(&self, tensor: Tensor<C, 2>) -> Result<(Vec<usize>, Vec<f32>)> {
+        let [rows, cols] = tensor.dims();
+        let values = to_vec(tensor)?;
+        Ok(if self.name.ends_with(".bias") {
+            (vec![rows * cols], values)
+        } else {
+            (vec![cols, rows], transpose(&values, rows, cols))
+        })
+    }
+}
+
+/// Every adapter factor and head linear of `model` (see [`NamedParam`]): for each adapted linear
+/// `<prefix><linear>.lora_A.weight` and `.lora_B.weight` (L/s), then the head's weights and
+/// biases under their HF sequence-classification names.
+pub fn adapter_and_head_params<B: Backend>(model: &SequenceClassifier<B>) -> Vec<NamedParam<B>> {
+    let prefix = match model.head {
+        ClassifierHead::Bert(_) => hf_prefix(Architecture::Bert),
+        ClassifierHead::Roberta(_) => hf_prefix(Architecture::Roberta),
+    };
+    let mut out = Vec::new();
+    for name in model.encoder.linear_names() {
+        if let Some(adapted) = model.encoder.target(&name).and_then(TargetLinear::adapted) {
+            for (factor, param) in [("lora_A", &adapted.lora_a), ("lora_B", &adapted.lora_b)] {
+                out.push(NamedParam {
+                    name: format!("{prefix}{name}.{factor}.weight"),
+                    id: param.id,
+                    value: param.val(),
+                });
+            }
+        }
+    }
+    let mut linear = |name: String, linear: &Linear<B>| {
+        out.push(NamedParam {
+            name: format!("{name}.weight"),
+            id: linear.weight.id,
+            value: linear.weight.val(),
+        });
+        if let Some(bias) = &linear.bias {
+            out.push(NamedParam {
+                name: format!("{name}.bias"),
+                id: bias.id,
+                value: bias.val().unsqueeze(),
+            });
+        }
+    };
+    match &model.head {
+        ClassifierHead::Bert(head) => {
+            linear(format!("{prefix}pooler.dense"), &head.pooler.dense);
+            linear("classifier".into(), &head.classifier);
+        }
+        ClassifierHead::Roberta(head) => {
+            linear("classifier.dense".into(), &head.dense);
+            linear("classifier.out_proj".into(), &head.out_proj);
+        }
+    }
+    out
+}
+
+/// The values of [`adapter_and_head_params`] in PEFT's and HF's layouts.
+pub fn adapter_and_head_tensors<B: Backend>(
+    model: &SequenceClassifier<B>,
+) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    adapter_and_head_params(model)
+        .into_iter()
+        .map(|p| {
+            let (shape, values) = p.to_hf(p.value.clone())?;
+            Ok((p.name, shape, values))
+        })
+        .collect()
 }
 
 /// The base model's `config.json` with the head recorded the way transformers reads it.
@@ -161,10 +260,7 @@ pub fn export_merged<B: Backend>(
     head: HeadKind,
     out: &Path,
 ) -> Result<PathBuf> {
-    let prefix = match base.config.architecture {
-        Architecture::Bert => "bert.",
-        Architecture::Roberta => "roberta.",
-    };
+    let prefix = hf_prefix(base.config.architecture);
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = dense_tensors(model, prefix)?
         .into_iter()
         .map(|(name, (shape, values))| (name, shape, values))

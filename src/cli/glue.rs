@@ -176,6 +176,7 @@ fn finish_run(
         lock,
         start,
         args.data_dir.as_deref(),
+        None,
         &args.device,
     )
     .with_context(|| format!("row {row}, task {task}"))

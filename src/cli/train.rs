@@ -9,6 +9,7 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use burn_autodiff::Autodiff;
 use clap::Parser;
+use qpeft::adapters::export::adapter_and_head_tensors;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Split, glue_dir};
 use qpeft::device::BackendTask;
@@ -16,6 +17,7 @@ use qpeft::recipe::{GridName, InitName, QuantMethod, Recipe};
 use qpeft::train::checkpoint::LoadedCheckpoint;
 use qpeft::train::report::{RunReport, peak_rss_bytes};
 use qpeft::train::setup::{RunDir, RunLock, build_model, train_config};
+use qpeft::train::trace::{StepDump, StepObserver};
 use qpeft::train::trainer::{TrainData, latest_checkpoint, train};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +40,11 @@ pub struct TrainArgs {
     /// The GLUE folder (default: the recipe's data.dir, $GLUE_DIR, else datasets/glue).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Stop after N optimizer steps and write them into <run>/dump (the batches in training
+    /// order, each step's loss and learning rate, the adapters and head before and after) for
+    /// scripts/check_training.py to replay in PyTorch.
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    pub dump_batches: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -72,8 +79,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         &lock,
         start,
         args.data_dir.as_deref(),
+        args.dump_batches,
         &args.device,
     )?;
+    if args.dump_batches.is_some() {
+        println!("dump: {}", dump_dir(&run_dir).display());
+        return Ok(());
+    }
     println!(
         "{} dev {:.4} (last epoch; best {:.4} at epoch {}), {:.1} samples/s, {:.0} s",
         report.task,
@@ -314,14 +326,21 @@ pub enum RunStart {
     Continue,
 }
 
+/// Where `--dump-batches` writes.
+fn dump_dir(run: &RunDir) -> PathBuf {
+    run.root.join("dump")
+}
+
 /// Runs (or continues) `recipe` in `run`, whose lock the caller holds; the report of the
-/// finished run.
+/// finished run. With `dump`, stops after that many optimizer steps and writes them into
+/// `<run>/dump` instead of a report.
 pub fn run_recipe(
     recipe: &Recipe,
     run: &RunDir,
     _lock: &RunLock,
     start: RunStart,
     data_dir: Option<&Path>,
+    dump: Option<usize>,
     device: &DeviceArg,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
@@ -357,10 +376,13 @@ pub fn run_recipe(
         run,
         resume: resume.as_ref(),
         data_dir: &data_dir,
+        dump,
     })??;
     report.wall_seconds = started.elapsed().as_secs_f64();
     report.device = device.device.to_string();
-    report.write(&run.root)?;
+    if dump.is_none() {
+        report.write(&run.root)?;
+    }
     Ok(report)
 }
 
@@ -409,6 +431,7 @@ struct TrainTask<'a> {
     run: &'a RunDir,
     resume: Option<&'a LoadedCheckpoint>,
     data_dir: &'a Path,
+    dump: Option<usize>,
 }
 
 impl BackendTask for TrainTask<'_> {
@@ -429,7 +452,15 @@ impl BackendTask for TrainTask<'_> {
             train: train_split,
             dev: TokenizedSplit::dev_splits(self.data_dir, task, &tokenizer, Some(&cache))?,
         };
-        let config = train_config(recipe);
+        let mut config = train_config(recipe);
+        let mut dump = StepDump::default();
+        let initial = match self.dump {
+            Some(steps) => {
+                config.stop_after_steps = Some(steps);
+                adapter_and_head_tensors(&built.model)?
+            }
+            None => Vec::new(),
+        };
         eprintln!(
             "training {task}: {} examples, {} dev, {} → run {}",
             data.train.len(),
@@ -437,14 +468,29 @@ impl BackendTask for TrainTask<'_> {
             built.summary.init,
             self.run.root.display()
         );
+        let observer: &mut dyn StepObserver = match self.dump {
+            Some(_) => &mut dump,
+            None => &mut (),
+        };
         let outcome = train(
             built.model,
             &data,
             &config,
             &self.run.root,
             self.resume,
+            observer,
             &device,
         )?;
+        if self.dump.is_some() {
+            let last = adapter_and_head_tensors(&outcome.model)?;
+            dump.write(
+                &dump_dir(self.run),
+                serde_json::to_value(recipe)?,
+                &initial,
+                &last,
+            )?;
+            eprintln!("dumped {} optimizer steps", dump.len());
+        }
         let state = outcome.state;
         let (best_epoch, best_main) = RunReport::best(&state.epochs);
         Ok(RunReport {

@@ -24,7 +24,8 @@ pub fn default_cache_dir() -> PathBuf {
     root.join("tokens")
 }
 
-/// Batches per shuffled window that is sorted by length (HF's `LengthGroupedSampler` uses 50).
+/// Batches per shuffled window that is sorted by length when a recipe does not say
+/// (`train.length_group_window`; HF's `LengthGroupedSampler` uses up to 50).
 pub const LENGTH_GROUP_WINDOW: usize = 50;
 
 /// A split after tokenization: one unpadded row per example, with ids and labels.
@@ -159,9 +160,16 @@ impl TokenizedSplit {
         }
     }
 
-    /// Training order for `epoch`: shuffled, with lengths grouped (see [`length_grouped_batches`]).
-    pub fn train_batches(&self, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
-        length_grouped_batches(&self.lengths(), batch_size, seed, epoch)
+    /// Training order for `epoch`: shuffled, with lengths grouped in windows of `window`
+    /// batches (see [`length_grouped_batches`]).
+    pub fn train_batches(
+        &self,
+        batch_size: usize,
+        window: usize,
+        seed: u64,
+        epoch: usize,
+    ) -> Vec<Vec<usize>> {
+        length_grouped_batches(&self.lengths(), batch_size, window, seed, epoch)
     }
 
     /// Evaluation order: longest first, so that each batch pads little; covers every example once.
@@ -177,22 +185,29 @@ impl TokenizedSplit {
 }
 
 /// Shuffles all examples with the `data-order/epoch-N` sub-stream of `seed`, cuts the order into
-/// windows of [`LENGTH_GROUP_WINDOW`] batches, sorts each window by length (longest first),
-/// cuts it into batches, and shuffles the batches. Every example appears exactly once.
+/// windows of `window` batches, sorts each window by length (longest first), cuts it into
+/// batches, and shuffles the batches. Every example appears exactly once. A window of one batch
+/// is plain shuffling: sorting inside a batch changes only its padding order.
+///
+/// Why the window matters: a window that spans much of a small task makes each batch one length
+/// band, and on tasks whose genres differ in length (STS-B) one genre and label range, so the
+/// batch gradients vary far more than under plain shuffling (docs/results.md measures it).
 pub fn length_grouped_batches(
     lengths: &[usize],
     batch_size: usize,
+    window: usize,
     seed: u64,
     epoch: usize,
 ) -> Vec<Vec<usize>> {
     let batch_size = batch_size.max(1);
+    let window = window.max(1);
     let mut rng = substream_rng(seed, &format!("data-order/epoch-{epoch}"));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
     let mut batches: Vec<Vec<usize>> = Vec::with_capacity(lengths.len().div_ceil(batch_size));
-    for window in order.chunks_mut(LENGTH_GROUP_WINDOW * batch_size) {
-        window.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-        batches.extend(window.chunks(batch_size).map(<[usize]>::to_vec));
+    for chunk in order.chunks_mut(window * batch_size) {
+        chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        batches.extend(chunk.chunks(batch_size).map(<[usize]>::to_vec));
     }
     batches.shuffle(&mut rng);
     batches
@@ -273,14 +288,43 @@ mod tests {
     #[test]
     fn length_grouping_covers_each_example_once_and_is_deterministic() {
         let lengths: Vec<usize> = (0..1000).map(|i| (i * 7919) % 97 + 3).collect();
-        let a = length_grouped_batches(&lengths, 8, 42, 0);
-        assert_eq!(a, length_grouped_batches(&lengths, 8, 42, 0));
-        assert_ne!(a, length_grouped_batches(&lengths, 8, 42, 1));
-        assert_ne!(a, length_grouped_batches(&lengths, 8, 7, 0));
+        let a = length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 42, 0);
+        assert_eq!(
+            a,
+            length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 42, 0)
+        );
+        assert_ne!(
+            a,
+            length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 42, 1)
+        );
+        assert_ne!(
+            a,
+            length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 7, 0)
+        );
         let mut seen: Vec<usize> = a.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
         assert!(a.iter().all(|b| b.len() <= 8));
+    }
+
+    #[test]
+    fn a_window_of_one_batch_is_plain_shuffling() {
+        let lengths: Vec<usize> = (0..100).map(|i| (i * 7919) % 97 + 3).collect();
+        let batches = length_grouped_batches(&lengths, 8, 1, 42, 3);
+        // The same stream shuffles the examples, then the batches cut from them in order.
+        let mut rng = substream_rng(42, "data-order/epoch-3");
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.shuffle(&mut rng);
+        let mut plain: Vec<Vec<usize>> = order
+            .chunks(8)
+            .map(|c| {
+                let mut c = c.to_vec();
+                c.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+                c
+            })
+            .collect();
+        plain.shuffle(&mut rng);
+        assert_eq!(batches, plain);
     }
 
     #[test]
@@ -292,7 +336,7 @@ mod tests {
                 .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
                 .sum()
         };
-        let grouped = length_grouped_batches(&lengths, 32, 1, 0);
+        let grouped = length_grouped_batches(&lengths, 32, LENGTH_GROUP_WINDOW, 1, 0);
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         order.shuffle(&mut substream_rng(1, "test"));
         let random: Vec<Vec<usize>> = order.chunks(32).map(<[usize]>::to_vec).collect();

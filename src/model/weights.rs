@@ -461,17 +461,38 @@ pub fn write_f32_tensors(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
+    let raw: Vec<RawTensor> = tensors
         .iter()
-        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|(name, shape, values)| RawTensor {
+            name: name.clone(),
+            dtype: Dtype::F32,
+            shape: shape.clone(),
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
         .collect();
+    write_tensors(path, &raw, metadata)
+}
+
+/// A tensor as safetensors stores it: little-endian bytes of `dtype`.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Writes `tensors` of any dtype as one safetensors file.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let views = tensors
         .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
+        .map(|t| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::InvalidInput(format!("{}: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize_to_file(views, metadata, path)

@@ -116,6 +116,7 @@ pub fn time_training<B: AutodiffBackend>(
             &batch,
             config.learning_rate,
             Some(1.0),
+            false,
             device,
         )
         .map_err(|failure| match failure {

@@ -7,4 +7,5 @@ pub mod optim;
 pub mod report;
 pub mod setup;
 pub mod step;
+pub mod trace;
 pub mod trainer;

@@ -237,7 +237,7 @@ fn to_2d<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, 2> {
 }
 
 /// Gradients of the trainable parameters, summed over micro-batches, as `[rows, cols]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AccumulatedGrads<B: Backend> {
     grads: HashMap<ParamId, Tensor<B, 2>>,
 }

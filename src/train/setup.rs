@@ -34,6 +34,7 @@ pub fn train_config(recipe: &Recipe) -> TrainConfig {
         learning_rate: t.learning_rate,
         batch_size: t.batch_size,
         grad_accum: t.grad_accum,
+        length_group_window: t.length_group_window,
         epochs: t.epochs,
         schedule: t.schedule,
         warmup_ratio: t.warmup_ratio,
@@ -73,7 +74,13 @@ pub fn build_model<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<RunModel<B>> {
     let task = recipe.task()?;
-    let base = PretrainedModel::open(base)?;
+    let mut base = PretrainedModel::open(base)?;
+    if let Some(p) = recipe.model.dropout {
+        let config = &mut base.config;
+        config.hidden_dropout_prob = p;
+        config.attention_probs_dropout_prob = p;
+        config.classifier_dropout = p;
+    }
     let seed = recipe.train.seed;
     B::seed(device, substream_seed(seed, "head-init"));
     let mut model = base.classifier_for_finetuning::<B>(head_for(task), device)?;

@@ -18,6 +18,8 @@ pub struct StepOutput<B: AutodiffBackend> {
     pub loss: f64,
     pub examples: usize,
     pub stats: StepStats,
+    /// The summed gradients before scaling and clipping, when asked for.
+    pub grads: Option<AccumulatedGrads<B::InnerBackend>>,
 }
 
 /// Why a step did not update the model.
@@ -35,7 +37,9 @@ impl From<Error> for StepFailure {
 }
 
 /// Runs one optimizer step of `model` over `micro_batches` (gradient accumulation: each loss
-/// is divided by their number, so the step sees the mean gradient).
+/// is divided by their number, so the step sees the mean gradient); `keep_grads` returns the
+/// gradients too.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend>(
     model: SequenceClassifier<B>,
     optimizer: &mut AdamW<B::InnerBackend>,
@@ -43,6 +47,7 @@ pub fn train_step<B: AutodiffBackend>(
     micro_batches: &[Batch],
     learning_rate: f64,
     max_grad_norm: Option<f64>,
+    keep_grads: bool,
     device: &B::Device,
 ) -> Result<StepOutput<B>, StepFailure> {
     let mut grads = AccumulatedGrads::default();
@@ -59,6 +64,7 @@ pub fn train_step<B: AutodiffBackend>(
         examples += batch.labels.len();
         grads.add::<B, _>(loss.backward(), &model, table);
     }
+    let kept = keep_grads.then(|| grads.clone());
     let (model, stats): (_, StepStats) =
         optimizer.step::<B, _>(model, grads, table, learning_rate, max_grad_norm)?;
     Ok(StepOutput {
@@ -66,5 +72,6 @@ pub fn train_step<B: AutodiffBackend>(
         loss: loss_sum,
         examples,
         stats,
+        grads: kept,
     })
 }

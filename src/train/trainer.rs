@@ -21,10 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{EpochRecord, LoadedCheckpoint, LoopState, save_checkpoint};
 use super::optim::{
-    AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule, learning_rate,
+    AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
+    learning_rate,
 };
 use super::step::{StepFailure, train_step};
+use super::trace::{ObservedStep, StepObserver};
 use crate::adapters::AdapterSpec;
+use crate::adapters::export::adapter_and_head_params;
 use crate::adapters::surgery::decays;
 use crate::data::Label;
 use crate::data::batch::{Batch, TokenizedSplit};
@@ -88,6 +91,8 @@ pub struct TrainConfig {
     /// Examples per forward pass; an optimizer step sees `batch_size · grad_accum`.
     pub batch_size: usize,
     pub grad_accum: usize,
+    /// Batches per shuffled window sorted by length (1: plain shuffling).
+    pub length_group_window: usize,
     pub epochs: usize,
     pub schedule: Schedule,
     pub warmup_ratio: f64,
@@ -221,6 +226,20 @@ pub fn task_loss<B: Backend>(
     }
 }
 
+/// The gradients of the adapter factors and the head under their PEFT/HF names and layouts.
+fn named_gradients<B: AutodiffBackend>(
+    model: &SequenceClassifier<B>,
+    grads: &AccumulatedGrads<B::InnerBackend>,
+) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    adapter_and_head_params(model)
+        .into_iter()
+        .filter_map(|p| {
+            let grad = grads.get(&p.id)?.clone();
+            Some(p.to_hf(grad).map(|(shape, values)| (p.name, shape, values)))
+        })
+        .collect()
+}
+
 /// Appends JSON lines to `<run>/metrics.jsonl`.
 struct MetricsLog {
     file: std::fs::File,
@@ -244,13 +263,14 @@ impl MetricsLog {
 }
 
 /// Trains `model` (its trainable parameters already marked) on `data`, writing checkpoints and
-/// the metrics log into `run`, continuing from `resume` if given.
+/// the metrics log into `run`, continuing from `resume` if given; `observer` sees every step.
 pub fn train<B: AutodiffBackend>(
     mut model: SequenceClassifier<B>,
     data: &TrainData,
     config: &TrainConfig,
     run: &Path,
     resume: Option<&LoadedCheckpoint>,
+    observer: &mut dyn StepObserver,
     device: &B::Device,
 ) -> Result<TrainOutcome<B>> {
     if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
@@ -311,9 +331,12 @@ pub fn train<B: AutodiffBackend>(
     while state.epoch < config.epochs {
         let epoch = state.epoch;
         progress.set_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
-        let order = data
-            .train
-            .train_batches(config.batch_size, config.seed, epoch);
+        let order = data.train.train_batches(
+            config.batch_size,
+            config.length_group_window,
+            config.seed,
+            epoch,
+        );
         let groups: Vec<&[Vec<usize>]> = order.chunks(config.grad_accum).collect();
         while state.step_in_epoch < groups.len() {
             let group = groups[state.step_in_epoch];
@@ -340,6 +363,7 @@ pub fn train<B: AutodiffBackend>(
                 &micro_batches,
                 lr,
                 config.max_grad_norm,
+                observer.wants_gradients(),
                 device,
             ) {
                 Ok(step) => step,
@@ -359,6 +383,20 @@ pub fn train<B: AutodiffBackend>(
             };
             model = step.model;
             let (step_loss, examples, stats) = (step.loss, step.examples, step.stats);
+            let gradients = match &step.grads {
+                Some(grads) => Some(named_gradients(&model, grads)?),
+                None => None,
+            };
+            observer.observe(&ObservedStep {
+                step: state.global_step + 1,
+                micro_batches: &micro_batches,
+                learning_rate: lr,
+                loss: step_loss,
+                stats,
+                gradients: gradients.as_deref(),
+                total_steps,
+                warmup_steps: warmup,
+            })?;
             let seconds = started.elapsed().as_secs_f64();
             state.train_seconds += seconds;
             state.samples += examples;

@@ -48,6 +48,16 @@ impl Golden {
         (shape, values)
     }
 
+    pub fn f64(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
+        let (dtype, shape, data) = self.view(name);
+        assert_eq!(dtype, Dtype::F64, "{name}");
+        let values = data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (shape, values)
+    }
+
     pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let (dtype, shape, data) = self.view(name);
         assert_eq!(dtype, Dtype::I64, "{name}");

@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""Replays the first optimizer steps of a qpeft run in PyTorch and compares them step by step.
+
+The run must have been made with dropout off and --dump-batches, e.g.
+
+    qpeft train recipes/stsb.toml --set model.dropout=0 --set adapter.dropout=0 \
+        --dump-batches 20 --out runs/equiv-stsb
+
+This script reads only files: the run's init checkpoint (`RUN/init/model.safetensors`: packed Q,
+dequantized here from the documented bit layout, `lora_A`/`lora_B` and their metadata; the base
+model's other tensors), the head's initial values and the batches in qpeft's order
+(`RUN/dump/`). It builds transformers' `BertForSequenceClassification` with a PEFT-style LoRA
+wrapper around every adapted linear (y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ, s = α/r), trains the adapter
+factors and the head with torch.optim.AdamW (decay on weights, never on biases), transformers'
+learning-rate schedule, torch's clip_grad_norm_ and SRR's preserved-component scaling (`grad`:
+gradients of the first k components × γ before clipping; `update`: their AdamW step × γ), and
+compares each step's loss and the final trainable tensors with qpeft's.
+
+Prints one JSON object; exits 1 when a loss or a final tensor differs by more than --tolerance
+(relative: |a − b| / max|b| per tensor, |a − b| / |b| per loss), or the first step's gradients
+(`RUN/dump/gradients.safetensors`; both sides start from the same values there) do. --float64 also
+replays in float64 and reports how far each f32 implementation is from that exact trajectory.
+--write-expected FILE writes PyTorch's per-step losses, first-step gradients and final tensors as
+safetensors (the CI fixture of tests/training_equivalence.rs).
+
+Needs the bench environment (bench/requirements.txt: torch, transformers, numpy, safetensors).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+
+def unpack(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
+    """Packed rows → codes: a little-endian bit stream along each row (docs/formats.md)."""
+    rows = codes.shape[0]
+    stream = np.unpackbits(codes, axis=1, bitorder="little")[:, : cols * bits]
+    stream = stream.reshape(rows, cols, bits).astype(np.int64)
+    return (stream << np.arange(bits)).sum(axis=2)
+
+
+def dequantize(f, base: str, bits: int) -> np.ndarray:
+    """scale · (code − zero) per (row, group of the column), `[out, in]` f32."""
+    scale = f.get_tensor(f"{base}.qscale")
+    zero = f.get_tensor(f"{base}.qzero")
+    group = f.get_tensor(f"{base}.qgroup").astype(np.int64)
+    codes = unpack(f.get_tensor(f"{base}.qcodes"), bits, group.shape[0])
+    # In f32, as qpeft computes it: the base weights are then the same floats on both sides.
+    return scale[:, group] * (codes.astype(np.float32) - zero[:, group])
+
+
+class LoraLinear(torch.nn.Module):
+    """PEFT's LoRA layer without dropout: base(x) + s · lora_B(lora_A(x))."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, scale: float):
+        super().__init__()
+        self.base = base
+        self.lora_A = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.lora_B = torch.nn.Linear(rank, base.out_features, bias=False)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scale
+
+
+def load_tensors(path: Path) -> dict:
+    with safe_open(str(path), framework="np") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def build(run: Path, recipe: dict, initial: dict):
+    """The classifier with dequantized Q, LoRA wrappers and qpeft's initial adapters and head."""
+    init = run / "init"
+    config = BertConfig.from_json_file(str(init / "config.json"))
+    config.hidden_dropout_prob = 0.0
+    config.attention_probs_dropout_prob = 0.0
+    config.classifier_dropout = 0.0
+    config.num_labels = initial["classifier.weight"].shape[0]
+    config.problem_type = (
+        "regression" if config.num_labels == 1 else "single_label_classification"
+    )
+    config._attn_implementation = "eager"  # the plain softmax(QKᵀ/√d)·V, as qpeft computes it
+    model = BertForSequenceClassification(config)
+    with safe_open(str(init / "model.safetensors"), framework="np") as f:
+        meta = f.metadata()
+        quant = json.loads(meta["qpeft"])
+        adapters = json.loads(meta["qpeft_adapters"])
+        state, lora = {}, {}
+        for name in f.keys():
+            key = name[len("bert.") :] if name.startswith("bert.") else name
+            if key.endswith(".qcodes"):
+                base = name[: -len(".qcodes")]
+                state[key[: -len(".qcodes")] + ".weight"] = dequantize(f, base, quant["bits"])
+            elif key.endswith((".qscale", ".qzero", ".qgroup")) or key.startswith("classifier."):
+                continue  # the head's start is qpeft's (initial.safetensors)
+            elif key.endswith((".lora_A", ".lora_B")):
+                lora[key] = f.get_tensor(name)
+            else:
+                state[key] = f.get_tensor(name)
+    missing, unexpected = model.bert.load_state_dict(
+        {k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=False
+    )
+    unexpected = [u for u in unexpected if not u.endswith("position_ids")]
+    assert not unexpected, f"unexpected tensors in the init checkpoint: {unexpected}"
+    assert all(m.startswith("pooler.") for m in missing), f"missing tensors: {missing}"
+    scale = adapters["lora_alpha"] / adapters["rank"]
+    wrapped = {}
+    for layer in adapters["layers"]:
+        parent = model.bert.get_submodule(layer.rsplit(".", 1)[0])
+        child = layer.rsplit(".", 1)[1]
+        wrapper = LoraLinear(getattr(parent, child), adapters["rank"], scale)
+        setattr(parent, child, wrapper)
+        wrapped[layer] = wrapper
+    # qpeft must start from the init checkpoint's factors exactly.
+    for layer, wrapper in wrapped.items():
+        for factor in ("lora_A", "lora_B"):
+            ours = initial[f"bert.{layer}.{factor}.weight"]
+            theirs = lora[f"{layer}.{factor}"]
+            if not np.array_equal(ours, theirs):
+                raise SystemExit(f"{layer}.{factor}: qpeft's initial value is not the init checkpoint's")
+    loaded = {}
+    for name, value in initial.items():
+        module_name, leaf = name.rsplit(".", 1)
+        module = model.get_submodule(module_name)
+        getattr(module, leaf).data.copy_(torch.from_numpy(value.copy()))
+        loaded[name] = getattr(module, leaf)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in loaded.values():
+        p.requires_grad_(True)
+    return model, loaded, adapters
+
+
+def preserved_factors(adapters: dict, recipe: dict):
+    """Per adapted layer, the factor on each of its r components (None when nothing is scaled)."""
+    a = recipe["adapter"]
+    if a["preserved_scaling"] == "off":
+        return {}
+    out = {}
+    for layer, info in adapters["layers"].items():
+        k = info["preserved"]
+        if k == 0:
+            continue
+        sv = info["singular_values"]
+        factors = []
+        for i in range(adapters["rank"]):
+            if i >= k:
+                factors.append(1.0)
+            elif a["gamma_form"] == "constant":
+                factors.append(a["gamma"])
+            elif i < len(sv) and max(sv) > 0:
+                s_max = max(sv)
+                factors.append(min(max((s_max - sv[i]) / (s_max + 5 * sv[i]), 0.0), 1.0))
+            else:
+                factors.append(0.1)
+        out[layer] = torch.tensor(factors, dtype=torch.float64)
+    return out
+
+
+def schedule(optimizer, recipe: dict, warmup: int, total: int):
+    kind = recipe["train"]["schedule"]
+    if kind == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if kind == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def replay(run: Path, dtype=torch.float32):
+    dump = run / "dump"
+    trace = json.loads((dump / "trace.json").read_text())
+    recipe = trace["recipe"]
+    if recipe["adapter"]["dropout"] != 0 or recipe["model"].get("dropout") != 0:
+        raise SystemExit(
+            "the run trained with dropout: make it with --set model.dropout=0 --set adapter.dropout=0"
+        )
+    initial = load_tensors(dump / "initial.safetensors")
+    batches = load_tensors(dump / "batches.safetensors")
+    model, params, adapters = build(run, recipe, initial)
+    model.to(dtype)
+    model.train()
+    t = recipe["train"]
+    decay = [p for n, p in params.items() if n.endswith("weight")]
+    no_decay = [p for n, p in params.items() if not n.endswith("weight")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": t["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=t["learning_rate"],
+        betas=(t["beta1"], t["beta2"]),
+        eps=t["eps"],
+    )
+    scheduler = schedule(optimizer, recipe, trace["warmup_steps"], trace["total_steps"])
+    factors = preserved_factors(adapters, recipe)
+    mode = recipe["adapter"]["preserved_scaling"]
+    scaled = []
+    for layer, f in factors.items():
+        a = params[f"bert.{layer}.lora_A.weight"]  # [r, in]: components are rows
+        b = params[f"bert.{layer}.lora_B.weight"]  # [out, r]: components are columns
+        f = f.to(a.dtype)
+        scaled += [(a, f[:, None]), (b, f[None, :])]
+    losses, lrs, grads = [], [], []
+    for step in trace["steps"]:
+        s = step["step"]
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        m = step["micro_batches"]
+        for j in range(m):
+            key = f"step-{s}.batch-{j}."
+            labels = torch.from_numpy(batches[key + "labels"].copy())
+            if labels.is_floating_point():
+                labels = labels.to(dtype)
+            out = model(
+                input_ids=torch.from_numpy(batches[key + "input_ids"].copy()),
+                attention_mask=torch.from_numpy(batches[key + "attention_mask"].copy()),
+                token_type_ids=torch.from_numpy(batches[key + "token_type_ids"].copy()),
+                labels=labels,
+            )
+            loss = out.loss / m
+            loss.backward()
+            total += loss.item()
+        grads.append({n: p.grad.detach().numpy().copy() for n, p in params.items()})
+        if mode == "grad":
+            for p, f in scaled:
+                p.grad.mul_(f)
+        if t["max_grad_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), t["max_grad_norm"])
+        before = [p.detach().clone() for p, _ in scaled] if mode == "update" else []
+        optimizer.step()
+        if mode == "update":
+            with torch.no_grad():
+                for (p, f), old in zip(scaled, before):
+                    p.copy_(old + (p - old) * f)
+        scheduler.step()
+        losses.append(total)
+        lrs.append(lr)
+    final = {n: p.detach().numpy().copy() for n, p in params.items()}
+    return trace, losses, lrs, final, grads
+
+
+def max_relative(ours: dict, reference: dict) -> tuple:
+    """The largest per-tensor max|a − b| / max|b|, and that tensor's name."""
+    errors = {}
+    for name, ref in reference.items():
+        a = ours[name].astype(np.float64)
+        assert a.shape == ref.shape, f"{name}: {a.shape} vs {ref.shape}"
+        errors[name] = float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-12))
+    worst = max(errors, key=errors.get)
+    return errors[worst], worst
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a run directory made with --dump-batches")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument(
+        "--float64",
+        action="store_true",
+        help="also replay in float64 and report how far each f32 implementation is from it",
+    )
+    parser.add_argument("--write-expected", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    trace, losses, lrs, final, grads = replay(args.run)
+    theirs = load_tensors(args.run / "dump" / "final.safetensors")
+    their_grads = load_tensors(args.run / "dump" / "gradients.safetensors")
+
+    def step_grads(step: int) -> dict:
+        prefix = f"step-{step}."
+        return {k[len(prefix) :]: v for k, v in their_grads.items() if k.startswith(prefix)}
+
+    loss_err = [
+        abs(ours - step["loss"]) / max(abs(step["loss"]), 1e-12)
+        for ours, step in zip(losses, trace["steps"])
+    ]
+    lr_err = max(
+        abs(a - s["learning_rate"]) / max(s["learning_rate"], 1e-300)
+        for a, s in zip(lrs, trace["steps"])
+    )
+    tensor_err, worst = max_relative(theirs, final)
+    summary = {
+        "steps": len(losses),
+        "pytorch_losses": losses,
+        "qpeft_losses": [s["loss"] for s in trace["steps"]],
+        "max_loss_rel_err": max(loss_err),
+        "max_lr_rel_err": lr_err,
+        "max_tensor_rel_err": tensor_err,
+        "worst_tensor": worst,
+        # The first step's gradients: both sides start from the same parameters.
+        "step1_grad_rel_err": max_relative(step_grads(1), grads[0]),
+        "tolerance": args.tolerance,
+    }
+    if args.float64:
+        _, _, _, exact, exact_grads = replay(args.run, torch.float64)
+        summary["pytorch_f32_to_f64"] = max_relative(final, exact)
+        summary["qpeft_f32_to_f64"] = max_relative(theirs, exact)
+        summary["step1_grad_pytorch_f32_to_f64"] = max_relative(grads[0], exact_grads[0])
+        summary["step1_grad_qpeft_f32_to_f64"] = max_relative(step_grads(1), exact_grads[0])
+    ok = (
+        max(loss_err) <= args.tolerance
+        and tensor_err <= args.tolerance
+        and summary["step1_grad_rel_err"][0] <= args.tolerance
+        and lr_err <= 1e-9
+    )
+    summary["agree"] = ok
+    print(json.dumps(summary, indent=2))
+    if args.write_expected:
+        tensors = {f"final.{n}": v for n, v in final.items()}
+        tensors.update({f"grad1.{n}": v for n, v in grads[0].items()})
+        tensors["losses"] = np.array(losses, dtype=np.float64)
+        save_file(tensors, str(args.write_expected))
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
