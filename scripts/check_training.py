@@ -231,7 +231,7 @@ def replay(run: Path, dtype=torch.float32):
                 token_type_ids=torch.from_numpy(batches[key + "token_type_ids"].copy()),
                 labels=labels,
             )
-            loss = out.loss / m
+            loss = out.loss / step["divisors"][j]
             loss.backward()
             total += loss.item()
         grads.append({n: p.grad.detach().numpy().copy() for n, p in params.items()})

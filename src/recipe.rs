@@ -198,6 +198,9 @@ pub struct TrainSection {
     /// Training batches are sorted by length inside shuffled windows of this many batches
     /// (1: plain shuffling).
     pub length_group_window: usize,
+    /// Each batch is sorted by length and computed in this many passes whose gradients add up
+    /// to the whole batch's: the same optimizer step with less padding.
+    pub length_split: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +240,7 @@ impl Default for TrainSection {
             log_every: 10,
             mnli_main: MnliMainName::Matched,
             length_group_window: LENGTH_GROUP_WINDOW,
+            length_split: 1,
         }
     }
 }
@@ -428,6 +432,12 @@ impl Recipe {
                 p.to_string(),
             )?;
         }
+        check(
+            t.length_split > 0,
+            "train.length_split",
+            "at least 1 pass per batch",
+            t.length_split.to_string(),
+        )?;
         check(
             t.length_group_window > 0,
             "train.length_group_window",

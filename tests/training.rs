@@ -997,3 +997,57 @@ fn non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
     assert!(err.contains(&good.display().to_string()), "{err}");
     qpeft::train::checkpoint::LoadedCheckpoint::open(&good).unwrap();
 }
+
+/// `train.length_split`: a batch computed as length-sorted parts gives the step the whole
+/// batch's gradient (each part's mean loss divided by M·n_b/n_c), for every parameter.
+#[test]
+fn length_split_parts_add_up_to_the_whole_batch() {
+    use qpeft::train::optim::{AdamW, AdamWConfig, ParamTable};
+    use qpeft::train::step::{plan_micro_batches, train_step};
+    let tmp = tempfile::tempdir().unwrap();
+    let (init, glue) = toy_setup(tmp.path());
+    let text = toy_recipe(&init, "").replace("[adapter]\n", "[adapter]\ndropout = 0.0\n");
+    let text = text.replace("[model]\n", "[model]\ndropout = 0.0\n");
+    let recipe = Recipe::parse(&text, Path::new("toy.toml"), &[]).unwrap();
+    let data = toy_data(&recipe, &glue);
+    let device = Default::default();
+    let model = qpeft::train::setup::build_model::<Ad>(&recipe, files(&recipe), &device)
+        .unwrap()
+        .model;
+    let table =
+        ParamTable::new::<Ad, _>(&model, qpeft::adapters::surgery::decays, Default::default());
+    // Two accumulation batches of different sizes, so the divisors differ between parts.
+    let group = vec![(0..24).collect::<Vec<_>>(), (24..37).collect()];
+    let gradients = |split: usize| {
+        let parts = plan_micro_batches(&data.train, &group, split);
+        let mut optimizer = AdamW::new(AdamWConfig::default());
+        let step = train_step(
+            model.clone(),
+            &mut optimizer,
+            &table,
+            &parts,
+            1e-3,
+            None,
+            true,
+            &device,
+        )
+        .unwrap();
+        (parts.len(), step.loss, step.grads.unwrap())
+    };
+    let (whole_parts, whole_loss, whole) = gradients(1);
+    let (split_parts, split_loss, split) = gradients(4);
+    assert_eq!((whole_parts, split_parts), (2, 8));
+    assert!((whole_loss - split_loss).abs() < 1e-6 * whole_loss.abs());
+    for id in &table.order {
+        let a = values(whole.get(id).unwrap().clone());
+        let b = values(split.get(id).unwrap().clone());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let diff = common::max_abs_diff(&a, &b);
+        assert!(
+            diff / scale < 1e-5,
+            "{}: {}",
+            table.params[id].path,
+            diff / scale
+        );
+    }
+}

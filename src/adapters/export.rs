@@ -16,7 +16,7 @@ use super::qlora_linear::to_vec;
 use crate::error::{Error, Result};
 use crate::model::Architecture;
 use crate::model::bert::ClassifierHead;
-use crate::model::weights::{transpose, write_f32_tensors};
+use crate::model::weights::{NamedTensor, transpose, write_f32_tensors};
 use crate::model::{HeadKind, PretrainedModel, SequenceClassifier};
 
 /// HF name → (shape, row-major values).
@@ -204,7 +204,7 @@ pub fn adapter_and_head_params<B: Backend>(model: &SequenceClassifier<B>) -> Vec
 /// The values of [`adapter_and_head_params`] in PEFT's and HF's layouts.
 pub fn adapter_and_head_tensors<B: Backend>(
     model: &SequenceClassifier<B>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+) -> Result<Vec<NamedTensor>> {
     adapter_and_head_params(model)
         .into_iter()
         .map(|p| {

@@ -454,11 +454,13 @@ mod dtype_tests {
     }
 }
 
-/// Writes f32 tensors `(name, shape, row-major values)` and the header `metadata` to a
-/// safetensors file at `path`.
+/// An f32 tensor: name, shape, row-major values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Writes f32 tensors and the header `metadata` to a safetensors file at `path`.
 pub fn write_f32_tensors(
     path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
     let raw: Vec<RawTensor> = tensors

@@ -79,6 +79,20 @@ fn keep_mask<B: Backend>(mask: &Tensor<B, 2, Int>) -> Result<Vec<bool>> {
         .collect())
 }
 
+/// A warning when `tokens` calibration tokens are too few for layers whose widest input has
+/// `widest` features: below 4 tokens per feature the second moments R_xx = XᵀX/n (and so the
+/// activation scaling S of QERA, SRR and the PTQ solvers' Hessians) are poorly estimated, and
+/// below one per feature R_xx is singular.
+pub fn thin_calibration(tokens: usize, widest: usize) -> Option<String> {
+    (tokens < 4 * widest).then(|| {
+        format!(
+            "the calibration set has {tokens} tokens, fewer than 4 × the widest layer input ({widest}): \
+             its activation statistics are poorly estimated; use more or longer calibration texts \
+             (--calib-samples, quant.calib_samples)"
+        )
+    })
+}
+
 /// Quantizes every target linear of `encoder` in place, layer by layer, calling `solver` with
 /// each module's statistics over `batches` (padding dropped, §3.3). `encoder` starts in full
 /// precision; a copy of it drives the full-precision stream.
@@ -98,6 +112,17 @@ pub fn calibrate<B: Backend>(
         .iter()
         .map(|b| keep_mask(&b.attention_mask))
         .collect::<Result<_>>()?;
+    let tokens = masks.iter().flatten().filter(|&&keep| keep).count();
+    let widest = encoder
+        .linear_names()
+        .iter()
+        .filter_map(|name| encoder.linear(name))
+        .map(|linear| linear.weight.dims()[0])
+        .max()
+        .unwrap_or(0);
+    if let Some(warning) = thin_calibration(tokens, widest) {
+        eprintln!("warning: {warning}");
+    }
     let biases: Vec<Tensor<B, 4>> = batches
         .iter()
         .map(|b| attention_mask_bias(&b.attention_mask))
@@ -209,4 +234,20 @@ pub fn calibrate<B: Backend>(
     }
     progress.finish_and_clear();
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thin_calibration;
+
+    #[test]
+    fn thin_calibration_warns_below_four_tokens_per_input_feature() {
+        assert!(thin_calibration(6143, 1536).is_some());
+        assert!(thin_calibration(6144, 1536).is_none());
+        let text = thin_calibration(100, 384).unwrap();
+        assert!(
+            text.contains("100 tokens") && text.contains("(384)"),
+            "{text}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::checkpoint::{LoopState, save_checkpoint};
 use super::optim::{AdamW, AdamWConfig, ParamTable};
-use super::step::{StepFailure, train_step};
+use super::step::{MicroBatch, StepFailure, train_step};
 use crate::adapters::surgery::decays;
 use crate::data::Label;
 use crate::data::batch::Batch;
@@ -100,12 +100,10 @@ pub fn time_training<B: AutodiffBackend>(
         weight_decay: 0.01,
         ..AdamWConfig::default()
     });
-    let batch = [synthetic_batch(
-        vocab_size,
-        num_labels,
-        config,
-        "bench/train",
-    )];
+    let batch = [MicroBatch {
+        batch: synthetic_batch(vocab_size, num_labels, config, "bench/train"),
+        divisor: 1.0,
+    }];
     let mut seconds = Vec::with_capacity(config.timed_steps);
     for step in 0..config.warmup_steps + config.timed_steps {
         let started = Instant::now();

@@ -35,6 +35,7 @@ pub fn train_config(recipe: &Recipe) -> TrainConfig {
         batch_size: t.batch_size,
         grad_accum: t.grad_accum,
         length_group_window: t.length_group_window,
+        length_split: t.length_split,
         epochs: t.epochs,
         schedule: t.schedule,
         warmup_ratio: t.warmup_ratio,

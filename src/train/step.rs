@@ -6,7 +6,7 @@ use burn::tensor::cast::ToElement;
 
 use super::optim::{AccumulatedGrads, AdamW, ParamTable, StepStats};
 use super::trainer::task_loss;
-use crate::data::batch::Batch;
+use crate::data::batch::{Batch, TokenizedSplit};
 use crate::error::{Error, Result};
 use crate::model::{SequenceClassifier, encoder_input};
 
@@ -36,15 +36,56 @@ impl From<Error> for StepFailure {
     }
 }
 
-/// Runs one optimizer step of `model` over `micro_batches` (gradient accumulation: each loss
-/// is divided by their number, so the step sees the mean gradient); `keep_grads` returns the
-/// gradients too.
+/// A forward/backward pass of an optimizer step: its examples and the divisor of their mean loss.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    pub batch: Batch,
+    pub divisor: f64,
+}
+
+/// The passes of one optimizer step over `batches` (its gradient-accumulation batches, example
+/// indices into `data`). The step's gradient is the mean over the batches of each batch's mean
+/// gradient. With `length_split` > 1 each batch is sorted by length and cut into that many
+/// parts, each padded only to its own longest row; a part of n_c of the batch's n_b examples
+/// divides its mean loss by M·n_b/n_c (M batches), so the parts add up to the same gradient as the
+/// whole batch, with less padding. With `length_split` = 1 the divisor is M, as it always was.
+pub fn plan_micro_batches(
+    data: &TokenizedSplit,
+    batches: &[Vec<usize>],
+    length_split: usize,
+) -> Vec<MicroBatch> {
+    let accumulation = batches.len() as f64;
+    let lengths = data.lengths();
+    let mut out = Vec::new();
+    for indices in batches {
+        if length_split <= 1 {
+            out.push(MicroBatch {
+                batch: data.batch(indices),
+                divisor: accumulation,
+            });
+            continue;
+        }
+        let mut sorted = indices.clone();
+        sorted.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        let part = sorted.len().div_ceil(length_split).max(1);
+        for chunk in sorted.chunks(part) {
+            out.push(MicroBatch {
+                batch: data.batch(chunk),
+                divisor: accumulation * indices.len() as f64 / chunk.len() as f64,
+            });
+        }
+    }
+    out
+}
+
+/// Runs one optimizer step of `model` over `micro_batches` (each mean loss divided by its
+/// divisor, see [`plan_micro_batches`]); `keep_grads` returns the gradients too.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend>(
     model: SequenceClassifier<B>,
     optimizer: &mut AdamW<B::InnerBackend>,
     table: &ParamTable<B::InnerBackend>,
-    micro_batches: &[Batch],
+    micro_batches: &[MicroBatch],
     learning_rate: f64,
     max_grad_norm: Option<f64>,
     keep_grads: bool,
@@ -53,9 +94,9 @@ pub fn train_step<B: AutodiffBackend>(
     let mut grads = AccumulatedGrads::default();
     let mut loss_sum = 0.0;
     let mut examples = 0;
-    for batch in micro_batches {
+    for MicroBatch { batch, divisor } in micro_batches {
         let logits = model.forward(&encoder_input::<B>(&batch.encoded, device));
-        let loss = task_loss(logits, &batch.labels, device)? / micro_batches.len() as f64;
+        let loss = task_loss(logits, &batch.labels, device)? / *divisor;
         let value = f64::from(loss.clone().into_scalar().to_f32());
         if !value.is_finite() {
             return Err(StepFailure::NonFiniteLoss(value));

@@ -18,10 +18,10 @@ use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
 use super::optim::StepStats;
+use super::step::MicroBatch;
 use crate::data::Label;
-use crate::data::batch::Batch;
 use crate::error::{Error, Result};
-use crate::model::weights::{RawTensor, write_f32_tensors, write_tensors};
+use crate::model::weights::{NamedTensor, RawTensor, write_f32_tensors, write_tensors};
 
 /// The version of the dump layout above.
 pub const TRACE_FORMAT_VERSION: u32 = 1;
@@ -30,7 +30,7 @@ pub const TRACE_FORMAT_VERSION: u32 = 1;
 pub struct ObservedStep<'a> {
     /// 1-based.
     pub step: usize,
-    pub micro_batches: &'a [Batch],
+    pub micro_batches: &'a [MicroBatch],
     pub learning_rate: f64,
     /// The step's loss (mean over its micro-batches).
     pub loss: f64,
@@ -38,7 +38,7 @@ pub struct ObservedStep<'a> {
     /// The step's summed gradients (before SRR's scaling and clipping) of the adapter factors and
     /// the head, named as in [`crate::adapters::export::adapter_and_head_params`]; present when
     /// the observer [wants them](StepObserver::wants_gradients).
-    pub gradients: Option<&'a NamedTensors>,
+    pub gradients: Option<&'a [NamedTensor]>,
     pub total_steps: usize,
     pub warmup_steps: usize,
 }
@@ -70,6 +70,8 @@ pub struct TracedStep {
     pub grad_norm: f64,
     pub clipped: bool,
     pub micro_batches: usize,
+    /// What each micro-batch's mean loss was divided by.
+    pub divisors: Vec<f64>,
     pub examples: usize,
 }
 
@@ -89,7 +91,7 @@ pub struct StepTrace {
 pub struct StepDump {
     steps: Vec<TracedStep>,
     batches: Vec<RawTensor>,
-    gradients: Vec<(String, Vec<usize>, Vec<f32>)>,
+    gradients: Vec<NamedTensor>,
     schedule: (usize, usize),
 }
 
@@ -147,7 +149,7 @@ impl StepObserver for StepDump {
                 values.clone(),
             ));
         }
-        for (m, batch) in step.micro_batches.iter().enumerate() {
+        for (m, MicroBatch { batch, .. }) in step.micro_batches.iter().enumerate() {
             let encoded = &batch.encoded;
             let shape = vec![encoded.batch_size, encoded.seq_len];
             let key = |field: &str| format!("step-{}.batch-{m}.{field}", step.step);
@@ -169,15 +171,17 @@ impl StepObserver for StepDump {
             grad_norm: step.stats.grad_norm,
             clipped: step.stats.clipped,
             micro_batches: step.micro_batches.len(),
-            examples: step.micro_batches.iter().map(|b| b.labels.len()).sum(),
+            divisors: step.micro_batches.iter().map(|m| m.divisor).collect(),
+            examples: step
+                .micro_batches
+                .iter()
+                .map(|m| m.batch.labels.len())
+                .sum(),
         });
         self.schedule = (step.total_steps, step.warmup_steps);
         Ok(())
     }
 }
-
-/// Adapter factors and head as [`crate::adapters::export::adapter_and_head_tensors`] lists them.
-pub type NamedTensors = [(String, Vec<usize>, Vec<f32>)];
 
 impl StepDump {
     /// Steps observed so far.
@@ -194,8 +198,8 @@ impl StepDump {
         &self,
         dir: &Path,
         recipe: serde_json::Value,
-        initial: &NamedTensors,
-        last: &NamedTensors,
+        initial: &[NamedTensor],
+        last: &[NamedTensor],
     ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         write_f32_tensors(&dir.join("initial.safetensors"), initial, None)?;

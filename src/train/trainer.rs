@@ -24,18 +24,19 @@ use super::optim::{
     AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
     learning_rate,
 };
-use super::step::{StepFailure, train_step};
+use super::step::{StepFailure, plan_micro_batches, train_step};
 use super::trace::{ObservedStep, StepObserver};
 use crate::adapters::AdapterSpec;
 use crate::adapters::export::adapter_and_head_params;
 use crate::adapters::surgery::decays;
 use crate::data::Label;
-use crate::data::batch::{Batch, TokenizedSplit};
+use crate::data::batch::TokenizedSplit;
 use crate::error::{Error, Result};
 use crate::eval::dev::evaluate_dev;
 use crate::eval::metrics::MnliMain;
 use crate::model::SequenceClassifier;
 use crate::model::dropout::seed_dropout;
+use crate::model::weights::NamedTensor;
 use crate::seed::substream_seed;
 
 /// The shape of the per-component factor on SRR's preserved block (§12.2 "Choice (form)").
@@ -93,6 +94,8 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Batches per shuffled window sorted by length (1: plain shuffling).
     pub length_group_window: usize,
+    /// Passes each batch is computed in, sorted by length (see [`plan_micro_batches`]).
+    pub length_split: usize,
     pub epochs: usize,
     pub schedule: Schedule,
     pub warmup_ratio: f64,
@@ -230,7 +233,7 @@ pub fn task_loss<B: Backend>(
 fn named_gradients<B: AutodiffBackend>(
     model: &SequenceClassifier<B>,
     grads: &AccumulatedGrads<B::InnerBackend>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+) -> Result<Vec<NamedTensor>> {
     adapter_and_head_params(model)
         .into_iter()
         .filter_map(|p| {
@@ -352,10 +355,7 @@ pub fn train<B: AutodiffBackend>(
                 config.seed,
                 &format!("dropout/step-{}", state.global_step),
             ));
-            let micro_batches: Vec<Batch> = group
-                .iter()
-                .map(|indices| data.train.batch(indices))
-                .collect();
+            let micro_batches = plan_micro_batches(&data.train, group, config.length_split);
             let step = match train_step(
                 model,
                 &mut optimizer,
