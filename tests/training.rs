@@ -769,6 +769,65 @@ fn glue_command_tables_and_continues_a_suite() {
     );
 }
 
+/// `qpeft glue --lrs … --seeds …`: every lr runs with the first seed, the best final score
+/// selects each cell's lr, only that lr runs with the other seeds, and the table reports their
+/// mean ± standard deviation, with the grid and the per-seed scores beside it.
+#[test]
+fn glue_selects_each_cells_lr_and_reports_the_seeds() {
+    let suite = ToySuite::new();
+    let output = suite
+        .glue("grid", "lora")
+        .args(["--lrs", "1e-4,3e-3", "--seeds", "42,1,2"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cell = suite.path("grid/lora/sst2");
+    let score = |lr: &str, seed: u64| -> Option<f64> {
+        let path = cell.join(format!("lr-{lr}-seed-{seed}/report.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["final_main"].as_f64()
+    };
+    let (low, high) = (score("1e-4", 42).unwrap(), score("3e-3", 42).unwrap());
+    let (selected, other) = if high > low {
+        ("3e-3", "1e-4")
+    } else {
+        ("1e-4", "3e-3")
+    };
+    assert!(score(other, 1).is_none() && score(other, 2).is_none());
+    let seeds: Vec<f64> = [42, 1, 2]
+        .iter()
+        .map(|&s| 100.0 * score(selected, s).unwrap())
+        .collect();
+    let mean = seeds.iter().sum::<f64>() / 3.0;
+    let std = (seeds.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    let table = std::fs::read_to_string(suite.path("grid/glue.md")).unwrap();
+    let main = format!("| lora | {mean:.2} ± {std:.2} | {mean:.2} |");
+    assert!(table.contains(&main), "{main} not in\n{table}");
+    let grid = format!(
+        "| lora | sst2 | {:.2} | {:.2} | {selected} | {:.2} | {:.2} | {:.2} | {mean:.2} ± {std:.2} |",
+        100.0 * low,
+        100.0 * high,
+        seeds[0],
+        seeds[1],
+        seeds[2]
+    );
+    assert!(table.contains(&grid), "{grid} not in\n{table}");
+    assert!(table.contains("| lora | sst2 | 1e-4 | 42 |"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(suite.path("grid/glue.json")).unwrap())
+            .unwrap();
+    let entry = &json[0]["tasks"]["sst2"];
+    assert_eq!(
+        entry["selected_lr"].as_f64().unwrap(),
+        selected.parse::<f64>().unwrap()
+    );
+    assert!((100.0 * entry["main"].as_f64().unwrap() - mean).abs() < 1e-9);
+}
+
 /// Two `qpeft glue` commands on one folder share the runs: each run is trained by one of them,
 /// once, and both print the whole table.
 #[test]

@@ -3,6 +3,7 @@
 //! task's main score and the average. Finished runs are reused and killed ones continued, so
 //! the same command continues an interrupted suite; a run of another recipe is refused.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -36,6 +37,14 @@ pub struct GlueArgs {
     /// Override a field of every recipe (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Learning rates to select from for each (row, task), the papers' way: each runs with the
+    /// first seed, the best final-epoch dev score selects the lr, and the other seeds run at it.
+    #[arg(long, value_delimiter = ',', value_name = "LR,…")]
+    pub lrs: Vec<f64>,
+    /// Seeds; the table reports each (row, task)'s mean ± standard deviation over them at the
+    /// selected lr.
+    #[arg(long, value_delimiter = ',', value_name = "SEED,…")]
+    pub seeds: Vec<u64>,
     /// The suite's folder: <out>/<row>/<task>/ per run, glue.md and glue.json.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -79,51 +88,239 @@ pub fn row_overrides(row: &str) -> anyhow::Result<Vec<String>> {
     Ok(overrides)
 }
 
+/// One training run of the suite: a (row, task) cell, at an lr and a seed when the suite has a
+/// grid (`None`: the recipe's).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+struct Job {
+    row: usize,
+    task: Task,
+    lr: Option<f64>,
+    seed: Option<u64>,
+}
+
+impl Job {
+    /// `<row>/<task>`, and below it `lr-<lr>-seed-<seed>` in a grid.
+    fn dir(&self, out: &std::path::Path, rows: &[String], recipe: &Recipe) -> PathBuf {
+        let cell = out.join(&rows[self.row]).join(self.task.name());
+        if self.lr.is_none() && self.seed.is_none() {
+            return cell;
+        }
+        cell.join(format!(
+            "lr-{:e}-seed-{}",
+            recipe.train.learning_rate, recipe.train.seed
+        ))
+    }
+}
+
+/// The reports of a suite's runs, keyed by job.
+type Reports = Vec<(Job, RunReport)>;
+
+fn report<'a>(reports: &'a Reports, job: &Job) -> &'a RunReport {
+    &reports
+        .iter()
+        .find(|(j, _)| j == job)
+        .expect("every job of the suite has run")
+        .1
+}
+
+/// Trains (or reads) every job. Runs held by another process (a second `qpeft glue` on the same
+/// --out) are passed over and waited for at the end, so that parallel suites share the work.
+fn run_jobs(args: &GlueArgs, out: &std::path::Path, jobs: &[Job]) -> anyhow::Result<Reports> {
+    let mut reports = Vec::new();
+    let mut held_elsewhere = Vec::new();
+    for job in jobs {
+        let row = &args.compare[job.row];
+        let mut overrides = row_overrides(row)?;
+        overrides.extend(args.overrides.iter().cloned());
+        if let Some(lr) = job.lr {
+            overrides.push(format!("train.learning_rate={lr:e}"));
+        }
+        if let Some(seed) = job.seed {
+            overrides.push(format!("train.seed={seed}"));
+        }
+        let recipe_path = args.recipes.join(format!("{}.toml", job.task.name()));
+        let recipe = Recipe::load(&recipe_path, &overrides)
+            .with_context(|| format!("row {row}, task {}", job.task))?;
+        let run = RunDir {
+            root: job.dir(out, &args.compare, &recipe),
+        };
+        match run.try_lock()? {
+            Some(lock) => {
+                reports.push((*job, finish_run(args, row, job.task, &recipe, &run, &lock)?))
+            }
+            None => {
+                eprintln!(
+                    "== {}: another process is running it, coming back to it",
+                    run.root.display()
+                );
+                held_elsewhere.push((*job, recipe, run));
+            }
+        }
+    }
+    for (job, recipe, run) in held_elsewhere {
+        eprintln!("== {}: waiting for the other process", run.root.display());
+        let lock = run.lock()?;
+        let row = &args.compare[job.row];
+        reports.push((job, finish_run(args, row, job.task, &recipe, &run, &lock)?));
+    }
+    Ok(reports)
+}
+
+/// A (row, task) cell of a grid suite: the lr its first seed selected and its seeds' scores.
+struct Cell {
+    /// The first seed's final-epoch score at each lr (`None`: the recipe's lr).
+    grid: Vec<(Option<f64>, f64)>,
+    selected: Option<f64>,
+    /// Final-epoch score per seed at the selected lr.
+    seeds: Vec<(Option<u64>, f64)>,
+}
+
+impl Cell {
+    fn mean(&self) -> f64 {
+        self.seeds.iter().map(|(_, s)| s).sum::<f64>() / self.seeds.len() as f64
+    }
+
+    /// The sample standard deviation over the seeds (0 with one seed).
+    fn std(&self) -> f64 {
+        let n = self.seeds.len();
+        if n < 2 {
+            return 0.0;
+        }
+        let mean = self.mean();
+        (self
+            .seeds
+            .iter()
+            .map(|(_, s)| (s - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1) as f64)
+            .sqrt()
+    }
+}
+
 pub fn run(args: GlueArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("glue-{}", super::train::now_stamp()))
     });
-    // Runs held by another process (a second `qpeft glue` on the same --out) are passed over
-    // and waited for at the end, so that parallel suites share the work and each writes the
-    // whole table.
-    let mut scores: BTreeMap<(usize, Task), RunReport> = BTreeMap::new();
-    let mut held_elsewhere = Vec::new();
-    for (row_index, row) in args.compare.iter().enumerate() {
-        let mut overrides = row_overrides(row)?;
-        overrides.extend(args.overrides.iter().cloned());
-        for &task in &args.tasks {
-            let recipe_path = args.recipes.join(format!("{}.toml", task.name()));
-            let recipe = Recipe::load(&recipe_path, &overrides)
-                .with_context(|| format!("row {row}, task {task}"))?;
-            let run = RunDir {
-                root: out.join(row).join(task.name()),
+    let grid = !args.lrs.is_empty() || !args.seeds.is_empty();
+    let lrs: Vec<Option<f64>> = match args.lrs.is_empty() {
+        true => vec![None],
+        false => args.lrs.iter().copied().map(Some).collect(),
+    };
+    let seeds: Vec<Option<u64>> = match args.seeds.is_empty() {
+        true => vec![None],
+        false => args.seeds.iter().copied().map(Some).collect(),
+    };
+    let cells: Vec<(usize, Task)> = (0..args.compare.len())
+        .flat_map(|row| args.tasks.iter().map(move |&task| (row, task)))
+        .collect();
+    // Every lr with the first seed, then the other seeds at each cell's selected lr.
+    let first_seed = seeds[0];
+    let first: Vec<Job> = cells
+        .iter()
+        .flat_map(|&(row, task)| {
+            lrs.iter().map(move |&lr| Job {
+                row,
+                task,
+                lr,
+                seed: first_seed,
+            })
+        })
+        .collect();
+    let mut reports = run_jobs(&args, &out, &first)?;
+    let selected: Vec<Option<f64>> = cells
+        .iter()
+        .map(|&(row, task)| {
+            // A NaN score (a diverged run) ranks lowest.
+            let score = |lr: &Option<f64>| {
+                let main = report(
+                    &reports,
+                    &Job {
+                        row,
+                        task,
+                        lr: *lr,
+                        seed: first_seed,
+                    },
+                )
+                .final_main;
+                if main.is_nan() {
+                    f64::NEG_INFINITY
+                } else {
+                    main
+                }
             };
-            match run.try_lock()? {
-                Some(lock) => {
-                    let report = finish_run(&args, row, task, &recipe, &run, &lock)?;
-                    scores.insert((row_index, task), report);
-                }
-                None => {
-                    eprintln!(
-                        "== {row} / {task}: another process is running it, coming back to it"
-                    );
-                    held_elsewhere.push((row_index, task, recipe, run));
-                }
-            }
-        }
+            // `max_by` keeps the last of equal maxima: over the reversed list, the first lr.
+            *lrs.iter()
+                .rev()
+                .max_by(|a, b| score(a).total_cmp(&score(b)))
+                .expect("at least one lr")
+        })
+        .collect();
+    let rest: Vec<Job> = cells
+        .iter()
+        .zip(&selected)
+        .flat_map(|(&(row, task), &lr)| {
+            seeds[1..].iter().map(move |&seed| Job {
+                row,
+                task,
+                lr,
+                seed,
+            })
+        })
+        .collect();
+    reports.extend(run_jobs(&args, &out, &rest)?);
+    let summary: BTreeMap<(usize, Task), Cell> = cells
+        .iter()
+        .zip(&selected)
+        .map(|(&(row, task), &lr)| {
+            let cell = Cell {
+                grid: lrs
+                    .iter()
+                    .map(|&l| {
+                        (
+                            l,
+                            report(
+                                &reports,
+                                &Job {
+                                    row,
+                                    task,
+                                    lr: l,
+                                    seed: first_seed,
+                                },
+                            )
+                            .final_main,
+                        )
+                    })
+                    .collect(),
+                selected: lr,
+                seeds: seeds
+                    .iter()
+                    .map(|&seed| {
+                        (
+                            seed,
+                            report(
+                                &reports,
+                                &Job {
+                                    row,
+                                    task,
+                                    lr,
+                                    seed,
+                                },
+                            )
+                            .final_main,
+                        )
+                    })
+                    .collect(),
+            };
+            ((row, task), cell)
+        })
+        .collect();
+    let mut table = markdown_table(&args.compare, &args.tasks, &summary, seeds.len() > 1);
+    if grid {
+        table.push('\n');
+        table.push_str(&grid_table(&args.compare, &args.tasks, &summary));
     }
-    for (row_index, task, recipe, run) in held_elsewhere {
-        let row = &args.compare[row_index];
-        eprintln!("== {row} / {task}: waiting for the other process");
-        let lock = run.lock()?;
-        let report = finish_run(&args, row, task, &recipe, &run, &lock)?;
-        scores.insert((row_index, task), report);
-    }
-    let table = format!(
-        "{}\n{}",
-        markdown_table(&args.compare, &args.tasks, &scores),
-        per_epoch_table(&args.compare, &args.tasks, &scores)
-    );
+    table.push('\n');
+    table.push_str(&per_epoch_table(&args.compare, &reports, grid));
     println!("{table}");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("glue.md"), &table)?;
@@ -135,12 +332,23 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
             let tasks: BTreeMap<String, serde_json::Value> = args
                 .tasks
                 .iter()
-                .filter_map(|t| scores.get(&(i, *t)).map(|r| (t.name().to_string(), serde_json::json!({
-                    "main": r.final_main, "best": r.best_main, "epochs": r.epochs,
-                    "samples_per_second": r.samples_per_second, "train_seconds": r.train_seconds,
-                }))))
+                .map(|t| {
+                    let cell = &summary[&(i, *t)];
+                    let r = report(&reports, &Job { row: i, task: *t, lr: cell.selected, seed: first_seed });
+                    let mut entry = serde_json::json!({
+                        "main": cell.mean(), "best": r.best_main, "epochs": r.epochs,
+                        "samples_per_second": r.samples_per_second, "train_seconds": r.train_seconds,
+                    });
+                    if grid {
+                        entry["std"] = cell.std().into();
+                        entry["selected_lr"] = cell.selected.into();
+                        entry["grid"] = cell.grid.iter().map(|(lr, s)| serde_json::json!({"lr": lr, "main": s})).collect();
+                        entry["seeds"] = cell.seeds.iter().map(|(seed, s)| serde_json::json!({"seed": seed, "main": s})).collect();
+                    }
+                    (t.name().to_string(), entry)
+                })
                 .collect();
-            serde_json::json!({"row": row, "tasks": tasks, "average": average(i, &args.tasks, &scores)})
+            serde_json::json!({"row": row, "tasks": tasks, "average": average(i, &args.tasks, &summary)})
         })
         .collect();
     std::fs::write(out.join("glue.json"), serde_json::to_string_pretty(&json)?)?;
@@ -210,20 +418,22 @@ fn same_recipe(run: &RunDir, recipe: &Recipe) -> anyhow::Result<()> {
     )
 }
 
-fn average(row: usize, tasks: &[Task], scores: &BTreeMap<(usize, Task), RunReport>) -> f64 {
+fn average(row: usize, tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) -> f64 {
     100.0
         * tasks
             .iter()
-            .map(|t| scores[&(row, *t)].final_main)
+            .map(|t| summary[&(row, *t)].mean())
             .sum::<f64>()
         / tasks.len() as f64
 }
 
-/// Rows × task main scores (last epoch, in %) and their mean.
+/// Rows × task main scores (last epoch, in %; the mean ± standard deviation over the seeds when
+/// there are several) and the average of the means.
 fn markdown_table(
     rows: &[String],
     tasks: &[Task],
-    scores: &BTreeMap<(usize, Task), RunReport>,
+    summary: &BTreeMap<(usize, Task), Cell>,
+    with_std: bool,
 ) -> String {
     let mut md = String::from("| init |");
     for task in tasks {
@@ -235,47 +445,107 @@ fn markdown_table(
     for (i, row) in rows.iter().enumerate() {
         md.push_str(&format!("| {row} |"));
         for task in tasks {
-            md.push_str(&format!(" {:.2} |", 100.0 * scores[&(i, *task)].final_main));
+            let cell = &summary[&(i, *task)];
+            match with_std {
+                true => md.push_str(&format!(
+                    " {:.2} ± {:.2} |",
+                    100.0 * cell.mean(),
+                    100.0 * cell.std()
+                )),
+                false => md.push_str(&format!(" {:.2} |", 100.0 * cell.mean())),
+            }
         }
-        md.push_str(&format!(" {:.2} |\n", average(i, tasks, scores)));
+        md.push_str(&format!(" {:.2} |\n", average(i, tasks, summary)));
+    }
+    md
+}
+
+fn lr_name(lr: Option<f64>) -> String {
+    lr.map_or("recipe".into(), |lr| format!("{lr:e}"))
+}
+
+/// Per (row, task): the first seed's score at each lr, the selected lr, and every seed's score
+/// at it.
+fn grid_table(rows: &[String], tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) -> String {
+    let Some(any) = summary.values().next() else {
+        return String::new();
+    };
+    let mut md = String::from("| init | task |");
+    for (lr, _) in &any.grid {
+        md.push_str(&format!(" lr {} |", lr_name(*lr)));
+    }
+    md.push_str(" selected lr |");
+    for (seed, _) in &any.seeds {
+        md.push_str(&format!(
+            " seed {} |",
+            seed.map_or("recipe".into(), |s| s.to_string())
+        ));
+    }
+    md.push_str(" mean ± std |\n|---|---|");
+    md.push_str(&"---|".repeat(any.grid.len() + any.seeds.len() + 2));
+    md.push('\n');
+    for (i, row) in rows.iter().enumerate() {
+        for task in tasks {
+            let cell = &summary[&(i, *task)];
+            md.push_str(&format!("| {row} | {} |", task.name()));
+            for (_, score) in &cell.grid {
+                md.push_str(&format!(" {:.2} |", 100.0 * score));
+            }
+            md.push_str(&format!(" {} |", lr_name(cell.selected)));
+            for (_, score) in &cell.seeds {
+                md.push_str(&format!(" {:.2} |", 100.0 * score));
+            }
+            md.push_str(&format!(
+                " {:.2} ± {:.2} |\n",
+                100.0 * cell.mean(),
+                100.0 * cell.std()
+            ));
+        }
     }
     md
 }
 
 /// Every run's dev main score (%) and training loss after each epoch, its best epoch and its
 /// training time: what the final-epoch table hides (a run that peaked early, a loss that never
-/// fell).
-fn per_epoch_table(
-    rows: &[String],
-    tasks: &[Task],
-    scores: &BTreeMap<(usize, Task), RunReport>,
-) -> String {
-    let epochs = scores.values().map(|r| r.epochs.len()).max().unwrap_or(0);
+/// fell). In a grid, one line per (lr, seed).
+fn per_epoch_table(rows: &[String], reports: &Reports, grid: bool) -> String {
+    let mut sorted: Vec<&(Job, RunReport)> = reports.iter().collect();
+    sorted.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+    let epochs = reports
+        .iter()
+        .map(|(_, r)| r.epochs.len())
+        .max()
+        .unwrap_or(0);
     let mut md = String::from("| init | task |");
+    if grid {
+        md.push_str(" lr | seed |");
+    }
     for epoch in 1..=epochs {
         md.push_str(&format!(" epoch {epoch}: dev (loss) |"));
     }
     md.push_str(" best epoch | training time |\n|---|---|");
-    md.push_str(&"---|".repeat(epochs + 2));
+    md.push_str(&"---|".repeat(epochs + 2 + if grid { 2 } else { 0 }));
     md.push('\n');
-    for (i, row) in rows.iter().enumerate() {
-        for task in tasks {
-            let report = &scores[&(i, *task)];
-            md.push_str(&format!("| {row} | {} |", task.name()));
-            for epoch in 0..epochs {
-                match report.epochs.get(epoch) {
-                    Some(e) => {
-                        md.push_str(&format!(" {:.2} ({:.4}) |", 100.0 * e.main, e.train_loss))
-                    }
-                    None => md.push_str(" – |"),
-                }
-            }
+    for (job, report) in sorted {
+        md.push_str(&format!("| {} | {} |", rows[job.row], job.task.name()));
+        if grid {
             md.push_str(&format!(
-                " {} | {:.1} min |\n",
-                report.best_epoch,
-                report.train_seconds / 60.0
+                " {} | {} |",
+                lr_name(job.lr),
+                job.seed.map_or("recipe".into(), |s| s.to_string())
             ));
         }
+        for epoch in 0..epochs {
+            match report.epochs.get(epoch) {
+                Some(e) => md.push_str(&format!(" {:.2} ({:.4}) |", 100.0 * e.main, e.train_loss)),
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push_str(&format!(
+            " {} | {:.1} min |\n",
+            report.best_epoch,
+            report.train_seconds / 60.0
+        ));
     }
     md
 }
