@@ -51,6 +51,40 @@ pub enum Label {
     Score(f32),
 }
 
+/// The labels of a batch as one typed column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelColumn {
+    Classes(Vec<i64>),
+    Scores(Vec<f32>),
+}
+
+impl LabelColumn {
+    /// The labels of `labels`, all of one kind (the first decides); an unlabelled example or a
+    /// mix of kinds is an error.
+    pub fn new(labels: &[Option<Label>]) -> crate::error::Result<Self> {
+        let unlabelled =
+            || crate::error::Error::InvalidInput("a training example has no label".into());
+        match labels.first().copied().flatten() {
+            Some(Label::Score(_)) => labels
+                .iter()
+                .map(|l| match l {
+                    Some(Label::Score(s)) => Ok(*s),
+                    _ => Err(unlabelled()),
+                })
+                .collect::<crate::error::Result<_>>()
+                .map(LabelColumn::Scores),
+            _ => labels
+                .iter()
+                .map(|l| match l {
+                    Some(Label::Class(c)) => Ok(*c as i64),
+                    _ => Err(unlabelled()),
+                })
+                .collect::<crate::error::Result<_>>()
+                .map(LabelColumn::Classes),
+        }
+    }
+}
+
 /// One row of a split: the text (or pair) and, except in test splits, its label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {

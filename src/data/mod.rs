@@ -7,4 +7,4 @@ pub mod hub;
 pub mod manifest;
 pub mod tsv;
 
-pub use glue::{Dataset, Example, Label, LabelKind, Split, Task, glue_dir, load};
+pub use glue::{Dataset, Example, Label, LabelColumn, LabelKind, Split, Task, glue_dir, load};

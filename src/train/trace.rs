@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::StepStats;
 use super::step::MicroBatch;
-use crate::data::Label;
+use crate::data::{Label, LabelColumn};
 use crate::error::{Error, Result};
 use crate::model::weights::{NamedTensor, RawTensor, write_f32_tensors, write_tensors};
 
@@ -105,35 +105,15 @@ fn i64_tensor(name: String, shape: Vec<usize>, values: &[i64]) -> RawTensor {
 }
 
 fn label_tensor(name: String, labels: &[Option<Label>]) -> Result<RawTensor> {
-    let unlabelled = || Error::InvalidInput("a training example has no label".into());
-    let shape = vec![labels.len()];
-    match labels.first().copied().flatten() {
-        Some(Label::Score(_)) => {
-            let scores = labels
-                .iter()
-                .map(|l| match l {
-                    Some(Label::Score(s)) => Ok(*s),
-                    _ => Err(unlabelled()),
-                })
-                .collect::<Result<Vec<f32>>>()?;
-            Ok(RawTensor {
-                name,
-                dtype: Dtype::F32,
-                shape,
-                bytes: scores.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            })
-        }
-        _ => {
-            let classes = labels
-                .iter()
-                .map(|l| match l {
-                    Some(Label::Class(c)) => Ok(*c as i64),
-                    _ => Err(unlabelled()),
-                })
-                .collect::<Result<Vec<i64>>>()?;
-            Ok(i64_tensor(name, shape, &classes))
-        }
-    }
+    Ok(match LabelColumn::new(labels)? {
+        LabelColumn::Scores(scores) => RawTensor {
+            name,
+            dtype: Dtype::F32,
+            shape: vec![scores.len()],
+            bytes: scores.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+        LabelColumn::Classes(classes) => i64_tensor(name, vec![classes.len()], &classes),
+    })
 }
 
 impl StepObserver for StepDump {

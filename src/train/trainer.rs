@@ -29,8 +29,8 @@ use super::trace::{ObservedStep, StepObserver};
 use crate::adapters::AdapterSpec;
 use crate::adapters::export::adapter_and_head_params;
 use crate::adapters::surgery::decays;
-use crate::data::Label;
 use crate::data::batch::TokenizedSplit;
+use crate::data::{Label, LabelColumn};
 use crate::error::{Error, Result};
 use crate::eval::dev::evaluate_dev;
 use crate::eval::metrics::MnliMain;
@@ -200,32 +200,21 @@ pub fn task_loss<B: Backend>(
     device: &B::Device,
 ) -> Result<Tensor<B, 1>> {
     let [batch, outputs] = logits.dims();
-    let unlabelled = || Error::InvalidInput("a training example has no label".into());
-    match labels.first().copied().flatten() {
-        Some(Label::Class(_)) => {
-            let classes = labels
-                .iter()
-                .map(|l| match l {
-                    Some(Label::Class(c)) if *c < outputs => Ok(*c as i64),
-                    _ => Err(unlabelled()),
-                })
-                .collect::<Result<Vec<_>>>()?;
+    match LabelColumn::new(labels)? {
+        LabelColumn::Classes(classes) => {
+            if let Some(&c) = classes.iter().find(|&&c| c as usize >= outputs) {
+                return Err(Error::InvalidInput(format!(
+                    "class label {c} for a head of {outputs} outputs"
+                )));
+            }
             let targets =
                 Tensor::<B, 2, Int>::from_data(TensorData::new(classes, [batch, 1]), device);
             Ok(log_softmax(logits, 1).gather(1, targets).mean().neg())
         }
-        Some(Label::Score(_)) => {
-            let scores = labels
-                .iter()
-                .map(|l| match l {
-                    Some(Label::Score(s)) => Ok(*s),
-                    _ => Err(unlabelled()),
-                })
-                .collect::<Result<Vec<_>>>()?;
+        LabelColumn::Scores(scores) => {
             let targets = Tensor::<B, 2>::from_data(TensorData::new(scores, [batch, 1]), device);
             Ok((logits - targets).powi_scalar(2).mean())
         }
-        None => Err(unlabelled()),
     }
 }
 
