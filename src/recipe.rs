@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::DropoutPlacement;
 use crate::data::Task;
-use crate::data::batch::LENGTH_GROUP_WINDOW;
 use crate::error::{Error, Result};
 use crate::eval::metrics::MnliMain;
 use crate::model::DEFAULT_MODEL;
@@ -239,8 +238,8 @@ impl Default for TrainSection {
             checkpoint_every: 0,
             log_every: 10,
             mnli_main: MnliMainName::Matched,
-            length_group_window: LENGTH_GROUP_WINDOW,
-            length_split: 1,
+            length_group_window: 1,
+            length_split: 4,
         }
     }
 }
@@ -306,7 +305,27 @@ fn parse_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
+/// Keys added to `[train]` after runs were written without them, with the value those runs
+/// trained with: batches sorted by length in windows of 50, each computed in one pass.
+const LEGACY_TRAIN_KEYS: [(&str, &str); 2] = [("length_group_window", "50"), ("length_split", "1")];
+
 impl Recipe {
+    /// Reads the resolved recipe a run directory holds (`qpeft train` writes every field). A key
+    /// it lacks was added later: the run trained with that key's old behaviour, not today's
+    /// default, so that value is read (and `qpeft glue` does not take the run for one of the
+    /// new protocol).
+    pub fn load_resolved(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+        let train = table.get("train").and_then(toml::Value::as_table);
+        let legacy: Vec<String> = LEGACY_TRAIN_KEYS
+            .iter()
+            .filter(|(key, _)| train.is_none_or(|t| !t.contains_key(*key)))
+            .map(|(key, value)| format!("train.{key}={value}"))
+            .collect();
+        Self::parse(&text, path, &legacy)
+    }
+
     /// Reads `path` and applies `overrides` (`section.key=value`), then validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -608,6 +627,25 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_recipe_without_a_later_key_reads_the_old_behaviour() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recipe.toml");
+        std::fs::write(&path, "[data]\ntask = \"rte\"\n[train]\nepochs = 3\n").unwrap();
+        let old = Recipe::load_resolved(&path).unwrap();
+        assert_eq!(
+            (old.train.length_group_window, old.train.length_split),
+            (50, 1)
+        );
+        let fresh = Recipe::load(&path, &[]).unwrap();
+        assert_eq!(
+            (fresh.train.length_group_window, fresh.train.length_split),
+            (1, 4)
+        );
+        std::fs::write(&path, fresh.to_toml().unwrap()).unwrap();
+        assert_eq!(Recipe::load_resolved(&path).unwrap(), fresh);
+    }
 
     #[test]
     fn field_names_come_from_serde() {

@@ -407,7 +407,8 @@ fn tokenized_splits_are_cached_and_batched_with_little_padding() {
         padded(&file_order)
     );
     assert!(padded(&eval) < padded(&file_order));
-    let train = fresh.train_batches(16, qpeft::data::batch::LENGTH_GROUP_WINDOW, 42, 0);
+    // Windows of 50 batches, as HF's `LengthGroupedSampler`.
+    let train = fresh.train_batches(16, 50, 42, 0);
     println!("length-grouped training batches: padded {}", padded(&train));
     assert!(padded(&train) < padded(&file_order));
 }

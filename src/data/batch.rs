@@ -24,10 +24,6 @@ pub fn default_cache_dir() -> PathBuf {
     root.join("tokens")
 }
 
-/// Batches per shuffled window that is sorted by length when a recipe does not say
-/// (`train.length_group_window`; HF's `LengthGroupedSampler` uses up to 50).
-pub const LENGTH_GROUP_WINDOW: usize = 50;
-
 /// A split after tokenization: one unpadded row per example, with ids and labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedSplit {
@@ -285,22 +281,16 @@ fn read_cache(file: &Path, expected_rows: usize) -> Option<Vec<TokenizedRow>> {
 mod tests {
     use super::*;
 
+    /// HF's `LengthGroupedSampler` sorts windows of up to 50 batches.
+    const HF_WINDOW: usize = 50;
+
     #[test]
     fn length_grouping_covers_each_example_once_and_is_deterministic() {
         let lengths: Vec<usize> = (0..1000).map(|i| (i * 7919) % 97 + 3).collect();
-        let a = length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 42, 0);
-        assert_eq!(
-            a,
-            length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 42, 0)
-        );
-        assert_ne!(
-            a,
-            length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 42, 1)
-        );
-        assert_ne!(
-            a,
-            length_grouped_batches(&lengths, 8, LENGTH_GROUP_WINDOW, 7, 0)
-        );
+        let a = length_grouped_batches(&lengths, 8, HF_WINDOW, 42, 0);
+        assert_eq!(a, length_grouped_batches(&lengths, 8, HF_WINDOW, 42, 0));
+        assert_ne!(a, length_grouped_batches(&lengths, 8, HF_WINDOW, 42, 1));
+        assert_ne!(a, length_grouped_batches(&lengths, 8, HF_WINDOW, 7, 0));
         let mut seen: Vec<usize> = a.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
@@ -336,7 +326,7 @@ mod tests {
                 .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
                 .sum()
         };
-        let grouped = length_grouped_batches(&lengths, 32, LENGTH_GROUP_WINDOW, 1, 0);
+        let grouped = length_grouped_batches(&lengths, 32, HF_WINDOW, 1, 0);
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         order.shuffle(&mut substream_rng(1, "test"));
         let random: Vec<Vec<usize>> = order.chunks(32).map(<[usize]>::to_vec).collect();

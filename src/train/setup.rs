@@ -184,7 +184,7 @@ impl RunDir {
     }
 
     pub fn recipe(&self) -> Result<Recipe> {
-        Recipe::load(&self.recipe_path(), &[])
+        Recipe::load_resolved(&self.recipe_path())
     }
 
     /// Takes the run's lock (`<run>/.lock`, created with the directory if needed), which
