@@ -8,7 +8,7 @@
 //! from any checkpoint continues exactly as the uninterrupted run would have.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,6 +38,9 @@ use crate::model::SequenceClassifier;
 use crate::model::dropout::seed_dropout;
 use crate::model::weights::NamedTensor;
 use crate::seed::substream_seed;
+
+/// Steps between progress lines when stderr is not a terminal.
+const PLAIN_EVERY: usize = 20;
 
 /// The shape of the per-component factor on SRR's preserved block (§12.2 "Choice (form)").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +316,9 @@ pub fn train<B: AutodiffBackend>(
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
     let total_steps = steps_per_epoch * config.epochs;
     let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
+    // A bar on a terminal; plain lines when stderr is redirected (the bar would draw nothing),
+    // so that a log shows the run as it goes.
+    let plain = !std::io::stderr().is_terminal();
     let progress = ProgressBar::new(total_steps as u64).with_style(
         ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
             .expect("valid progress template"),
@@ -397,6 +403,14 @@ pub fn train<B: AutodiffBackend>(
                 "loss {step_loss:.4} lr {lr:.2e} {rate:.1} samples/s"
             ));
             progress.inc(1);
+            if plain && (state.global_step == 1 || state.global_step.is_multiple_of(PLAIN_EVERY)) {
+                eprintln!(
+                    "epoch {}/{} step {}/{total_steps}: loss {step_loss:.4} lr {lr:.2e} {rate:.1} samples/s",
+                    epoch + 1,
+                    config.epochs,
+                    state.global_step
+                );
+            }
             if config.log_every > 0 && state.global_step.is_multiple_of(config.log_every) {
                 log.write(serde_json::json!({
                     "type": "step",
@@ -431,10 +445,24 @@ pub fn train<B: AutodiffBackend>(
                         .collect::<BTreeMap<_, _>>(),
                     learning_rate: lr,
                 };
-                progress.println(format!(
-                    "epoch {}: train loss {:.4}, dev {} {:.4} {:?}",
-                    record.epoch, record.train_loss, data.train.task, record.main, record.metrics
-                ));
+                let line = format!(
+                    "epoch {}: train loss {:.4}, dev {} {:.4} ({})",
+                    record.epoch,
+                    record.train_loss,
+                    data.train.task,
+                    record.main,
+                    record
+                        .metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if plain {
+                    eprintln!("{line}");
+                } else {
+                    progress.println(line);
+                }
                 log.write(serde_json::json!({"type": "epoch", "record": record}))?;
                 state.epochs.push(record);
                 state.epoch += 1;
