@@ -100,25 +100,26 @@ fn dense_tensors<B: Backend>(model: &SequenceClassifier<B>, prefix: &str) -> Res
             &layer.output.layer_norm,
         )?;
     }
-    put_head(&mut out, model, prefix)?;
+    for (name, linear) in head_linears(model, prefix) {
+        put_linear(&mut out, &name, linear)?;
+    }
     Ok(out)
 }
 
 /// The head's linears under their HF sequence-classification names.
-fn put_head<B: Backend>(
-    out: &mut Tensors,
-    model: &SequenceClassifier<B>,
+fn head_linears<'a, B: Backend>(
+    model: &'a SequenceClassifier<B>,
     prefix: &str,
-) -> Result<()> {
+) -> Vec<(String, &'a Linear<B>)> {
     match &model.head {
-        ClassifierHead::Bert(head) => {
-            put_linear(out, &format!("{prefix}pooler.dense"), &head.pooler.dense)?;
-            put_linear(out, "classifier", &head.classifier)
-        }
-        ClassifierHead::Roberta(head) => {
-            put_linear(out, "classifier.dense", &head.dense)?;
-            put_linear(out, "classifier.out_proj", &head.out_proj)
-        }
+        ClassifierHead::Bert(head) => vec![
+            (format!("{prefix}pooler.dense"), &head.pooler.dense),
+            ("classifier".into(), &head.classifier),
+        ],
+        ClassifierHead::Roberta(head) => vec![
+            ("classifier.dense".into(), &head.dense),
+            ("classifier.out_proj".into(), &head.out_proj),
+        ],
     }
 }
 
@@ -174,7 +175,7 @@ pub fn adapter_and_head_params<B: Backend>(model: &SequenceClassifier<B>) -> Vec
             }
         }
     }
-    let mut linear = |name: String, linear: &Linear<B>| {
+    for (name, linear) in head_linears(model, prefix) {
         out.push(NamedParam {
             name: format!("{name}.weight"),
             id: linear.weight.id,
@@ -186,16 +187,6 @@ pub fn adapter_and_head_params<B: Backend>(model: &SequenceClassifier<B>) -> Vec
                 id: bias.id,
                 value: bias.val().unsqueeze(),
             });
-        }
-    };
-    match &model.head {
-        ClassifierHead::Bert(head) => {
-            linear(format!("{prefix}pooler.dense"), &head.pooler.dense);
-            linear("classifier".into(), &head.classifier);
-        }
-        ClassifierHead::Roberta(head) => {
-            linear("classifier.dense".into(), &head.dense);
-            linear("classifier.out_proj".into(), &head.out_proj);
         }
     }
     out
