@@ -13,8 +13,9 @@ model's other tensors), the head's initial values and the batches in qpeft's ord
 wrapper around every adapted linear (y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ, s = α/r), trains the adapter
 factors and the head with torch.optim.AdamW (decay on weights, never on biases), transformers'
 learning-rate schedule, torch's clip_grad_norm_ and SRR's preserved-component scaling (`grad`:
-gradients of the first k components × γ before clipping; `update`: their AdamW step × γ), and
-compares each step's loss and the final trainable tensors with qpeft's.
+gradients of the first k components × γ before clipping; `update`: their AdamW step × γ), with
+`train.optimizer = "riemannian-adamw"` the Riemannian preconditioning of each adapter's gradients
+after clipping, and compares each step's loss and the final trainable tensors with qpeft's.
 
 Prints one JSON object; exits 1 when a loss or a final tensor differs by more than --tolerance
 (relative: |a − b| / max|b| per tensor, |a − b| / |b| per loss), or the first step's gradients
@@ -170,6 +171,21 @@ def preserved_factors(adapters: dict, recipe: dict):
     return out
 
 
+def riemannian_precondition(params: dict, adapters: dict, delta: float):
+    """Zhang & Pilanci's preconditioning, in place: ∇A ← (BᵀB + δI)⁻¹∇A and ∇B ← ∇B(AAᵀ + δI)⁻¹
+    with PEFT's A [r, in] and B [out, r] before the step; the Gram matrices formed and inverted in
+    float64."""
+    eye = torch.eye(adapters["rank"], dtype=torch.float64)
+    for layer in adapters["layers"]:
+        a = params[f"bert.{layer}.lora_A.weight"]
+        b = params[f"bert.{layer}.lora_B.weight"]
+        b64, a64 = b.detach().double(), a.detach().double()
+        inverse_btb = torch.linalg.inv(b64.T @ b64 + delta * eye).to(a.dtype)
+        inverse_aat = torch.linalg.inv(a64 @ a64.T + delta * eye).to(b.dtype)
+        a.grad = inverse_btb @ a.grad
+        b.grad = b.grad @ inverse_aat
+
+
 def schedule(optimizer, recipe: dict, warmup: int, total: int):
     kind = recipe["train"]["schedule"]
     if kind == "cosine":
@@ -240,6 +256,8 @@ def replay(run: Path, dtype=torch.float32):
                 p.grad.mul_(f)
         if t["max_grad_norm"] > 0:
             torch.nn.utils.clip_grad_norm_(list(params.values()), t["max_grad_norm"])
+        if t.get("optimizer", "adamw") == "riemannian-adamw":
+            riemannian_precondition(params, adapters, t["riemannian_delta"])
         before = [p.detach().clone() for p, _ in scaled] if mode == "update" else []
         optimizer.step()
         if mode == "update":

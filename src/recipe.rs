@@ -16,7 +16,7 @@ use crate::eval::metrics::MnliMain;
 use crate::model::DEFAULT_MODEL;
 use crate::model::bert::LAYER_LINEARS;
 use crate::reconstruct::lowrank::FactorSplit;
-use crate::train::optim::{PreservedScaling, Schedule};
+use crate::train::optim::{OptimizerKind, PreservedScaling, Schedule};
 use crate::train::trainer::GammaForm;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -200,6 +200,10 @@ pub struct TrainSection {
     /// Each batch is sorted by length and computed in this many passes whose gradients add up
     /// to the whole batch's: the same optimizer step with less padding.
     pub length_split: usize,
+    /// `adamw`, or `riemannian-adamw`: AdamW on Riemannian-preconditioned adapter gradients.
+    pub optimizer: OptimizerKind,
+    /// δ of the Riemannian preconditioner (Gram + δI), used with `riemannian-adamw`.
+    pub riemannian_delta: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +244,8 @@ impl Default for TrainSection {
             mnli_main: MnliMainName::Matched,
             length_group_window: 1,
             length_split: 4,
+            optimizer: OptimizerKind::Adamw,
+            riemannian_delta: 1e-6,
         }
     }
 }
@@ -456,6 +462,12 @@ impl Recipe {
             "train.length_split",
             "at least 1 pass per batch",
             t.length_split.to_string(),
+        )?;
+        check(
+            t.riemannian_delta.is_finite() && t.riemannian_delta > 0.0,
+            "train.riemannian_delta",
+            "a positive number (the preconditioner inverts Gram + δI)",
+            t.riemannian_delta.to_string(),
         )?;
         check(
             t.length_group_window > 0,

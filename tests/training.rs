@@ -55,7 +55,7 @@ fn adamw_clipping_and_schedules_match_torch() {
         b: Param::from_tensor(tensor(f("b.init"), [3])),
         c: Param::from_tensor(tensor(f("c.init"), [2, 5])),
     };
-    let table = ParamTable::new::<Ad, _>(&toy, |path| path != "b", HashMap::new());
+    let table = ParamTable::new::<Ad, _>(&toy, |path| path != "b", HashMap::new(), Vec::new());
     assert_eq!(table.len(), 3);
     let mut optimizer = AdamW::<Cpu>::new(AdamWConfig {
         weight_decay: 0.05,
@@ -361,7 +361,7 @@ fn one_step(mode: PreservedScaling) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, 
             },
         );
     }
-    let table = ParamTable::new::<Ad, _>(&model, |_| true, scales);
+    let table = ParamTable::new::<Ad, _>(&model, |_| true, scales, Vec::new());
     let x = tensor::<Ad, 3>(pseudo(4 * d_in, 13), [1, 4, d_in]);
     let loss =
         (model.layer.forward(x) * tensor::<Ad, 3>(pseudo(4 * d_out, 14), [1, 4, d_out])).sum();
@@ -1073,8 +1073,12 @@ fn length_split_parts_add_up_to_the_whole_batch() {
     let model = qpeft::train::setup::build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
-    let table =
-        ParamTable::new::<Ad, _>(&model, qpeft::adapters::surgery::decays, Default::default());
+    let table = ParamTable::new::<Ad, _>(
+        &model,
+        qpeft::adapters::surgery::decays,
+        Default::default(),
+        Vec::new(),
+    );
     // Two accumulation batches of different sizes, so the divisors differ between parts.
     let group = vec![(0..24).collect::<Vec<_>>(), (24..37).collect()];
     let gradients = |split: usize| {

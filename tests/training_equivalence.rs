@@ -4,7 +4,11 @@
 //! first step's gradients and its final adapter factors and head (1e-4, relative to each tensor's
 //! largest entry) must agree with transformers + torch AdamW replaying the same batches from the
 //! same start (`scripts/check_training.py`, run by `tests/fixtures/make_training_fixtures.sh`,
-//! which also wrote the committed batches and starting values).
+//! which also wrote the committed batches and starting values). The `-riemannian` cases train
+//! with `train.optimizer = "riemannian-adamw"`: the reference preconditions each adapter's
+//! gradients in float64 by its own code; after 4 steps their tensors differ from the plain AdamW
+//! cases' by 1e-2 (QERA) to 1.5 (QLoRA) relative, so a preconditioner ignored or mis-oriented
+//! fails here.
 //!
 //! QLoRA's cases get 3e-4 for the final tensors: its B starts at 0, so AdamW's first updates of
 //! B and A are nearly sign(gradient)·lr, and entries whose gradient is near 0 move by ±lr on f32
@@ -177,7 +181,7 @@ fn training_steps_match_pytorch() {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 10,
+        cases.len() >= 13,
         "{} cases in {}",
         cases.len(),
         root.display()

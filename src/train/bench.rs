@@ -94,7 +94,7 @@ pub fn time_training<B: AutodiffBackend>(
     checkpoint: Option<&Path>,
     device: &B::Device,
 ) -> Result<BenchTimings> {
-    let table = ParamTable::new::<B, _>(&model, decays, Default::default());
+    let table = ParamTable::new::<B, _>(&model, decays, Default::default(), Vec::new());
     // torch.optim.AdamW's defaults, as in the reference script.
     let mut optimizer = AdamW::new(AdamWConfig {
         weight_decay: 0.01,

@@ -2,19 +2,27 @@
 //! p ← p·(1 − η·λ), bias-corrected moments, ε added after the square root), global-norm
 //! gradient clipping with torch's `clip_grad_norm_` semantics (one norm over all gradients,
 //! scaled by max_norm/(norm + 1e-6) when that is below 1), the learning-rate schedules of HF
-//! `transformers` (constant, linear or cosine after a linear warmup), and SRR's scaling of the
+//! `transformers` (constant, linear or cosine after a linear warmup), SRR's scaling of the
 //! preserved components (§12.2–§12.3): `grad` multiplies their gradients (before clipping, as a
-//! backward hook would), `update` multiplies their AdamW step.
+//! backward hook would), `update` multiplies their AdamW step; and, optionally, the Riemannian
+//! preconditioning of each adapter's factors (Zhang & Pilanci, ICML 2024, "Riemannian
+//! Preconditioned LoRA"; PEFT's `create_riemannian_optimizer`), applied after clipping as PEFT's
+//! optimizer does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::qlora_linear::to_vec;
 use crate::error::{Error, Result};
 
 /// The learning-rate schedule after warmup.
@@ -46,6 +54,34 @@ pub fn learning_rate(
     }
 }
 
+/// The optimizer of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// torch's AdamW on every trainable parameter.
+    #[default]
+    Adamw,
+    /// AdamW on the adapters' preconditioned gradients: ∇A·(BBᵀ + δI)⁻¹ and (AᵀA + δI)⁻¹·∇B
+    /// (A `[in, r]`, B `[r, out]`), each from the factors before the step. The product's update
+    /// then depends far less on how L·R is split between the factors (Zhang & Pilanci).
+    RiemannianAdamw,
+}
+
+impl OptimizerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::RiemannianAdamw => "riemannian-adamw",
+        }
+    }
+}
+
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// AdamW's constants (torch defaults: β = (0.9, 0.999), ε = 1e-8).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -53,6 +89,8 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// δ of the Riemannian preconditioning of the adapter factors; `None`: plain AdamW.
+    pub precondition_delta: Option<f64>,
 }
 
 impl Default for AdamWConfig {
@@ -62,8 +100,16 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            precondition_delta: None,
         }
     }
+}
+
+/// The two factors of one adapter: A `[in, r]` and B `[r, out]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactorPair {
+    pub a: ParamId,
+    pub b: ParamId,
 }
 
 /// Where a per-component factor multiplies: SRR's gradient or update scaling.
@@ -153,15 +199,19 @@ pub struct ParamTable<B: Backend> {
     pub params: HashMap<ParamId, TrainableParam<B>>,
     /// Ids in module order, for deterministic iteration.
     pub order: Vec<ParamId>,
+    /// The adapters' factor pairs, for the Riemannian preconditioning.
+    pub pairs: Vec<FactorPair>,
 }
 
 impl<B: Backend> ParamTable<B> {
     /// Every parameter of `module` that requires a gradient, with `decay(path)` deciding weight
-    /// decay and `components` the per-component scaling of adapter factors.
+    /// decay, `components` the per-component scaling of adapter factors and `pairs` the
+    /// adapters' factors.
     pub fn new<AB, M>(
         module: &M,
         decay: impl Fn(&str) -> bool,
         mut components: HashMap<ParamId, ComponentScale<B>>,
+        pairs: Vec<FactorPair>,
     ) -> Self
     where
         AB: AutodiffBackend<InnerBackend = B>,
@@ -186,7 +236,11 @@ impl<B: Backend> ParamTable<B> {
             );
             order.push(id);
         }
-        ParamTable { params, order }
+        ParamTable {
+            params,
+            order,
+            pairs,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -356,6 +410,9 @@ impl<B: Backend> AdamW<B> {
                 *grad = grad.clone() * c;
             }
         }
+        if let Some(delta) = self.config.precondition_delta {
+            precondition_factors::<AB, M>(&module, &mut grads, table, delta)?;
+        }
         self.step += 1;
         let mut mapper = AdamWMapper {
             optimizer: self,
@@ -398,6 +455,84 @@ pub fn clip_coefficient<'a, B: Backend>(
         )));
     }
     Ok((norm, max_norm.map(|m| (m / (norm + 1e-6)).min(1.0))))
+}
+
+/// Riemannian preconditioning of each adapter's gradients (see
+/// [`OptimizerKind::RiemannianAdamw`]), in place; the Gram matrices come from the factors' values
+/// before the step. A pair with a missing gradient is left as it is.
+fn precondition_factors<AB, M>(
+    module: &M,
+    grads: &mut HashMap<ParamId, Tensor<AB::InnerBackend, 2>>,
+    table: &ParamTable<AB::InnerBackend>,
+    delta: f64,
+) -> Result<()>
+where
+    AB: AutodiffBackend,
+    M: AutodiffModule<AB>,
+{
+    let wanted: HashSet<ParamId> = table.pairs.iter().flat_map(|p| [p.a, p.b]).collect();
+    let mut collector = ValueCollector {
+        wanted: &wanted,
+        found: HashMap::new(),
+    };
+    module.visit(&mut collector);
+    let values = collector.found;
+    let path = |id: &ParamId| table.params.get(id).map_or("?", |p| p.path.as_str());
+    for pair in &table.pairs {
+        let (Some(a), Some(b)) = (values.get(&pair.a), values.get(&pair.b)) else {
+            continue;
+        };
+        let inverse_bbt = row_gram_inverse(b.clone(), delta)
+            .map_err(|e| Error::InvalidInput(format!("{e} ({})", path(&pair.b))))?;
+        let inverse_ata = row_gram_inverse(a.clone().transpose(), delta)
+            .map_err(|e| Error::InvalidInput(format!("{e} ({})", path(&pair.a))))?;
+        if let Some(grad) = grads.get_mut(&pair.a) {
+            *grad = grad.clone().matmul(inverse_bbt);
+        }
+        if let Some(grad) = grads.get_mut(&pair.b) {
+            *grad = inverse_ata.matmul(grad.clone());
+        }
+    }
+    Ok(())
+}
+
+/// (XXᵀ + δI)⁻¹ for X `[r, n]` (r the adapter rank), formed and inverted in f64 on the host
+/// (an f32 Gram matrix of a nearly rank-deficient factor can come out indefinite) and returned
+/// in the tensor's precision.
+fn row_gram_inverse<B: Backend>(x: Tensor<B, 2>, delta: f64) -> Result<Tensor<B, 2>> {
+    let device = x.device();
+    let [r, n] = x.dims();
+    let values = to_vec(x)?;
+    let row = |i: usize| &values[i * n..(i + 1) * n];
+    let damped = Mat::from_fn(r, r, |i, j| {
+        let dot: f64 = row(i)
+            .iter()
+            .zip(row(j))
+            .map(|(&p, &q)| f64::from(p) * f64::from(q))
+            .sum();
+        dot + if i == j { delta } else { 0.0 }
+    });
+    let llt = damped.llt(Side::Lower).map_err(|_| {
+        Error::InvalidInput(format!(
+            "a factor's Gram matrix + {delta}·I is not positive definite"
+        ))
+    })?;
+    let inverse = llt.inverse();
+    let out: Vec<f32> = (0..r * r).map(|k| inverse[(k / r, k % r)] as f32).collect();
+    Ok(Tensor::from_data(TensorData::new(out, [r, r]), &device))
+}
+
+struct ValueCollector<'a, B: Backend> {
+    wanted: &'a HashSet<ParamId>,
+    found: HashMap<ParamId, Tensor<B, 2>>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for ValueCollector<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if self.wanted.contains(&param.id) {
+            self.found.insert(param.id, to_2d(param.val().inner()));
+        }
+    }
 }
 
 struct AdamWMapper<'a, B: Backend> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::AutodiffBackend;
 
-use super::optim::AdamWConfig;
+use super::optim::{AdamWConfig, OptimizerKind};
 use super::report::QuantSummary;
 use super::trainer::{PreservedConfig, TrainConfig};
 use crate::adapters::surgery::{
@@ -45,6 +45,8 @@ pub fn train_config(recipe: &Recipe) -> TrainConfig {
             beta2: t.beta2,
             eps: t.eps,
             weight_decay: t.weight_decay,
+            precondition_delta: (t.optimizer == OptimizerKind::RiemannianAdamw)
+                .then_some(t.riemannian_delta),
         },
         seed: t.seed,
         eval_batch_size: t.eval_batch_size,

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{EpochRecord, LoadedCheckpoint, LoopState, save_checkpoint};
 use super::optim::{
-    AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
-    learning_rate,
+    AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, FactorPair, ParamTable, PreservedScaling,
+    Schedule, learning_rate,
 };
 use super::step::{StepFailure, plan_micro_batches, train_step};
 use super::trace::{ObservedStep, StepObserver};
@@ -196,6 +196,20 @@ fn component_scales<B: AutodiffBackend>(
     scales
 }
 
+/// The factors of every adapter.
+fn factor_pairs<B: AutodiffBackend>(model: &SequenceClassifier<B>) -> Vec<FactorPair> {
+    model
+        .encoder
+        .linear_names()
+        .iter()
+        .filter_map(|name| model.encoder.target(name).and_then(|t| t.adapted()))
+        .map(|adapted| FactorPair {
+            a: adapted.lora_a.id,
+            b: adapted.lora_b.id,
+        })
+        .collect()
+}
+
 /// Mean cross-entropy of class logits, or mean squared error of a one-output regression head.
 pub fn task_loss<B: Backend>(
     logits: Tensor<B, 2>,
@@ -280,6 +294,7 @@ pub fn train<B: AutodiffBackend>(
         &model,
         decays,
         component_scales(&model, &config.preserved, device),
+        factor_pairs(&model),
     );
     if table.is_empty() {
         return Err(Error::InvalidInput(
