@@ -34,6 +34,8 @@ pub enum Error {
     InvalidDevice { spec: String, message: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("chart: {0}")]
+    Plot(String),
     /// A data file that does not have the expected format; `line` is 1-based.
     #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     Data {

@@ -548,6 +548,25 @@ fn qpeft_train(recipe: &Path, run: &Path, glue: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// The run's charts: the loss and the learning rate with one point per logged step, the main
+/// dev score with one per epoch, all linked from report.md.
+fn run_charts_show_the_log(run: &Path, epochs: usize) {
+    let steps = qpeft::train::report::logged_steps(run).unwrap();
+    assert!(steps.len() >= epochs, "{} logged steps", steps.len());
+    let chart = |name: &str| std::fs::read_to_string(run.join(name)).unwrap();
+    let longest = |svg: &str, series: usize| {
+        common::svg_elements_by_colour(svg, "polyline", "stroke")
+            .get(&common::palette_hex(series))
+            .and_then(|lines| lines.iter().map(|p| p.split_whitespace().count()).max())
+    };
+    let training = chart("training.svg");
+    assert_eq!(longest(&training, 0), Some(steps.len()), "loss");
+    assert_eq!(longest(&training, 1), Some(steps.len()), "learning rate");
+    assert_eq!(longest(&chart("dev.svg"), 0), Some(epochs), "dev main");
+    let markdown = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(markdown.contains("](training.svg)") && markdown.contains("](dev.svg)"));
+}
+
 /// `qpeft train` on the tiny BERT: the loss falls, the dev metric is computed and beats
 /// chance, and `qpeft eval` of the run reproduces the reported metric.
 #[test]
@@ -575,6 +594,7 @@ fn train_command_learns_the_toy_task() {
     assert!(
         run.join("report.md").is_file() && run.join("checkpoints/epoch-30/state.json").is_file()
     );
+    run_charts_show_the_log(&run, 30);
     let eval = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
         .arg("eval")
         .arg(&run)
@@ -826,6 +846,15 @@ fn glue_selects_each_cells_lr_and_reports_the_seeds() {
         selected.parse::<f64>().unwrap()
     );
     assert!((100.0 * entry["main"].as_f64().unwrap() - mean).abs() < 1e-9);
+    // One bar (and a legend swatch) for the one cell, with the seeds' spread as its error bar.
+    let chart = std::fs::read_to_string(suite.path("grid/glue.svg")).unwrap();
+    let bars = common::svg_elements_by_colour(&chart, "rect", "fill");
+    assert_eq!(bars.get(&common::palette_hex(0)).map(Vec::len), Some(2));
+    let w = qpeft::plot::WHISKER;
+    let whisker = format!("#{:02X}{:02X}{:02X}", w.0, w.1, w.2);
+    let lines = common::svg_elements_by_colour(&chart, "polyline", "stroke");
+    assert_eq!(lines.get(&whisker).map(Vec::len), Some(1));
+    assert!(table.contains("](glue.svg)"));
 }
 
 /// Two `qpeft glue` commands on one folder share the runs: each run is trained by one of them,

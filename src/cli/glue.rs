@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use qpeft::data::Task;
+use qpeft::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
 use qpeft::recipe::Recipe;
 use qpeft::train::report::RunReport;
 use qpeft::train::setup::{RunDir, RunLock};
@@ -314,7 +315,9 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
             ((row, task), cell)
         })
         .collect();
-    let mut table = markdown_table(&args.compare, &args.tasks, &summary, seeds.len() > 1);
+    let with_std = seeds.len() > 1;
+    let mut table = markdown_table(&args.compare, &args.tasks, &summary, with_std);
+    table.push_str(&format!("\n![dev scores, rows × tasks]({GLUE_CHART})\n"));
     if grid {
         table.push('\n');
         table.push_str(&grid_table(&args.compare, &args.tasks, &summary));
@@ -323,6 +326,10 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
     table.push_str(&per_epoch_table(&args.compare, &reports, grid));
     println!("{table}");
     std::fs::create_dir_all(&out)?;
+    write_svg(
+        &out.join(GLUE_CHART),
+        &bar_chart_svg(&glue_chart(&args.compare, &args.tasks, &summary, with_std))?,
+    )?;
     std::fs::write(out.join("glue.md"), &table)?;
     let json: Vec<serde_json::Value> = args
         .compare
@@ -429,6 +436,44 @@ fn average(row: usize, tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) 
 
 /// Rows × task main scores (last epoch, in %; the mean ± standard deviation over the seeds when
 /// there are several) and the average of the means.
+/// The suite's chart, beside glue.md.
+const GLUE_CHART: &str = "glue.svg";
+
+/// One bar per (row, task): the mean dev score and, over several seeds, ± their standard
+/// deviation.
+fn glue_chart(
+    rows: &[String],
+    tasks: &[Task],
+    summary: &BTreeMap<(usize, Task), Cell>,
+    with_std: bool,
+) -> BarChart {
+    BarChart {
+        title: match with_std {
+            true => "GLUE dev scores (mean ± std over the seeds)".into(),
+            false => "GLUE dev scores".into(),
+        },
+        y_label: "dev score × 100".into(),
+        groups: tasks.iter().map(|t| t.name().to_string()).collect(),
+        series: rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| BarSeries {
+                name: row.clone(),
+                values: tasks
+                    .iter()
+                    .map(|t| {
+                        // A diverged cell (NaN) has no bar.
+                        let cell = &summary[&(i, *t)];
+                        let mean = 100.0 * cell.mean();
+                        mean.is_finite()
+                            .then(|| (mean, with_std.then(|| 100.0 * cell.std())))
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 fn markdown_table(
     rows: &[String],
     tasks: &[Task],

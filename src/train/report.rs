@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::EpochRecord;
 use crate::error::{Error, Result};
+use crate::files::replace_file;
+use crate::plot::{LineChart, Series, line_chart_svg, write_svg};
 
 /// How the base weights were quantized and the adapters initialized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,15 +74,73 @@ impl RunReport {
             .map_err(|source| Error::Json { path, source })
     }
 
-    /// Writes `report.json` and `report.md` into `run`, each complete or not at all (a run with
-    /// a report is finished: `qpeft glue` reuses it); returns the markdown path.
+    /// Writes the charts (`training.svg`: loss and learning rate per logged step from
+    /// `metrics.jsonl`; `dev.svg`: the dev metrics per epoch), `report.md` and `report.json` into
+    /// `run`, each complete or not at all, `report.json` last (a run with a report is finished:
+    /// `qpeft glue` reuses it); returns the markdown path.
     pub fn write(&self, run: &Path) -> Result<PathBuf> {
         let json =
             serde_json::to_string_pretty(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let steps = logged_steps(run)?;
+        write_svg(
+            &run.join(TRAINING_CHART),
+            &line_chart_svg(&self.training_chart(&steps))?,
+        )?;
+        write_svg(&run.join(DEV_CHART), &line_chart_svg(&self.dev_chart())?)?;
         let md_path = run.join("report.md");
         replace_file(&md_path, self.markdown().as_bytes())?;
         replace_file(&run.join("report.json"), json.as_bytes())?;
         Ok(md_path)
+    }
+
+    /// Loss (left axis) and learning rate (right axis) per logged optimizer step.
+    pub fn training_chart(&self, steps: &BTreeMap<usize, LoggedStep>) -> LineChart {
+        let series = |name: &str, value: fn(&LoggedStep) -> f64| Series {
+            name: name.to_string(),
+            points: steps.iter().map(|(&s, l)| (s as f64, value(l))).collect(),
+        };
+        LineChart {
+            title: format!("{}: training loss and learning rate", self.task),
+            x_label: "optimizer step".into(),
+            y_label: "training loss".into(),
+            series: vec![series("loss", |l| l.loss)],
+            secondary: Some((
+                "learning rate".into(),
+                vec![series("learning rate", |l| l.learning_rate)],
+            )),
+        }
+    }
+
+    /// The main dev score and each dev metric per epoch.
+    pub fn dev_chart(&self) -> LineChart {
+        let mut names: Vec<&String> = self.epochs.iter().flat_map(|e| e.metrics.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut series = vec![Series {
+            name: "main".into(),
+            points: self
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.main))
+                .collect(),
+        }];
+        series.extend(names.into_iter().map(|name| {
+            Series {
+                name: name.clone(),
+                points: self
+                    .epochs
+                    .iter()
+                    .filter_map(|e| Some((e.epoch as f64, *e.metrics.get(name)?)))
+                    .collect(),
+            }
+        }));
+        LineChart {
+            title: format!("{}: dev metrics per epoch", self.task),
+            x_label: "epoch".into(),
+            y_label: "dev score".into(),
+            series,
+            secondary: None,
+        }
     }
 
     pub fn markdown(&self) -> String {
@@ -112,6 +172,9 @@ impl RunReport {
                 e.learning_rate
             ));
         }
+        md.push_str(&format!(
+            "\n![dev metrics per epoch]({DEV_CHART})\n\n![training loss and learning rate]({TRAINING_CHART})\n"
+        ));
         md.push_str(&format!(
             "\n- reported (last epoch): **{:.4}**; best: {:.4} at epoch {}\n",
             self.final_main, self.best_main, self.best_epoch
@@ -150,19 +213,55 @@ impl RunReport {
     }
 }
 
+/// A run's charts, beside `report.md`.
+pub const TRAINING_CHART: &str = "training.svg";
+pub const DEV_CHART: &str = "dev.svg";
+
+/// What the metrics log says of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoggedStep {
+    pub loss: f64,
+    pub learning_rate: f64,
+}
+
+/// The logged steps of `run/metrics.jsonl` (none if there is no log). A step logged by several
+/// attempts of a resumed run keeps its last value; a line a kill cut short is skipped.
+pub fn logged_steps(run: &Path) -> Result<BTreeMap<usize, LoggedStep>> {
+    let path = run.join("metrics.jsonl");
+    if !path.is_file() {
+        return Ok(BTreeMap::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut steps = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if value["type"] != "step" {
+            continue;
+        }
+        let (Some(step), Some(loss), Some(learning_rate)) = (
+            value["step"].as_u64(),
+            value["loss"].as_f64(),
+            value["learning_rate"].as_f64(),
+        ) else {
+            continue;
+        };
+        steps.insert(
+            step as usize,
+            LoggedStep {
+                loss,
+                learning_rate,
+            },
+        );
+    }
+    Ok(steps)
+}
+
 /// The process's peak resident memory (`VmHWM`), where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Writes `path` through a temporary file in its folder and a rename.
-fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    std::fs::write(&partial, contents).map_err(|e| Error::io(&partial, e))?;
-    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
 }

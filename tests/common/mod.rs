@@ -340,3 +340,28 @@ pub mod toy {
         .unwrap()
     }
 }
+
+/// The `<tag>` elements of an SVG document by their `attribute` colour (upper-case hex), each as
+/// its `points` attribute (empty for elements without one); panics unless the SVG is well-formed.
+pub fn svg_elements_by_colour(
+    svg: &str,
+    tag: &str,
+    attribute: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let doc = roxmltree::Document::parse(svg).expect("well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for node in doc.descendants().filter(|n| n.tag_name().name() == tag) {
+        if let Some(c) = node.attribute(attribute) {
+            let points = node.attribute("points").unwrap_or("").to_string();
+            out.entry(c.to_uppercase()).or_default().push(points);
+        }
+    }
+    out
+}
+
+/// The hex form the SVG backend writes for series colour `i` of the charts' palette.
+pub fn palette_hex(i: usize) -> String {
+    let c = qpeft::plot::PALETTE[i];
+    format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+}

@@ -1,0 +1,282 @@
+//! SVG charts for the reports: line charts (a run's loss and learning rate per step, its dev
+//! metric per epoch) and grouped bar charts with error bars (`qpeft glue`'s rows × tasks). Drawn
+//! with `plotters`' SVG backend, which writes text as `<text>` for the viewer to render: no fonts
+//! or system libraries are needed. Each series is one `<polyline>` (lines) or one set of
+//! `<rect>`s (bars) in one colour of [`PALETTE`], and appears once in the legend.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::files::replace_file;
+
+/// Series colours, in order (Tableau 10: distinct in print and for common colour blindness).
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The error bars' colour (the axes are black).
+pub const WHISKER: RGBColor = RGBColor(64, 64, 64);
+
+const SIZE: (u32, u32) = (880, 480);
+
+fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// One line: its legend name and its (x, y) points, in x order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart; `secondary` series are drawn against a right-hand axis of their own (a
+/// learning rate beside a loss).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    pub secondary: Option<(String, Vec<Series>)>,
+}
+
+/// Bars of one series (a row of `qpeft glue`), one entry per group: the height and, when there
+/// are several seeds, the half-length of its error bar; `None` where the series has no value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarSeries {
+    pub name: String,
+    pub values: Vec<Option<(f64, Option<f64>)>>,
+}
+
+/// Grouped bars: for each group (a task), one bar per series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarChart {
+    pub title: String,
+    pub y_label: String,
+    pub groups: Vec<String>,
+    pub series: Vec<BarSeries>,
+}
+
+fn plot_error(title: &str, e: impl std::fmt::Display) -> Error {
+    Error::Plot(format!("drawing '{title}': {e}"))
+}
+
+/// The range of `values`, widened by 5% each side (and to a unit interval when flat or empty).
+fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return (0.0, 1.0);
+    }
+    let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5 };
+    (lo - pad, hi + pad)
+}
+
+fn finite_points(series: &Series) -> Vec<(f64, f64)> {
+    series
+        .points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect()
+}
+
+/// The chart as an SVG document.
+pub fn line_chart_svg(chart: &LineChart) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        draw_line_chart(&root, chart).map_err(|e| plot_error(&chart.title, e))?;
+        root.present().map_err(|e| plot_error(&chart.title, e))?;
+    }
+    Ok(svg)
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart) -> DrawResult {
+    root.fill(&WHITE)?;
+    let secondary = chart.secondary.as_ref();
+    let all = || {
+        chart
+            .series
+            .iter()
+            .chain(secondary.into_iter().flat_map(|s| &s.1))
+    };
+    let (x0, x1) = padded_range(all().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let (y0, y1) = padded_range(
+        chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1)),
+    );
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(&chart.title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(70);
+    if secondary.is_some() {
+        builder.right_y_label_area_size(80);
+    }
+    let mut ctx = builder
+        .build_cartesian_2d(x0..x1, y0..y1)?
+        .set_secondary_coord(x0..x1, {
+            let (s0, s1) = padded_range(
+                secondary
+                    .into_iter()
+                    .flat_map(|s| &s.1)
+                    .flat_map(|s| s.points.iter().map(|p| p.1)),
+            );
+            s0..s1
+        });
+    ctx.configure_mesh()
+        .x_desc(chart.x_label.as_str())
+        .y_desc(chart.y_label.as_str())
+        .light_line_style(WHITE)
+        .draw()?;
+    for (i, series) in chart.series.iter().enumerate() {
+        let c = colour(i);
+        ctx.draw_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?
+            .label(series.name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    if let Some((label, series)) = secondary {
+        ctx.configure_secondary_axes()
+            .y_desc(label.as_str())
+            .y_label_formatter(&|v| format!("{v:.1e}"))
+            .draw()?;
+        for (j, series) in series.iter().enumerate() {
+            let c = colour(chart.series.len() + j);
+            ctx.draw_secondary_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?
+                .label(series.name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+    }
+    ctx.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// The chart as an SVG document.
+pub fn bar_chart_svg(chart: &BarChart) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        draw_bar_chart(&root, chart).map_err(|e| plot_error(&chart.title, e))?;
+        root.present().map_err(|e| plot_error(&chart.title, e))?;
+    }
+    Ok(svg)
+}
+
+fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -> DrawResult {
+    root.fill(&WHITE)?;
+    let tops = chart.series.iter().flat_map(|s| {
+        s.values
+            .iter()
+            .flatten()
+            .flat_map(|&(v, e)| [v + e.unwrap_or(0.0), v - e.unwrap_or(0.0)])
+    });
+    let (lo, hi) = padded_range(tops.chain([0.0]));
+    // Bars stand on 0: no margin below it unless a bar goes below.
+    let lo = if lo < 0.0
+        && chart
+            .series
+            .iter()
+            .flat_map(|s| s.values.iter().flatten())
+            .all(|&(v, e)| v - e.unwrap_or(0.0) >= 0.0)
+    {
+        0.0
+    } else {
+        lo
+    };
+    let n_groups = chart.groups.len().max(1);
+    let mut ctx = ChartBuilder::on(root)
+        .caption(&chart.title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..n_groups as f64, lo..hi)?;
+    let groups = chart.groups.clone();
+    ctx.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n_groups * 2 + 1)
+        .x_label_formatter(&move |x| {
+            // Only the groups' centres carry a name.
+            let i = x.floor();
+            if (x - i - 0.5).abs() < 1e-9 {
+                groups.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(chart.y_label.as_str())
+        .light_line_style(WHITE)
+        .draw()?;
+    let width = 0.8 / chart.series.len().max(1) as f64;
+    for (j, series) in chart.series.iter().enumerate() {
+        let c = colour(j);
+        let bars = series.values.iter().enumerate().filter_map(|(g, v)| {
+            let (value, _) = (*v)?;
+            let left = g as f64 + 0.1 + j as f64 * width;
+            Some(Rectangle::new(
+                [(left, 0.0), (left + 0.9 * width, value)],
+                c.filled(),
+            ))
+        });
+        ctx.draw_series(bars)?
+            .label(series.name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+        let whiskers = series.values.iter().enumerate().filter_map(|(g, v)| {
+            let (value, Some(error)) = (*v)? else {
+                return None;
+            };
+            let centre = g as f64 + 0.1 + (j as f64 + 0.45) * width;
+            let cap = 0.2 * width;
+            Some(PathElement::new(
+                vec![
+                    (centre - cap, value - error),
+                    (centre + cap, value - error),
+                    (centre, value - error),
+                    (centre, value + error),
+                    (centre - cap, value + error),
+                    (centre + cap, value + error),
+                ],
+                WHISKER.stroke_width(1),
+            ))
+        });
+        ctx.draw_series(whiskers)?;
+    }
+    ctx.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// Writes `svg` to `path`, whole or not at all.
+pub fn write_svg(path: &Path, svg: &str) -> Result<()> {
+    replace_file(path, svg.as_bytes())
+}

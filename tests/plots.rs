@@ -1,0 +1,122 @@
+//! The report charts: well-formed SVG with one line (or one set of bars) per series, in the
+//! series' colour, and a legend entry each; a run's charts drawn from its metrics log.
+
+mod common;
+
+use common::{palette_hex as hex, svg_elements_by_colour as by_colour};
+use qpeft::plot::{BarChart, BarSeries, LineChart, Series, WHISKER, bar_chart_svg, line_chart_svg};
+
+fn texts(svg: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "text")
+        .filter_map(|n| n.text().map(|t| t.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn line_chart_has_one_polyline_per_series_and_a_legend() {
+    let chart = LineChart {
+        title: "stsb: training loss and learning rate".into(),
+        x_label: "optimizer step".into(),
+        y_label: "training loss".into(),
+        series: vec![
+            Series {
+                name: "loss".into(),
+                points: (1..=30).map(|s| (s as f64, 4.0 / s as f64)).collect(),
+            },
+            Series {
+                name: "other".into(),
+                points: vec![(1.0, 1.0), (15.0, f64::NAN), (30.0, 2.0)],
+            },
+        ],
+        secondary: Some((
+            "learning rate".into(),
+            vec![Series {
+                name: "learning rate".into(),
+                points: (1..=30)
+                    .map(|s| (s as f64, 3e-4 * (30 - s) as f64 / 30.0))
+                    .collect(),
+            }],
+        )),
+    };
+    let svg = line_chart_svg(&chart).unwrap();
+    if let Ok(dir) = std::env::var("QPEFT_PLOT_DEMO") {
+        std::fs::write(format!("{dir}/line.svg"), &svg).unwrap();
+    }
+    let lines = by_colour(&svg, "polyline", "stroke");
+    for (i, expected_points) in [(0, 30), (1, 2), (2, 30)] {
+        let found = lines.get(&hex(i)).map(Vec::as_slice).unwrap_or_default();
+        // The series' line and its legend sample.
+        assert_eq!(found.len(), 2, "series {i}: {found:?}");
+        let longest = found.iter().map(|p| p.split_whitespace().count()).max();
+        assert_eq!(
+            longest,
+            Some(expected_points),
+            "series {i}: NaN points are left out"
+        );
+    }
+    // Besides the series, only the black axes.
+    assert_eq!(lines.len(), 4, "colours: {:?}", lines.keys());
+    assert!(lines.contains_key("#000000"));
+    let texts = texts(&svg);
+    for label in [
+        "loss",
+        "other",
+        "learning rate",
+        "optimizer step",
+        "training loss",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == label),
+            "no '{label}' in {texts:?}"
+        );
+    }
+}
+
+#[test]
+fn bar_chart_has_one_bar_per_value_and_error_bars_where_seeds_vary() {
+    let chart = BarChart {
+        title: "GLUE dev scores".into(),
+        y_label: "dev score".into(),
+        groups: vec!["rte".into(), "mrpc".into(), "stsb".into()],
+        series: vec![
+            BarSeries {
+                name: "lora".into(),
+                values: vec![
+                    Some((60.0, Some(2.0))),
+                    Some((81.0, Some(1.0))),
+                    Some((83.0, None)),
+                ],
+            },
+            BarSeries {
+                name: "qera-exact".into(),
+                values: vec![Some((52.0, Some(3.0))), None, Some((53.2, Some(5.3)))],
+            },
+        ],
+    };
+    let svg = bar_chart_svg(&chart).unwrap();
+    if let Ok(dir) = std::env::var("QPEFT_PLOT_DEMO") {
+        std::fs::write(format!("{dir}/bars.svg"), &svg).unwrap();
+    }
+    let rects = by_colour(&svg, "rect", "fill");
+    // Bars plus one legend swatch.
+    assert_eq!(rects.get(&hex(0)).map(Vec::len), Some(3 + 1));
+    assert_eq!(rects.get(&hex(1)).map(Vec::len), Some(2 + 1));
+    let whiskers = by_colour(&svg, "polyline", "stroke");
+    let whisker = format!("#{:02X}{:02X}{:02X}", WHISKER.0, WHISKER.1, WHISKER.2);
+    // One per value with a spread: a bar's centre line and its two caps in one path.
+    let found = whiskers
+        .get(&whisker)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    assert_eq!(found.len(), 4, "{whiskers:?}");
+    assert!(found.iter().all(|p| p.split_whitespace().count() == 6));
+    let texts = texts(&svg);
+    for label in ["rte", "mrpc", "stsb", "lora", "qera-exact"] {
+        assert!(
+            texts.iter().any(|t| t == label),
+            "no '{label}' in {texts:?}"
+        );
+    }
+}
