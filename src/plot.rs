@@ -97,6 +97,31 @@ fn finite_points(series: &Series) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A chart of per-module errors (`qpeft init`, `qpeft quantize`): one line per named list of
+/// values, the modules numbered 1.. in the report's order along x.
+pub fn per_module_chart(title: String, y_label: &str, series: Vec<(&str, Vec<f64>)>) -> LineChart {
+    LineChart {
+        title,
+        x_label: "module (the report's order)".into(),
+        y_label: y_label.into(),
+        series: series
+            .into_iter()
+            .map(|(name, values)| Series {
+                name: name.into(),
+                points: values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| ((i + 1) as f64, v))
+                    .collect(),
+            })
+            .collect(),
+        secondary: None,
+    }
+}
+
+/// The per-module error chart of `qpeft init` and `qpeft quantize`, beside their report.json.
+pub const ERRORS_CHART: &str = "errors.svg";
+
 /// The chart as an SVG document.
 pub fn line_chart_svg(chart: &LineChart) -> Result<String> {
     let mut svg = String::new();

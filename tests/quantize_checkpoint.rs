@@ -102,6 +102,8 @@ fn quantized_directory_round_trips_through_the_model_loader() {
     assert_eq!(report["summary"]["modules"], 12);
     let bpw = report["summary"]["bits_per_weight"].as_f64().unwrap();
     assert!(bpw > 3.0 && bpw < 6.0, "{bpw}");
+    let to_full_precision = report["modules"][0]["relative_error_to_full_precision"].is_number();
+    common::assert_per_module_chart(&out, 12, 1 + usize::from(to_full_precision));
 
     // A file claiming another format version is refused with a clear error.
     let mut bytes = std::fs::read(out.join("model.safetensors")).unwrap();

@@ -402,6 +402,8 @@ fn init_checkpoint_loads_back_as_q_plus_lr() {
     assert_eq!(adapters.layers.len(), 12);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    // Q + L·R and Q alone.
+    common::assert_per_module_chart(&out, 12, 2);
     let encoder = model.encoder::<B>(&Default::default()).unwrap();
     let original = qpeft::model::PretrainedModel::open(
         qpeft::model::resolve_model(common::fixture("tiny-bert").to_str().unwrap(), &options)

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use qpeft::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use qpeft::reconstruct::checkpoint::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
@@ -253,6 +254,24 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     let report_path = args.out.join("report.json");
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", report_path.display()))?;
+    let chart = per_module_chart(
+        format!(
+            "{} rank {} on {}-bit {}: error per module",
+            super::flag_name(&args.init),
+            args.rank,
+            args.quant.bits,
+            super::flag_name(&args.quantizer)
+        ),
+        "scaled relative error ‖(W − Ŵ)S‖/‖WS‖",
+        vec![
+            ("Q + L·R", reports.iter().map(|r| r.scaled_error).collect()),
+            (
+                "Q alone",
+                reports.iter().map(|r| r.quantized_scaled_error).collect(),
+            ),
+        ],
+    );
+    write_svg(&args.out.join(ERRORS_CHART), &line_chart_svg(&chart)?)?;
     println!(
         "{init:?} rank {} on {method:?} {}-bit {kind:?}: {} modules, mean scaled error {scaled:.4}, unscaled {unscaled:.4}, k {:?}, {seconds:.1} s",
         args.rank,

@@ -15,6 +15,7 @@ use qpeft::eval::metrics::{MnliMain, TaskScore};
 use qpeft::model::{
     HubOptions, ModelFiles, PretrainedModel, TextInput, encoder_input, resolve_model,
 };
+use qpeft::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::checkpoint::{FORMAT_VERSION, QuantMetadata, write_quantized_model};
 use qpeft::quant::coreq::AlphaMode;
@@ -187,15 +188,11 @@ impl QuantizerArgs {
         ];
         for (flag, given, methods) in flags {
             if given && !methods.contains(&method) {
-                let name = |m: &MethodArg| {
-                    m.to_possible_value()
-                        .map_or_else(String::new, |v| v.get_name().to_string())
-                };
-                let names: Vec<String> = methods.iter().map(name).collect();
+                let names: Vec<String> = methods.iter().map(super::flag_name).collect();
                 anyhow::bail!(
                     "{flag} applies to {} only, not to {}",
                     names.join(", "),
-                    name(&method)
+                    super::flag_name(&method)
                 );
             }
         }
@@ -484,6 +481,38 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             before.task, before.main, after.main
         );
     }
+    let mut series = vec![(
+        "relative output error",
+        solver
+            .reports
+            .iter()
+            .map(|r| r.relative_output_error)
+            .collect(),
+    )];
+    if solver
+        .reports
+        .iter()
+        .all(|r| r.relative_error_to_full_precision.is_some())
+    {
+        series.push((
+            "error to full precision",
+            solver
+                .reports
+                .iter()
+                .filter_map(|r| r.relative_error_to_full_precision)
+                .collect(),
+        ));
+    }
+    let chart = per_module_chart(
+        format!(
+            "{} {}-bit: error per module",
+            super::flag_name(&args.method),
+            args.quantizer.bits
+        ),
+        "relative output error",
+        series,
+    );
+    write_svg(&args.out.join(ERRORS_CHART), &line_chart_svg(&chart)?)?;
     let markdown_path = args.out.join("report.md");
     std::fs::write(
         &markdown_path,
@@ -552,8 +581,8 @@ fn markdown_report(
             );
         }
     }
-    md += "\n## Modules\n\n\
-           Relative output error ‖(Ŵ − W)X_q‖/‖WX_q‖ on the calibration tokens, and to full \
+    md += &format!("\n## Modules\n\n![relative output error per module]({ERRORS_CHART})\n\n");
+    md += "Relative output error ‖(Ŵ − W)X_q‖/‖WX_q‖ on the calibration tokens, and to full \
            precision ‖ŴX_q − WX_f‖/‖WX_f‖; objectives tr((Ŵ − W)H(Ŵ − W)ᵀ) and \
            ‖ŴX_q − WX_f‖²/N up to a constant.\n\n\
            | module | relative error | to full precision | symmetric objective | \

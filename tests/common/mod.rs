@@ -365,3 +365,20 @@ pub fn palette_hex(i: usize) -> String {
     let c = qpeft::plot::PALETTE[i];
     format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
 }
+
+/// `dir/errors.svg` (the per-module error chart of `qpeft init` and `qpeft quantize`) draws
+/// `series` lines of `modules` points each.
+pub fn assert_per_module_chart(dir: &std::path::Path, modules: usize, series: usize) {
+    let svg = std::fs::read_to_string(dir.join(qpeft::plot::ERRORS_CHART)).unwrap();
+    let lines = svg_elements_by_colour(&svg, "polyline", "stroke");
+    for i in 0..series {
+        let longest = lines
+            .get(&palette_hex(i))
+            .and_then(|l| l.iter().map(|p| p.split_whitespace().count()).max());
+        assert_eq!(longest, Some(modules), "series {i} of {}", dir.display());
+    }
+    assert!(
+        !lines.contains_key(&palette_hex(series)),
+        "more than {series} series"
+    );
+}
