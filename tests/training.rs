@@ -611,6 +611,11 @@ fn train_command_learns_the_toy_task() {
     let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(scored["main"].as_f64().unwrap(), accuracy);
     exported_model_matches_the_run(&run, &recipe, &glue, &tmp.path().join("exported"));
+    peft_export_is_the_dense_export_split(
+        &run,
+        &tmp.path().join("exported"),
+        &tmp.path().join("peft"),
+    );
     quantize_eval_scores_the_classifier_before_and_after(
         &tmp.path().join("exported"),
         &glue,
@@ -950,6 +955,108 @@ fn exported_model_matches_the_run(run: &Path, recipe: &Path, glue: &Path, out: &
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "largest logit difference {worst}");
+}
+
+/// `qpeft export --format peft`: PEFT's names, shapes and config keys (as `peft` 0.21 writes them
+/// for `LoraConfig(target_modules=[…], modules_to_save=["classifier", "pooler"])`), a base
+/// without the head, and base + (α/r)·lora_B·lora_A equal to the dense export's merged weight
+/// for every target module.
+fn peft_export_is_the_dense_export_split(run: &Path, dense: &Path, out: &Path) {
+    let export = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args(["export", "--format", "peft", "--out"])
+        .arg(out)
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(config["bias"], "none");
+    assert_eq!(
+        config["modules_to_save"],
+        serde_json::json!(["classifier", "pooler"])
+    );
+    let r = config["r"].as_u64().unwrap() as usize;
+    let scale = config["lora_alpha"].as_f64().unwrap() / r as f64;
+    let targets: Vec<String> = config["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    // The tiny BERT: 2 layers × 6 linears.
+    assert_eq!(targets.len(), 12, "{targets:?}");
+    let read = |path: &Path| std::fs::read(path).unwrap();
+    let (adapter_bytes, base_bytes, dense_bytes) = (
+        read(&out.join("adapter_model.safetensors")),
+        read(&out.join("base/model.safetensors")),
+        read(&dense.join("model.safetensors")),
+    );
+    let adapter = safetensors::SafeTensors::deserialize(&adapter_bytes).unwrap();
+    let base = safetensors::SafeTensors::deserialize(&base_bytes).unwrap();
+    let dense = safetensors::SafeTensors::deserialize(&dense_bytes).unwrap();
+    let tensor = |file: &safetensors::SafeTensors, name: &str| -> (Vec<usize>, Vec<f32>) {
+        let view = file.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (view.shape().to_vec(), values)
+    };
+    let mut expected_names = Vec::new();
+    for target in &targets {
+        let (a_name, b_name) = (
+            format!("base_model.model.{target}.lora_A.weight"),
+            format!("base_model.model.{target}.lora_B.weight"),
+        );
+        let (a_shape, a) = tensor(&adapter, &a_name);
+        let (b_shape, b) = tensor(&adapter, &b_name);
+        let (w_shape, w) = tensor(&base, &format!("{target}.weight"));
+        let (out_dim, in_dim) = (w_shape[0], w_shape[1]);
+        assert_eq!((a_shape, b_shape), (vec![r, in_dim], vec![out_dim, r]));
+        let (_, merged) = tensor(&dense, &format!("{target}.weight"));
+        let worst = (0..out_dim * in_dim)
+            .map(|k| {
+                let (o, i) = (k / in_dim, k % in_dim);
+                let low_rank: f64 = (0..r)
+                    .map(|j| f64::from(b[o * r + j]) * f64::from(a[j * in_dim + i]))
+                    .sum();
+                (f64::from(w[k]) + scale * low_rank - f64::from(merged[k])).abs()
+            })
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-6,
+            "{target}: base + s·B·A is {worst} from the merged weight"
+        );
+        expected_names.extend([a_name, b_name]);
+    }
+    for head in ["bert.pooler.dense", "classifier"] {
+        for leaf in ["weight", "bias"] {
+            let name = format!("{head}.{leaf}");
+            assert_eq!(
+                tensor(&adapter, &format!("base_model.model.{name}")),
+                tensor(&dense, &name)
+            );
+            assert!(base.tensor(&name).is_err(), "the base carries {name}");
+            expected_names.push(format!("base_model.model.{name}"));
+        }
+    }
+    let mut names: Vec<String> = adapter.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    expected_names.sort();
+    assert_eq!(names, expected_names);
+    for file in ["config.json", "tokenizer.json"] {
+        assert!(out.join("base").join(file).is_file(), "base/{file}");
+    }
 }
 
 /// `qpeft quantize --eval` on a fine-tuned classifier: "before" is the run's own dev metric,

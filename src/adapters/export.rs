@@ -1,7 +1,11 @@
-//! Export of a trained QPEFT classifier as a plain dense Hugging Face checkpoint: every adapted
-//! layer merged, W = deq(Q) + s·B·A (§12.1), written with the HF names and `[out, in]` layout of
-//! `BertForSequenceClassification` / `RobertaForSequenceClassification`, so that transformers
-//! (or qpeft itself) loads it without knowing about quantization or adapters.
+//! Export of a trained QPEFT classifier for Hugging Face tools, in one of two formats:
+//! - `dense`: every adapted layer merged, W = deq(Q) + s·B·A (§12.1), written with the HF names
+//!   and `[out, in]` layout of `BertForSequenceClassification` /
+//!   `RobertaForSequenceClassification`, so that transformers (or qpeft itself) loads it without
+//!   knowing about quantization or adapters;
+//! - `peft`: a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors` with PEFT's
+//!   names: `base_model.model.<module>.lora_A.weight`, and the trained head as `modules_to_save`)
+//!   plus the base it applies to in `base/`: the dequantized Q model without its head.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use burn::module::ParamId;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
 
 use super::TargetLinear;
 use super::qlora_linear::to_vec;
@@ -33,15 +38,30 @@ fn put_linear<B: Backend>(out: &mut Tensors, name: &str, linear: &Linear<B>) -> 
     Ok(())
 }
 
-fn put_target<B: Backend>(out: &mut Tensors, name: &str, target: &TargetLinear<B>) -> Result<()> {
+/// What an adapted layer's weight is in a dense export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdaptedWeight {
+    /// deq(Q) + s·B·A.
+    Merged,
+    /// deq(Q): the base a PEFT adapter applies to.
+    Base,
+}
+
+fn put_target<B: Backend>(
+    out: &mut Tensors,
+    name: &str,
+    target: &TargetLinear<B>,
+    weight: AdaptedWeight,
+) -> Result<()> {
     match target {
         TargetLinear::Dense(linear) => put_linear(out, name, linear),
         TargetLinear::Adapted(adapted) => {
             let (d_out, d_in) = adapted.shape();
-            out.insert(
-                format!("{name}.weight"),
-                (vec![d_out, d_in], adapted.merged_weight()?),
-            );
+            let values = match weight {
+                AdaptedWeight::Merged => adapted.merged_weight()?,
+                AdaptedWeight::Base => adapted.frozen().dequantize()?,
+            };
+            out.insert(format!("{name}.weight"), (vec![d_out, d_in], values));
             if let Some(bias) = &adapted.bias {
                 out.insert(format!("{name}.bias"), (vec![d_out], to_vec(bias.val())?));
             }
@@ -61,7 +81,11 @@ fn put_layer_norm<B: Backend>(out: &mut Tensors, name: &str, norm: &LayerNorm<B>
 }
 
 /// Every tensor of `model` under its HF sequence-classification name.
-fn dense_tensors<B: Backend>(model: &SequenceClassifier<B>, prefix: &str) -> Result<Tensors> {
+fn dense_tensors<B: Backend>(
+    model: &SequenceClassifier<B>,
+    prefix: &str,
+    weight: AdaptedWeight,
+) -> Result<Tensors> {
     let mut out = Tensors::new();
     let embeddings = &model.encoder.embeddings;
     for (name, table) in [
@@ -85,7 +109,7 @@ fn dense_tensors<B: Backend>(model: &SequenceClassifier<B>, prefix: &str) -> Res
             .encoder
             .target(&name)
             .expect("linear_names lists the target slots");
-        put_target(&mut out, &format!("{prefix}{name}"), target)?;
+        put_target(&mut out, &format!("{prefix}{name}"), target, weight)?;
     }
     for (index, layer) in model.encoder.layers.iter().enumerate() {
         let base = format!("{prefix}encoder.layer.{index}");
@@ -252,7 +276,19 @@ pub fn export_merged<B: Backend>(
     out: &Path,
 ) -> Result<PathBuf> {
     let prefix = hf_prefix(base.config.architecture);
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = dense_tensors(model, prefix)?
+    let tensors = dense_tensors(model, prefix, AdaptedWeight::Merged)?;
+    write_dense_folder(tensors, base, head, out)
+}
+
+/// `config.json` (the base's, with the head), `tokenizer.json` and, last and whole,
+/// `model.safetensors` of `tensors` in `out`.
+fn write_dense_folder(
+    tensors: Tensors,
+    base: &PretrainedModel,
+    head: HeadKind,
+    out: &Path,
+) -> Result<PathBuf> {
+    let tensors: Vec<NamedTensor> = tensors
         .into_iter()
         .map(|(name, (shape, values))| (name, shape, values))
         .collect();
@@ -266,6 +302,111 @@ pub fn export_merged<B: Backend>(
         .map_err(|e| Error::io(&base.files.tokenizer, e))?;
     let path = out.join("model.safetensors");
     let partial = out.join("model.safetensors.partial");
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_f32_tensors(&partial, &tensors, Some(metadata))?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+/// The export formats of `qpeft export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportFormat {
+    /// One dense HF model, the adapters merged.
+    #[default]
+    Dense,
+    /// A PEFT LoRA adapter and its base (the dequantized Q model).
+    Peft,
+}
+
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Dense => "dense",
+            ExportFormat::Peft => "peft",
+        }
+    }
+}
+
+impl std::fmt::Display for ExportFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// PEFT's prefix of every adapter tensor name (`PeftModel` → `LoraModel` → the HF model).
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The HF modules PEFT saves whole (`modules_to_save`): the head, and BERT's pooler (which the
+/// head trains).
+fn peft_modules_to_save(architecture: Architecture) -> Vec<&'static str> {
+    match architecture {
+        Architecture::Bert => vec!["classifier", "pooler"],
+        Architecture::Roberta => vec!["classifier"],
+    }
+}
+
+/// Writes `model` as a PEFT LoRA adapter in `out` (`adapter_config.json`,
+/// `adapter_model.safetensors`) and the base it applies to in `out/base/` (the dequantized Q
+/// model without its head, which the adapter carries); returns the adapter file's path.
+pub fn export_peft<B: Backend>(
+    model: &SequenceClassifier<B>,
+    base: &PretrainedModel,
+    head: HeadKind,
+    out: &Path,
+) -> Result<PathBuf> {
+    let architecture = base.config.architecture;
+    let prefix = hf_prefix(architecture);
+    let mut adapted = Vec::new();
+    for name in model.encoder.linear_names() {
+        if let Some(layer) = model.encoder.target(&name).and_then(TargetLinear::adapted) {
+            adapted.push((format!("{prefix}{name}"), layer.spec().clone()));
+        }
+    }
+    let Some((_, spec)) = adapted.first() else {
+        return Err(Error::InvalidInput(
+            "the model has no adapter to export in the PEFT format".into(),
+        ));
+    };
+    if let Some((name, other)) = adapted
+        .iter()
+        .find(|(_, s)| (s.rank, s.scale) != (spec.rank, spec.scale))
+    {
+        return Err(Error::InvalidInput(format!(
+            "{name} has rank {} and scale {}, the first adapter rank {} and scale {}: PEFT's config holds one",
+            other.rank, other.scale, spec.rank, spec.scale
+        )));
+    }
+    let mut base_tensors = dense_tensors(model, prefix, AdaptedWeight::Base)?;
+    for (name, _) in head_linears(model, prefix) {
+        base_tensors.retain(|key, _| !key.starts_with(&format!("{name}.")));
+    }
+    write_dense_folder(base_tensors, base, head, &out.join("base"))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": out.join("base"),
+        "r": spec.rank,
+        "lora_alpha": spec.scale * spec.rank as f64,
+        "lora_dropout": spec.dropout,
+        "target_modules": adapted.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        "modules_to_save": peft_modules_to_save(architecture),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+    });
+    let config_path = out.join("adapter_config.json");
+    let pretty = serde_json::to_string_pretty(&config).expect("a JSON value serializes");
+    std::fs::write(&config_path, pretty).map_err(|e| Error::io(&config_path, e))?;
+    let tensors: Vec<NamedTensor> = adapter_and_head_tensors(model)?
+        .into_iter()
+        .map(|(name, shape, values)| (format!("{PEFT_PREFIX}{name}"), shape, values))
+        .collect();
+    let path = out.join("adapter_model.safetensors");
+    let partial = out.join("adapter_model.safetensors.partial");
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     write_f32_tensors(&partial, &tensors, Some(metadata))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;

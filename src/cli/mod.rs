@@ -49,7 +49,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Score a trained run (or one of its checkpoints) on the task's dev split(s).
     Eval(eval::EvalArgs),
-    /// Merge a trained run's adapters into a dense Hugging Face model folder.
+    /// Export a trained run: a dense Hugging Face model (adapters merged) or a PEFT adapter and its base.
     Export(export::ExportArgs),
     /// Time the training step, the evaluation pass or a PTQ solver on synthetic data.
     #[command(subcommand)]
