@@ -4,15 +4,18 @@
 # dropout off) with --dump-batches, and scripts/check_training.py replays them in PyTorch (f32 and
 # f64) and compares per-step losses and the final adapters and head.
 #
-# usage: scripts/check_training_minilm.sh QPEFT PYTHON OUT [STEPS]   (PYTHON: the bench venv's)
+# usage: scripts/check_training_minilm.sh QPEFT PYTHON OUT [STEPS [SET …]]   (PYTHON: the bench
+#   venv's; each SET is one more --set for every row, e.g. train.optimizer=riemannian-adamw)
 set -euo pipefail
 qpeft=${1:?the qpeft binary}
 python=${2:?a python with bench/requirements.txt}
 out=${3:?an output folder}
 steps=${4:-10}
+shift $(( $# < 4 ? $# : 4 ))
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 common=(--set model.dropout=0 --set adapter.dropout=0 --set quant.calib=stsb
   --set train.max_length=128 --set train.epochs=3)
+for set in "$@"; do common+=(--set "$set"); done
 mkdir -p "$out"
 for row in qlora qera-exact loftq srr-grad srr-update; do
   case $row in

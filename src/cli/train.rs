@@ -203,7 +203,7 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
         "--group",
         &q.group.to_string(),
         "--calib",
-        &q.calib,
+        recipe.calibration_source(),
         "--calib-samples",
         &q.calib_samples.to_string(),
         "--max-length",
