@@ -171,11 +171,21 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
             );
             s0..s1
         });
-    ctx.configure_mesh()
-        .x_desc(chart.x_label.as_str())
+    // Epochs and module numbers are whole: one tick at each, while they fit.
+    let whole = all().flat_map(|s| &s.points).all(|p| p.0.fract() == 0.0);
+    let span = (x1 - x0).round() as usize;
+    let mut mesh = ctx.configure_mesh();
+    mesh.x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
-        .light_line_style(WHITE)
-        .draw()?;
+        .light_line_style(WHITE);
+    let whole_ticks = |x: &f64| match x.fract().abs() < 1e-9 {
+        true => format!("{x:.0}"),
+        false => String::new(),
+    };
+    if whole && span <= 40 {
+        mesh.x_labels(span + 1).x_label_formatter(&whole_ticks);
+    }
+    mesh.draw()?;
     for (i, series) in chart.series.iter().enumerate() {
         let c = colour(i);
         ctx.draw_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?
