@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
@@ -124,11 +125,19 @@ pub const ERRORS_CHART: &str = "errors.svg";
 
 /// The chart as an SVG document.
 pub fn line_chart_svg(chart: &LineChart) -> Result<String> {
+    render(&chart.title, |root| draw_line_chart(root, chart))
+}
+
+/// What `draw` puts on a blank SVG canvas, as a document.
+fn render(
+    title: &str,
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> DrawResult,
+) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        draw_line_chart(&root, chart).map_err(|e| plot_error(&chart.title, e))?;
-        root.present().map_err(|e| plot_error(&chart.title, e))?;
+        draw(&root).map_err(|e| plot_error(title, e))?;
+        root.present().map_err(|e| plot_error(title, e))?;
     }
     Ok(svg)
 }
@@ -206,6 +215,13 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
                 });
         }
     }
+    draw_legend(&mut ctx)
+}
+
+/// The series' legend, boxed in the upper right corner.
+fn draw_legend<'a>(
+    ctx: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> DrawResult {
     ctx.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
@@ -216,13 +232,7 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
 
 /// The chart as an SVG document.
 pub fn bar_chart_svg(chart: &BarChart) -> Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        draw_bar_chart(&root, chart).map_err(|e| plot_error(&chart.title, e))?;
-        root.present().map_err(|e| plot_error(&chart.title, e))?;
-    }
-    Ok(svg)
+    render(&chart.title, |root| draw_bar_chart(root, chart))
 }
 
 fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -> DrawResult {
@@ -303,12 +313,7 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
         });
         ctx.draw_series(whiskers)?;
     }
-    ctx.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    draw_legend(&mut ctx)
 }
 
 /// Writes `svg` to `path`, whole or not at all.

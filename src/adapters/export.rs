@@ -300,12 +300,19 @@ fn write_dense_folder(
     let tokenizer = out.join("tokenizer.json");
     std::fs::copy(&base.files.tokenizer, &tokenizer)
         .map_err(|e| Error::io(&base.files.tokenizer, e))?;
-    let path = out.join("model.safetensors");
-    let partial = out.join("model.safetensors.partial");
+    write_whole(&out.join("model.safetensors"), &tensors)
+}
+
+/// Writes `tensors` as a torch-flavoured safetensors file at `path`, which appears only once
+/// complete.
+fn write_whole(path: &Path, tensors: &[NamedTensor]) -> Result<PathBuf> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_f32_tensors(&partial, &tensors, Some(metadata))?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(path)
+    write_f32_tensors(&partial, tensors, Some(metadata))?;
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
+    Ok(path.to_path_buf())
 }
 
 /// The export formats of `qpeft export`.
@@ -405,10 +412,5 @@ pub fn export_peft<B: Backend>(
         .into_iter()
         .map(|(name, shape, values)| (format!("{PEFT_PREFIX}{name}"), shape, values))
         .collect();
-    let path = out.join("adapter_model.safetensors");
-    let partial = out.join("adapter_model.safetensors.partial");
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_f32_tensors(&partial, &tensors, Some(metadata))?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(path)
+    write_whole(&out.join("adapter_model.safetensors"), &tensors)
 }
