@@ -6,9 +6,16 @@ use crate::error::{Error, Result};
 
 /// Writes `path` through a temporary file in its folder and a rename.
 pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
+    write_through_partial(path, |partial| {
+        std::fs::write(partial, contents).map_err(|e| Error::io(partial, e))
+    })
+}
+
+/// Lets `write` fill `path` + `.partial`, then renames it to `path`: `path` appears only complete.
+pub fn write_through_partial(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    std::fs::write(&partial, contents).map_err(|e| Error::io(&partial, e))?;
+    write(&partial)?;
     std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::TargetLinear;
 use super::qlora_linear::to_vec;
 use crate::error::{Error, Result};
+use crate::files::write_through_partial;
 use crate::model::Architecture;
 use crate::model::bert::ClassifierHead;
 use crate::model::weights::{NamedTensor, transpose, write_f32_tensors};
@@ -306,12 +307,10 @@ fn write_dense_folder(
 /// Writes `tensors` as a torch-flavoured safetensors file at `path`, which appears only once
 /// complete.
 fn write_whole(path: &Path, tensors: &[NamedTensor]) -> Result<PathBuf> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_f32_tensors(&partial, tensors, Some(metadata))?;
-    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
+    write_through_partial(path, |partial| {
+        write_f32_tensors(partial, tensors, Some(metadata))
+    })?;
     Ok(path.to_path_buf())
 }
 

@@ -434,8 +434,6 @@ fn average(row: usize, tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) 
         / tasks.len() as f64
 }
 
-/// Rows × task main scores (last epoch, in %; the mean ± standard deviation over the seeds when
-/// there are several) and the average of the means.
 /// The suite's chart, beside glue.md.
 const GLUE_CHART: &str = "glue.svg";
 
@@ -474,6 +472,8 @@ fn glue_chart(
     }
 }
 
+/// Rows × task main scores (last epoch, in %; the mean ± standard deviation over the seeds when
+/// there are several) and the average of the means.
 fn markdown_table(
     rows: &[String],
     tasks: &[Task],

@@ -62,8 +62,10 @@ pub enum OptimizerKind {
     #[default]
     Adamw,
     /// AdamW on the adapters' preconditioned gradients: ∇A·(BBᵀ + δI)⁻¹ and (AᵀA + δI)⁻¹·∇B
-    /// (A `[in, r]`, B `[r, out]`), each from the factors before the step. The product's update
-    /// then depends far less on how L·R is split between the factors (Zhang & Pilanci).
+    /// (A `[in, r]`, B `[r, out]`), each from the factors before the step (Zhang & Pilanci).
+    /// Under gradient descent this makes the update of L·R independent of how it is split
+    /// between the factors; Adam's per-coordinate normalisation undoes that, and on STS-B it
+    /// gained nothing over AdamW (docs/results.md).
     RiemannianAdamw,
 }
 
