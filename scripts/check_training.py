@@ -54,13 +54,17 @@ def unpack(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
 
 
 def dequantize(f, base: str, bits: int) -> np.ndarray:
-    """scale · (code − zero) per (row, group of the column), `[out, in]` f32."""
+    """scale · (level(code) − zero) per (row, group of the column), `[out, in]` f32; level is
+    the code itself on uniform grids and the `.qlevels` codebook on NF grids."""
     scale = f.get_tensor(f"{base}.qscale")
     zero = f.get_tensor(f"{base}.qzero")
     group = f.get_tensor(f"{base}.qgroup").astype(np.int64)
     codes = unpack(f.get_tensor(f"{base}.qcodes"), bits, group.shape[0])
+    levels = codes.astype(np.float32)
+    if f"{base}.qlevels" in f.keys():
+        levels = f.get_tensor(f"{base}.qlevels")[codes]
     # In f32, as qpeft computes it: the base weights are then the same floats on both sides.
-    return scale[:, group] * (codes.astype(np.float32) - zero[:, group])
+    return scale[:, group] * (levels - zero[:, group])
 
 
 class LoraLinear(torch.nn.Module):
@@ -105,7 +109,7 @@ def build(run: Path, recipe: dict, initial: dict):
             if key.endswith(".qcodes"):
                 base = name[: -len(".qcodes")]
                 state[key[: -len(".qcodes")] + ".weight"] = dequantize(f, base, quant["bits"])
-            elif key.endswith((".qscale", ".qzero", ".qgroup")) or key.startswith("classifier."):
+            elif key.endswith((".qscale", ".qzero", ".qgroup", ".qlevels")) or key.startswith("classifier."):
                 continue  # the head's start is qpeft's (initial.safetensors)
             elif key.endswith((".lora_A", ".lora_B")):
                 lora[key] = f.get_tensor(name)

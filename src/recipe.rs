@@ -73,6 +73,7 @@ pub enum GridName {
     Sym,
     Quarot,
     Mxint,
+    Nf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -411,11 +412,11 @@ impl Recipe {
                 "2 to 8 bits",
                 q.bits.to_string(),
             )?;
-            if q.grid == GridName::Mxint {
+            if matches!(q.grid, GridName::Mxint | GridName::Nf) {
                 check(
                     q.group > 0,
                     "quant.group",
-                    "a positive MXINT block size",
+                    "a positive MXINT or NF block size",
                     q.group.to_string(),
                 )?;
             }

@@ -8,7 +8,7 @@ use qpeft::device::CpuBackend;
 use qpeft::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
 use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::gptq::GptqConfig;
-use qpeft::quant::grid::{Bits, GridSpec, UniformKind};
+use qpeft::quant::grid::{Bits, GridKind, GridSpec};
 use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
 use qpeft::quant::stats::{LayerStats, StatsNeeded};
 
@@ -104,7 +104,7 @@ fn quantized_groups_make_the_later_streams_differ() {
         32,
     );
     let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
-    let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::Asymmetric);
+    let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::Asymmetric);
     let mut rtn = MethodSolver::new(Method::Rtn, GptqConfig::new(spec));
     struct Both<'a>(&'a mut MethodSolver, common::Recorder);
     impl ModuleSolver for Both<'_> {
@@ -150,7 +150,7 @@ fn quantized_groups_make_the_later_streams_differ() {
 #[test]
 fn gptq_beats_rtn_on_every_minilm_layer() {
     let (model, batches) = common::minilm_with_rte();
-    let spec = GridSpec::new(Bits::new(3).unwrap(), UniformKind::Asymmetric);
+    let spec = GridSpec::new(Bits::new(3).unwrap(), GridKind::Asymmetric);
     let mut errors = Vec::new();
     for method in [Method::Rtn, Method::Gptq] {
         let mut encoder = model.encoder::<B>(&Default::default()).unwrap();
@@ -186,7 +186,7 @@ fn gptq_beats_rtn_on_every_minilm_layer() {
 #[test]
 fn coreq_alpha_one_beats_gptq_on_the_asymmetric_objective_of_minilm() {
     let (model, batches) = common::minilm_with_rte();
-    let spec = GridSpec::new(Bits::new(3).unwrap(), UniformKind::SymmetricGptq);
+    let spec = GridSpec::new(Bits::new(3).unwrap(), GridKind::SymmetricGptq);
     let config = GptqConfig {
         grouping: qpeft::quant::layer::Grouping::Dynamic(128),
         ..GptqConfig::new(spec)
@@ -295,7 +295,7 @@ fn kcoreq_beats_greedy_coreq_on_minilm_rows() {
         }
     }
     let (model, batches) = common::minilm_with_rte();
-    let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::SymmetricGptq);
+    let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::SymmetricGptq);
     let mut compare = Compare {
         config: GptqConfig::new(spec),
         rows: 0,

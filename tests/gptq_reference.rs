@@ -4,7 +4,7 @@
 mod common;
 
 use qpeft::quant::gptq::{GptqConfig, GroupFit, gptq};
-use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind};
+use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding};
 use qpeft::quant::layer::Grouping;
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -24,9 +24,9 @@ fn codes_equal_the_reference_loop_in_every_configuration() {
         let name = case["name"].as_str().unwrap();
         let bits = Bits::new(case["bits"].as_u64().unwrap() as u8).unwrap();
         let kind = if case["sym"].as_bool().unwrap() {
-            UniformKind::SymmetricGptq
+            GridKind::SymmetricGptq
         } else {
-            UniformKind::Asymmetric
+            GridKind::Asymmetric
         };
         let group = case["group"].as_i64().unwrap();
         let grouping = match (group, case["static_groups"].as_bool().unwrap()) {
@@ -95,10 +95,7 @@ fn codes_equal_the_reference_loop_in_every_configuration() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let layer = qpeft::quant::bench::synthetic_layer(256, 1024, 3);
-    let config = GptqConfig::new(GridSpec::new(
-        Bits::new(3).unwrap(),
-        UniformKind::Asymmetric,
-    ));
+    let config = GptqConfig::new(GridSpec::new(Bits::new(3).unwrap(), GridKind::Asymmetric));
     let run = |threads: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

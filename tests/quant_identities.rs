@@ -7,7 +7,7 @@ use common::{ToyLayer, ToyNoise, max_abs_diff_mat, toy_layer};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
 use qpeft::quant::gptq::{GptqConfig, GroupFit, gptq};
-use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
+use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns, inverse_cholesky_upper};
 use qpeft::quant::layer::Grouping;
 
@@ -96,7 +96,7 @@ fn round_then_refit(w: MatRef<'_, f64>, h_lambda: MatRef<'_, f64>, spec: &GridSp
 fn gptq_is_blocking_invariant_and_equals_the_exact_greedy_refit() {
     for seed in 0..5 {
         let t = toy(seed);
-        let spec = GridSpec::new(Bits::new(3).unwrap(), UniformKind::Asymmetric);
+        let spec = GridSpec::new(Bits::new(3).unwrap(), GridKind::Asymmetric);
         let run = |block| {
             let config = GptqConfig {
                 block,
@@ -124,7 +124,7 @@ fn gptq_is_blocking_invariant_and_equals_the_exact_greedy_refit() {
 #[test]
 fn grouped_gptq_on_current_values_is_blocking_invariant() {
     let t = toy(7);
-    let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::SymmetricGptq);
+    let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::SymmetricGptq);
     let run = |block, stale: bool| {
         let config = GptqConfig {
             block,

@@ -9,7 +9,7 @@ use qpeft::quant::coreq::{
     AlphaMode, CoreqConfig, asymmetric_objective, coreq, shifted_target, symmetric_objective,
 };
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq, gptq_on_grids_of};
-use qpeft::quant::grid::{Bits, GridSpec, Rounding, UniformKind, fit_grid};
+use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding, fit_grid};
 use qpeft::quant::hessian::{damped, dead_columns};
 use qpeft::quant::layer::fit_rows;
 use qpeft::quant::qronos::{QronosConfig, QronosLambda, qronos};
@@ -27,7 +27,7 @@ fn toy_mixed(seed: u64) -> ToyLayer {
 }
 
 fn spec(bits: u8) -> GridSpec {
-    GridSpec::new(Bits::new(bits).unwrap(), UniformKind::Asymmetric)
+    GridSpec::new(Bits::new(bits).unwrap(), GridKind::Asymmetric)
 }
 
 /// §10 #3: the snapshot flush makes blocked GPTAQ equal the unblocked algorithm; the

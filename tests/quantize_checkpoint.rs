@@ -1,6 +1,6 @@
 //! `qpeft quantize` end to end on the tiny BERT: the written directory loads back through the
 //! normal model path with weights equal to the solver's Ŵ (as f32), records its metadata, and a
-//! file of another format version is refused.
+//! file of another format version is refused; an NF grid is stored with its codebook.
 
 mod common;
 
@@ -9,7 +9,10 @@ use std::path::Path;
 use qpeft::device::CpuBackend;
 use qpeft::model::weights::linear_weight_out_in;
 use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
-use qpeft::quant::checkpoint::FORMAT_VERSION;
+use qpeft::quant::checkpoint::{FORMAT_VERSION, UNIFORM_FORMAT_VERSION};
+use qpeft::quant::codebook::nf_codebook;
+use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding};
+use qpeft::quant::layer::{Grouping, rtn};
 
 fn open(dir: &Path) -> PretrainedModel {
     let options = HubOptions {
@@ -19,16 +22,15 @@ fn open(dir: &Path) -> PretrainedModel {
     PretrainedModel::open(resolve_model(dir.to_str().unwrap(), &options).unwrap()).unwrap()
 }
 
-#[test]
-fn quantized_directory_round_trips_through_the_model_loader() {
-    let work = tempfile::tempdir().unwrap();
-    let calib = work.path().join("calib.txt");
+/// `qpeft quantize` on the tiny BERT with `flags`, into `work/q`.
+fn quantize_tiny(work: &Path, flags: &[&str]) -> std::path::PathBuf {
+    let calib = work.join("calib.txt");
     std::fs::write(&calib, "The quick brown fox.\nA man is playing a guitar.\nIs this grammatical?\nDogs run in the field.\n").unwrap();
-    let out = work.path().join("q");
+    let out = work.join("q");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .args([
-            "quantize", "--method", "gptq", "--bits", "3", "--group", "32", "--model",
-        ])
+        .arg("quantize")
+        .args(flags)
+        .arg("--model")
         .arg(common::fixture("tiny-bert"))
         .arg("--calib")
         .arg(&calib)
@@ -37,12 +39,23 @@ fn quantized_directory_round_trips_through_the_model_loader() {
         .status()
         .unwrap();
     assert!(status.success());
+    out
+}
+
+#[test]
+fn quantized_directory_round_trips_through_the_model_loader() {
+    let work = tempfile::tempdir().unwrap();
+    let out = quantize_tiny(
+        work.path(),
+        &["--method", "gptq", "--bits", "3", "--group", "32"],
+    );
 
     let quantized = open(&out);
     let meta = quantized.weights.quantization().expect("qpeft metadata");
     assert_eq!(
         (meta.bits, meta.group, meta.format_version),
-        (3, 32, FORMAT_VERSION)
+        (3, 32, UNIFORM_FORMAT_VERSION),
+        "a file without codebooks keeps the version older builds read"
     );
     assert!(
         !quantized
@@ -124,4 +137,63 @@ fn quantized_directory_round_trips_through_the_model_loader() {
         .unwrap()
         .to_string();
     assert!(err.contains("format version 9 is not supported"), "{err}");
+}
+
+/// `--grid nf`: the file is format version 2 with each layer's NF2 codebook in `.qlevels`, and
+/// the loaded weights are the library's RTN on the NF grid (blocks of 32 input features, each
+/// scaled by its absmax), up to the f32 product of the stored scale and level.
+#[test]
+fn nf_grid_is_stored_with_its_codebook_and_loads_as_rtn() {
+    let work = tempfile::tempdir().unwrap();
+    let out = quantize_tiny(
+        work.path(),
+        &[
+            "--method", "rtn", "--bits", "2", "--grid", "nf", "--group", "32",
+        ],
+    );
+    let quantized = open(&out);
+    let meta = quantized.weights.quantization().expect("qpeft metadata");
+    assert_eq!((meta.bits, meta.format_version), (2, FORMAT_VERSION));
+    let (_, shape, raw) = quantized
+        .weights
+        .raw("bert.encoder.layer.0.attention.self.query.qlevels")
+        .unwrap();
+    assert_eq!(shape, [4]);
+    let stored: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let expected: Vec<f32> = nf_codebook(2).iter().map(|&v| v as f32).collect();
+    assert_eq!(stored, expected);
+
+    let original = open(&common::fixture("tiny-bert"));
+    let device = Default::default();
+    let (q_model, _) = quantized
+        .classifier::<CpuBackend>(quantized.config.head, &device)
+        .unwrap();
+    let (f_model, _) = original
+        .classifier::<CpuBackend>(original.config.head, &device)
+        .unwrap();
+    let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::NormalFloat);
+    let mut checked = 0;
+    for name in f_model
+        .linear_names()
+        .iter()
+        .filter(|n| n.starts_with("encoder."))
+    {
+        let q = linear_weight_out_in(q_model.linear(name).unwrap()).unwrap();
+        let f = linear_weight_out_in(f_model.linear(name).unwrap()).unwrap();
+        let reference = rtn(f.as_ref(), &spec, Grouping::Static(32), Rounding::Nearest).unwrap();
+        for r in 0..q.nrows() {
+            for c in 0..q.ncols() {
+                let (got, want) = (q[(r, c)], reference.dequantized[(r, c)]);
+                assert!(
+                    (got - want).abs() <= 2.5e-7 * want.abs(),
+                    "{name} ({r}, {c}): {got} vs {want}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 12);
 }

@@ -218,6 +218,7 @@ fn packed_layer() -> (FrozenWeight, Vec<f32>) {
             scale,
             zero,
             group_of_column: vec![0; cols],
+            levels: None,
         },
         dense,
     )

@@ -16,7 +16,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::model::weights::transpose;
-use crate::quant::checkpoint::dequantize_packed;
+use crate::quant::checkpoint::{PackedGrids, dequantize_packed};
 use crate::quant::grid::Bits;
 
 /// The frozen weight as it is stored: packed codes with their grids, or dense `[out, in]`.
@@ -33,6 +33,8 @@ pub enum FrozenWeight {
         zero: Vec<f32>,
         /// The group of each input column.
         group_of_column: Vec<i32>,
+        /// The codebook of an NF grid, `[2^bits]`; `None` on uniform grids.
+        levels: Option<Vec<f32>>,
     },
     Dense {
         rows: usize,
@@ -63,7 +65,18 @@ impl FrozenWeight {
                 scale,
                 zero,
                 group_of_column,
-            } => dequantize_packed(codes, *bits, (*rows, *cols), scale, zero, group_of_column),
+                levels,
+            } => dequantize_packed(
+                codes,
+                *bits,
+                (*rows, *cols),
+                PackedGrids {
+                    scale,
+                    zero,
+                    group_of_column,
+                    levels: levels.as_deref(),
+                },
+            ),
             FrozenWeight::Dense { values, .. } => Ok(values.clone()),
         }
     }
@@ -84,8 +97,15 @@ impl FrozenWeight {
                 scale,
                 zero,
                 group_of_column,
+                levels,
                 ..
-            } => codes.len() + 4 * (scale.len() + zero.len() + group_of_column.len()),
+            } => {
+                codes.len()
+                    + 4 * (scale.len()
+                        + zero.len()
+                        + group_of_column.len()
+                        + levels.as_ref().map_or(0, Vec::len))
+            }
             FrozenWeight::Dense { values, .. } => 4 * values.len(),
         }
     }

@@ -17,10 +17,10 @@ use qpeft::model::{
 };
 use qpeft::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use qpeft::quant::calib::{ModuleSolver, calibrate};
-use qpeft::quant::checkpoint::{FORMAT_VERSION, QuantMetadata, write_quantized_model};
+use qpeft::quant::checkpoint::{QuantMetadata, format_version, write_quantized_model};
 use qpeft::quant::coreq::AlphaMode;
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
-use qpeft::quant::grid::{Bits, GridSpec, MseSearch, Rounding, UniformKind};
+use qpeft::quant::grid::{Bits, GridKind, GridSpec, MseSearch, Rounding};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
 use qpeft::quant::qronos::QronosLambda;
 use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver, ModuleReport};
@@ -82,6 +82,8 @@ pub enum GridArg {
     Quarot,
     /// MXINT, power-of-two exponent per group (§1.6; use with --group 32).
     Mxint,
+    /// Normal float, QLoRA's NF4 / LoftQ's NF2 with a per-block absmax (§1.7; use with --group 64).
+    Nf,
 }
 
 /// The base quantizer's settings, shared by `quantize` and `init`.
@@ -204,7 +206,7 @@ impl QuantizerArgs {
 pub struct Quantizer {
     pub method: Method,
     pub config: GptqConfig,
-    pub kind: UniformKind,
+    pub kind: GridKind,
     pub group: usize,
 }
 
@@ -221,10 +223,11 @@ impl QuantizerArgs {
         self.reject_flags_of_other_methods(method)?;
         let bits = Bits::new(self.bits)?;
         let kind = match self.grid.unwrap_or(default_grid) {
-            GridArg::Asym => UniformKind::Asymmetric,
-            GridArg::Sym => UniformKind::SymmetricGptq,
-            GridArg::Quarot => UniformKind::SymmetricQuarot,
-            GridArg::Mxint => UniformKind::MxInt,
+            GridArg::Asym => GridKind::Asymmetric,
+            GridArg::Sym => GridKind::SymmetricGptq,
+            GridArg::Quarot => GridKind::SymmetricQuarot,
+            GridArg::Mxint => GridKind::MxInt,
+            GridArg::Nf => GridKind::NormalFloat,
         };
         let method = match method {
             MethodArg::Rtn => Method::Rtn,
@@ -264,8 +267,11 @@ impl QuantizerArgs {
         };
         let group = self.group.unwrap_or(default_group);
         let config = GptqConfig {
-            // An MXINT block is consecutive input features by definition, so it is static.
-            grouping: match (group, self.static_groups || kind == UniformKind::MxInt) {
+            // An MXINT or NF block is consecutive input features by definition, so it is static.
+            grouping: match (
+                group,
+                self.static_groups || matches!(kind, GridKind::MxInt | GridKind::NormalFloat),
+            ) {
                 (0, _) => Grouping::PerRow,
                 (g, false) => Grouping::Dynamic(g),
                 (g, true) => Grouping::Static(g),
@@ -651,7 +657,15 @@ pub fn bits_per_weight<'a>(layers: impl Iterator<Item = &'a QuantizedLayer>, bit
     let (mut stored, mut weights) = (0usize, 0usize);
     for layer in layers {
         let row_bytes = (layer.cols * usize::from(bits)).div_ceil(8);
-        stored += layer.rows * row_bytes * 8 + 64 * layer.rows * layer.groups + 32 * layer.cols;
+        let codebook = layer
+            .grids
+            .first()
+            .and_then(|g| g.levels)
+            .map_or(0, <[f64]>::len);
+        stored += layer.rows * row_bytes * 8
+            + 64 * layer.rows * layer.groups
+            + 32 * layer.cols
+            + 32 * codebook;
         weights += layer.rows * layer.cols;
     }
     stored as f64 / weights.max(1) as f64
@@ -672,7 +686,7 @@ pub fn calibrate_model<S: ModuleSolver>(
     calib: &CalibArgs,
     solver: &mut S,
     needs: StatsNeeded,
-    (method, kind, bits, group): (&Method, UniformKind, u8, usize),
+    (method, kind, bits, group): (&Method, GridKind, u8, usize),
 ) -> anyhow::Result<Calibrated> {
     let pretrained = PretrainedModel::open(model.resolve()?)
         .with_context(|| format!("loading model '{}'", model.model))?;
@@ -687,7 +701,7 @@ pub fn calibrate_model<S: ModuleSolver>(
     })??;
     let seconds = started.elapsed().as_secs_f64();
     let metadata = QuantMetadata {
-        format_version: FORMAT_VERSION,
+        format_version: format_version(kind),
         method: format!("{method:?}"),
         bits,
         grid: format!("{kind:?}"),

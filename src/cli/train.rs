@@ -179,6 +179,7 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
         GridName::Sym => "sym",
         GridName::Quarot => "quarot",
         GridName::Mxint => "mxint",
+        GridName::Nf => "nf",
     };
     let init = kebab(&format!("{:?}", a.init));
     let mut argv: Vec<String> = [

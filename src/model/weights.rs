@@ -235,7 +235,7 @@ impl<'a> WeightScope<'a> {
     }
 
     /// The frozen weight of the linear below this scope, as stored: packed codes and grids
-    /// (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`, written by `qpeft quantize`/`init`) or a
+    /// (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`, `.qlevels` on NF grids, written by `qpeft quantize`/`init`) or a
     /// dense `weight [out, in]`.
     pub fn frozen_weight(&self, d_in: usize, d_out: usize) -> Result<FrozenWeight> {
         if self.contains("weight") || !self.contains("qcodes") {
@@ -278,6 +278,10 @@ impl<'a> WeightScope<'a> {
             scale: self.values("qscale", &[d_out, groups])?,
             zero: self.values("qzero", &[d_out, groups])?,
             group_of_column,
+            levels: self
+                .contains("qlevels")
+                .then(|| self.values("qlevels", &[1 << meta.bits]))
+                .transpose()?,
         })
     }
 

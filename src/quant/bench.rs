@@ -11,7 +11,7 @@ use rand::Rng;
 
 use super::coreq::{AlphaMode, CoreqConfig, coreq};
 use super::gptq::{GptqConfig, gptq};
-use super::grid::{Bits, GridSpec, UniformKind};
+use super::grid::{Bits, GridKind, GridSpec};
 use crate::error::Result;
 use crate::seed::substream_rng;
 
@@ -77,7 +77,7 @@ pub fn time_solver(
 ) -> Result<Vec<f64>> {
     let config = GptqConfig {
         block,
-        ..GptqConfig::new(GridSpec::new(bits, UniformKind::Asymmetric))
+        ..GptqConfig::new(GridSpec::new(bits, GridKind::Asymmetric))
     };
     let mut seconds = Vec::with_capacity(repeats);
     for _ in 0..repeats {

@@ -1,8 +1,9 @@
 //! The quantized model directory `qpeft quantize` writes (DESIGN.md "Formats"): one
 //! safetensors file where each quantized linear `<name>` has `<name>.qcodes` (U8
 //! `[rows, packed row bytes]`, each row packed on its own), `<name>.qscale` and `<name>.qzero`
-//! (F32 `[rows, groups]`), `<name>.qgroup` (I32 `[cols]`, each column's group) instead of
-//! `<name>.weight`; every other tensor is kept as stored. The header's metadata holds a
+//! (F32 `[rows, groups]`), `<name>.qgroup` (I32 `[cols]`, each column's group) and, on a
+//! codebook grid (NF), `<name>.qlevels` (F32 `[2^bits]`) instead of `<name>.weight`; every
+//! other tensor is kept as stored. The header's metadata holds a
 //! `qpeft` JSON entry with the format version, method, bits, grid and calibration.
 //! [`crate::model::weights`] reads such a file back into dequantized weights.
 
@@ -12,14 +13,25 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::grid::Bits;
+use super::grid::{Bits, GridKind};
 use super::layer::QuantizedLayer;
 use super::pack::{pack, unpack};
 use crate::error::{Error, Result};
 use crate::model::PretrainedModel;
 
-/// The only format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build reads and writes: version 2 added `.qlevels`.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of files without codebooks, which builds that read only version 1 still load.
+pub const UNIFORM_FORMAT_VERSION: u32 = 1;
+
+/// The version a file quantized on `kind` is written with: the oldest that can hold it, so a
+/// reader that ignored `.qlevels` could never load a codebook file as a uniform one.
+pub fn format_version(kind: GridKind) -> u32 {
+    match kind {
+        GridKind::NormalFloat => FORMAT_VERSION,
+        _ => UNIFORM_FORMAT_VERSION,
+    }
+}
 /// The key of qpeft's entry in the safetensors metadata.
 pub const METADATA_KEY: &str = "qpeft";
 
@@ -38,18 +50,18 @@ pub struct QuantMetadata {
 }
 
 impl QuantMetadata {
-    /// Parses the metadata entry, rejecting other format versions.
+    /// Parses the metadata entry, rejecting format versions this build does not read.
     pub fn parse(json: &str, path: &Path) -> Result<Self> {
         let meta: QuantMetadata =
             serde_json::from_str(json).map_err(|e| Error::InvalidWeights {
                 path: path.to_path_buf(),
                 message: format!("invalid `{METADATA_KEY}` metadata: {e}"),
             })?;
-        if meta.format_version != FORMAT_VERSION {
+        if !(UNIFORM_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
             return Err(Error::InvalidWeights {
                 path: path.to_path_buf(),
                 message: format!(
-                    "quantized format version {} is not supported (this qpeft reads version {FORMAT_VERSION})",
+                    "quantized format version {} is not supported (this qpeft reads versions {UNIFORM_FORMAT_VERSION} to {FORMAT_VERSION})",
                     meta.format_version
                 ),
             });
@@ -65,6 +77,8 @@ pub struct PackedLayer {
     pub scale: Vec<f32>,
     pub zero: Vec<f32>,
     pub group_of_column: Vec<i32>,
+    /// The codebook of a codebook grid, `[2^bits]`.
+    pub levels: Option<Vec<f32>>,
 }
 
 pub fn pack_layer(layer: &QuantizedLayer, bits: Bits) -> Result<PackedLayer> {
@@ -79,18 +93,37 @@ pub fn pack_layer(layer: &QuantizedLayer, bits: Bits) -> Result<PackedLayer> {
         scale: layer.grids.iter().map(|g| g.scale as f32).collect(),
         zero: layer.grids.iter().map(|g| g.zero as f32).collect(),
         group_of_column: layer.group_of_column.iter().map(|&g| g as i32).collect(),
+        levels: layer
+            .grids
+            .first()
+            .and_then(|g| g.levels)
+            .map(|levels| levels.iter().map(|&v| v as f32).collect()),
     })
 }
 
-/// Dequantizes packed storage to `[out, in]` row-major f32: `scale·(code − zero)`.
+/// A packed layer's grids, as stored: `[rows, groups]` scales and zeros, each column's group,
+/// and the codebook (`None`: uniform, `level(code) = code`).
+#[derive(Debug, Clone, Copy)]
+pub struct PackedGrids<'a> {
+    pub scale: &'a [f32],
+    pub zero: &'a [f32],
+    pub group_of_column: &'a [i32],
+    pub levels: Option<&'a [f32]>,
+}
+
+/// Dequantizes packed storage to `[out, in]` row-major f32: `scale·(level(code) − zero)`.
 pub fn dequantize_packed(
     codes: &[u8],
     bits: Bits,
     (rows, cols): (usize, usize),
-    scale: &[f32],
-    zero: &[f32],
-    group_of_column: &[i32],
+    grids: PackedGrids<'_>,
 ) -> Result<Vec<f32>> {
+    let PackedGrids {
+        scale,
+        zero,
+        group_of_column,
+        levels,
+    } = grids;
     let row_bytes = (cols * usize::from(bits.get())).div_ceil(8);
     let groups = scale.len() / rows.max(1);
     if codes.len() != rows * row_bytes || zero.len() != scale.len() || group_of_column.len() != cols
@@ -98,6 +131,13 @@ pub fn dequantize_packed(
         return Err(Error::InvalidInput(
             "packed layer tensors have inconsistent shapes".into(),
         ));
+    }
+    if levels.is_some_and(|l| l.len() != 1 << bits.get()) {
+        return Err(Error::InvalidInput(format!(
+            "a {}-bit codebook needs {} levels",
+            bits.get(),
+            1 << bits.get()
+        )));
     }
     let mut out = Vec::with_capacity(rows * cols);
     for r in 0..rows {
@@ -110,7 +150,8 @@ pub fn dequantize_packed(
                     Error::InvalidInput(format!("column {c} names group {}", group_of_column[c]))
                 })?;
             let k = r * groups + g;
-            out.push(scale[k] * (f32::from(code) - zero[k]));
+            let level = levels.map_or(f32::from(code), |l| l[usize::from(code)]);
+            out.push(scale[k] * (level - zero[k]));
         }
     }
     Ok(out)
@@ -182,6 +223,20 @@ pub fn write_quantized_model<'a>(
             vec![layer.cols],
             le_bytes(&packed.group_of_column, i32::to_le_bytes),
         ));
+        if let Some(levels) = &packed.levels {
+            if meta.format_version < FORMAT_VERSION {
+                return Err(Error::InvalidInput(format!(
+                    "{base}: a codebook grid needs format version {FORMAT_VERSION}, the metadata says {}",
+                    meta.format_version
+                )));
+            }
+            buffers.push((
+                format!("{base}.qlevels"),
+                Dtype::F32,
+                vec![levels.len()],
+                le_bytes(levels, f32::to_le_bytes),
+            ));
+        }
     }
     for extra in extras {
         buffers.push((

@@ -1,10 +1,7 @@
 //! Normal-float codebooks (ALGORITHMS.md §1.7; QLoRA's NF4, LoftQ's NF2): levels at normal
-//! quantiles, applied with a per-block absmax scale.
+//! quantiles, applied with a per-block absmax scale by [`super::grid::GridKind::NormalFloat`].
 
-use faer::{Mat, MatRef};
-
-use super::grid::Bits;
-use crate::error::{Error, Result};
+use std::sync::OnceLock;
 
 /// The offset δ of the normal-float construction (QLoRA, LoftQ).
 pub const NF_OFFSET: f64 = 0.9677083;
@@ -72,8 +69,10 @@ fn linspace(start: f64, end: f64, count: usize) -> Vec<f64> {
 /// positive level; NF4 at b = 4): positives Φ⁻¹ of the first 2^{b−1} points of
 /// linspace(δ, ½, 2^{b−1}+1), negatives −Φ⁻¹ of the first 2^{b−1}−1 points of
 /// linspace(δ, ½, 2^{b−1}), and 0. Symmetric: midpoints of Φ⁻¹ at 2^b+1 points in [1−δ, δ].
-pub fn nf_levels(bits: Bits, symmetric: bool) -> Vec<f64> {
-    let count = 1usize << bits.get();
+/// `bits` is 2 to 8 (a validated [`super::grid::Bits`]).
+pub fn nf_levels(bits: u8, symmetric: bool) -> Vec<f64> {
+    assert!((2..=8).contains(&bits), "NF codebooks have 2 to 8 bits");
+    let count = 1usize << bits;
     let mut levels: Vec<f64> = if symmetric {
         let v: Vec<f64> = linspace(1.0 - NF_OFFSET, NF_OFFSET, count + 1)
             .into_iter()
@@ -97,53 +96,12 @@ pub fn nf_levels(bits: Bits, symmetric: bool) -> Vec<f64> {
     levels
 }
 
-/// A tensor quantized onto a codebook with one absmax per block of the row-major elements.
-#[derive(Debug, Clone)]
-pub struct CodebookQuantized {
-    /// Row-major `[rows, cols]` level indices.
-    pub codes: Vec<u8>,
-    /// One scale per block of `block` consecutive row-major elements.
-    pub absmax: Vec<f64>,
-    pub block: usize,
-    pub dequantized: Mat<f64>,
-}
-
-/// `code = argmin_k |x/c − v_k|`, `x̂ = c·v_code`, with `c` the block's max |x| (§1.7).
-pub fn quantize_codebook(
-    w: MatRef<'_, f64>,
-    levels: &[f64],
-    block: usize,
-) -> Result<CodebookQuantized> {
-    if block == 0 || levels.is_empty() || levels.len() > 256 {
-        return Err(Error::InvalidInput(
-            "codebook needs 1..=256 levels and a positive block".into(),
-        ));
-    }
-    let (m, n) = (w.nrows(), w.ncols());
-    let flat: Vec<f64> = (0..m * n).map(|i| w[(i / n, i % n)]).collect();
-    let mut codes = vec![0u8; m * n];
-    let mut absmax = Vec::with_capacity((m * n).div_ceil(block));
-    let mut values = vec![0.0; m * n];
-    for (b, chunk) in flat.chunks(block).enumerate() {
-        let c = chunk.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        absmax.push(c);
-        for (i, &x) in chunk.iter().enumerate() {
-            let scaled = if c == 0.0 { 0.0 } else { x / c };
-            let code = levels
-                .iter()
-                .enumerate()
-                .min_by(|a, b| (scaled - a.1).abs().total_cmp(&(scaled - b.1).abs()))
-                .map_or(0, |(k, _)| k);
-            codes[b * block + i] = code as u8;
-            values[b * block + i] = c * levels[code];
-        }
-    }
-    Ok(CodebookQuantized {
-        codes,
-        absmax,
-        block,
-        dequantized: Mat::from_fn(m, n, |r, col| values[r * n + col]),
-    })
+/// The asymmetric NF codebook of `bits` bits (2 to 8), built once per process: grids hold it
+/// by reference, so a [`super::grid::Grid`] stays `Copy`.
+pub fn nf_codebook(bits: u8) -> &'static [f64] {
+    static CODEBOOKS: [OnceLock<Vec<f64>>; 7] = [const { OnceLock::new() }; 7];
+    assert!((2..=8).contains(&bits), "NF codebooks have 2 to 8 bits");
+    CODEBOOKS[usize::from(bits) - 2].get_or_init(|| nf_levels(bits, false))
 }
 
 #[cfg(test)]
@@ -179,7 +137,7 @@ mod tests {
 
     #[test]
     fn construction_reproduces_nf4_and_nf2() {
-        let nf4 = nf_levels(Bits::new(4).unwrap(), false);
+        let nf4 = nf_levels(4, false);
         let worst = nf4
             .iter()
             .zip(NF4)
@@ -187,10 +145,10 @@ mod tests {
             .fold(0.0, f64::max);
         // The published table was computed in f32.
         assert!(worst < 2e-7, "NF4 differs by {worst:e}");
-        let nf2 = nf_levels(Bits::new(2).unwrap(), false);
+        let nf2 = nf_levels(2, false);
         assert_eq!((nf2[0], nf2[1], nf2[3]), (-1.0, 0.0, 1.0));
         assert!((nf2[2] - 0.337915).abs() < 1e-6, "{nf2:?}");
-        let sym = nf_levels(Bits::new(2).unwrap(), true);
+        let sym = nf_levels(2, true);
         assert!(
             (sym[1] + 0.252568).abs() < 1e-6 && (sym[2] - 0.252568).abs() < 1e-6,
             "{sym:?}"
@@ -198,14 +156,36 @@ mod tests {
     }
 
     #[test]
-    fn codebook_quantization_picks_the_nearest_level_per_block() {
-        let levels = nf_levels(Bits::new(2).unwrap(), false);
+    fn rtn_on_the_nf_grid_picks_the_nearest_level_per_block() {
+        use crate::quant::grid::{Bits, GridKind, GridSpec, Rounding};
+        use crate::quant::layer::{Grouping, rtn};
+        use faer::Mat;
+        let levels = nf_codebook(2);
+        assert_eq!(levels, nf_levels(2, false));
         let w = Mat::from_fn(2, 4, |r, c| {
             [[0.9, -0.1, 0.3, 2.0], [-4.0, 1.0, 0.0, 1.5]][r][c]
         });
-        let q = quantize_codebook(w.as_ref(), &levels, 4).unwrap();
-        assert_eq!(q.absmax, [2.0, 4.0]);
+        let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::NormalFloat);
+        let q = rtn(w.as_ref(), &spec, Grouping::Static(4), Rounding::Nearest).unwrap();
+        assert_eq!(
+            q.grids.iter().map(|g| g.scale).collect::<Vec<_>>(),
+            [2.0, 4.0]
+        );
         assert_eq!(q.codes, [2, 1, 1, 3, 0, 2, 1, 2]);
-        assert!((q.dequantized[(0, 0)] - 2.0 * levels[2]).abs() < 1e-15);
+        assert_eq!(q.dequantized[(0, 0)], 2.0 * levels[2]);
+        assert_eq!(q.dequantized[(1, 0)], -4.0);
+        // A tie between two levels takes the lower one (LoftQ's argmin), outside the range clamps.
+        let grid = q.grids[0];
+        let midpoint = 2.0 * 0.5 * (levels[1] + levels[2]);
+        assert_eq!(grid.code(midpoint, Rounding::Nearest, 0), 1);
+        assert_eq!(grid.code(-9.0, Rounding::Nearest, 0), 0);
+        // Stochastic rounding between the two levels around w is unbiased.
+        let w = 0.5;
+        let n = 100_000;
+        let mean = (0..n)
+            .map(|e| grid.round(w, Rounding::Stochastic { seed: 5 }, e))
+            .sum::<f64>()
+            / n as f64;
+        assert!((mean - w).abs() < 3e-3, "{mean}");
     }
 }

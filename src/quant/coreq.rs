@@ -245,7 +245,7 @@ pub fn kcoreq(
     config: &GptqConfig,
     beams: usize,
 ) -> Result<CoreqLayer> {
-    use super::grid::UniformGrid;
+    use super::grid::Grid;
     use super::layer::{Grouping, fit_rows};
 
     if beams == 0 {
@@ -275,14 +275,7 @@ pub fn kcoreq(
     let groups = n.div_ceil(group);
     // Grids per (row, group), on W_ref; the group of each original column.
     let mut group_of_column = vec![0usize; n];
-    let mut grids = vec![
-        UniformGrid {
-            scale: 1.0,
-            zero: 0.0,
-            max_code: 1
-        };
-        m * groups
-    ];
+    let mut grids = vec![Grid::uniform(1.0, 0.0, 1); m * groups];
     let processing: Vec<usize> = ascending.iter().rev().copied().collect();
     for k in 0..groups {
         let columns: Vec<usize> = match config.grouping {

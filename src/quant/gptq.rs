@@ -9,7 +9,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
-use super::grid::{GridSpec, Rounding, UniformGrid};
+use super::grid::{Grid, GridSpec, Rounding};
 use super::hessian::{DEFAULT_PERCDAMP, damped, dead_columns, inverse_cholesky_upper};
 use super::layer::{Grouping, QuantizedLayer, fit_rows};
 use crate::error::{Error, Result};
@@ -151,7 +151,7 @@ fn solve_columns(
     let fit = |w: MatRef<'_, f64>| fit_rows(w, &config.grid);
     let groups = n.div_ceil(group);
     // Static grids: [group][row], fitted on the original W in original order.
-    let static_grids: Vec<Vec<UniformGrid>> = match config.grouping {
+    let static_grids: Vec<Vec<Grid>> = match config.grouping {
         Grouping::Static(g) => (0..groups)
             .map(|k| fit(grid_w.subcols(k * g, g.min(n - k * g))))
             .collect(),
@@ -202,16 +202,9 @@ fn solve_columns(
         }
     });
 
-    let mut grids = vec![
-        UniformGrid {
-            scale: 1.0,
-            zero: 0.0,
-            max_code: 1
-        };
-        m * groups
-    ];
+    let mut grids = vec![Grid::uniform(1.0, 0.0, 1); m * groups];
     let mut group_of_column = vec![0usize; n];
-    let mut current: Vec<UniformGrid> = match config.grouping {
+    let mut current: Vec<Grid> = match config.grouping {
         Grouping::PerRow => fit(grid_w.as_ref()),
         _ => Vec::new(),
     };

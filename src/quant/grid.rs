@@ -1,8 +1,10 @@
-//! Uniform quantization grids (ALGORITHMS.md §1.1–§1.5) and rounding (§1.8).
+//! Quantization grids (ALGORITHMS.md §1.1–§1.7) and rounding (§1.8).
 //!
-//! Every uniform grid is `ŵ = s·(code − z)` with `code ∈ [0, 2^b − 1]`; the kinds differ only in
-//! how `s` and `z` are fitted to a group of weights.
+//! Every grid is `ŵ = s·(level(code) − z)` with `code ∈ [0, 2^b − 1]`. On the uniform grids
+//! `level(code) = code`; on the normal-float grid `level` is the NF codebook (§1.7) and `z = 0`.
+//! The kinds differ only in how `s` and `z` are fitted to a group of weights.
 
+use super::codebook::nf_codebook;
 use crate::error::{Error, Result};
 
 /// Bits per code, 2 to 8.
@@ -30,9 +32,9 @@ impl Bits {
     }
 }
 
-/// How a uniform grid is fitted to a group of weights.
+/// How a grid is fitted to a group of weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UniformKind {
+pub enum GridKind {
     /// §1.1: min–max over [min(w, 0), max(w, 0)], `z = round(−xmin/s)`.
     Asymmetric,
     /// §1.2: `s = 2·max|w|/(2^b − 1)`, `z = 2^{b−1}` (GPTQ's and CoreQ's symmetric grid).
@@ -43,6 +45,10 @@ pub enum UniformKind {
     /// levels `m·2^e/2^{b−2}` for `|m| ≤ 2^{b−1} − 1`, with `e = ⌊log₂ max|w|⌋`. Codes are stored
     /// offset by `2^{b−1} − 1` (code `2^b − 1` is never used), which packs like any uniform code.
     MxInt,
+    /// §1.7: normal float (QLoRA's NF4, LoftQ's NF2): the asymmetric NF codebook scaled by the
+    /// group's absmax (QLoRA's blocks of 64 are groups of 64 input columns when 64 divides
+    /// the row length, as in every BERT linear).
+    NormalFloat,
 }
 
 /// Rounding onto the grid (§1.8).
@@ -72,7 +78,7 @@ impl Default for MseSearch {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GridSpec {
     pub bits: Bits,
-    pub kind: UniformKind,
+    pub kind: GridKind,
     /// Shrink the range to minimize Σ|ŵ − w|^norm (§1.4); `None` is plain min–max.
     pub mse: Option<MseSearch>,
     /// GPTQ reference quirk (§1.2 Choice): a symmetric group without negative entries keeps
@@ -81,7 +87,7 @@ pub struct GridSpec {
 }
 
 impl GridSpec {
-    pub fn new(bits: Bits, kind: UniformKind) -> Self {
+    pub fn new(bits: Bits, kind: GridKind) -> Self {
         GridSpec {
             bits,
             kind,
@@ -91,19 +97,34 @@ impl GridSpec {
     }
 }
 
-/// A fitted grid: `ŵ = scale·(code − zero)`, `code ∈ [0, max_code]`.
+/// A fitted grid: `ŵ = scale·(level(code) − zero)`, `code ∈ [0, max_code]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UniformGrid {
+pub struct Grid {
     pub scale: f64,
     pub zero: f64,
     pub max_code: u32,
+    /// The codebook, ascending, one level per code; `None` for a uniform grid (`level = code`).
+    pub levels: Option<&'static [f64]>,
 }
 
-impl UniformGrid {
-    /// The code of `w`: `clamp(round(w/s) + z)`. Rounding before adding z matters at exact
-    /// ties when z is odd (`torch.round(x / scale) + zero` in the references).
+impl Grid {
+    /// A uniform grid.
+    pub fn uniform(scale: f64, zero: f64, max_code: u32) -> Self {
+        Grid {
+            scale,
+            zero,
+            max_code,
+            levels: None,
+        }
+    }
+
+    /// The code of `w`. Uniform: `clamp(round(w/s) + z)`; rounding before adding z matters at
+    /// exact ties when z is odd (`torch.round(x / scale) + zero` in the references).
     pub fn code(&self, w: f64, rounding: Rounding, element: u64) -> u32 {
         let u = w / self.scale;
+        if let Some(levels) = self.levels {
+            return codebook_code(levels, u, rounding, element);
+        }
         let rounded = match rounding {
             Rounding::Nearest => u.round_ties_even(),
             Rounding::Stochastic { seed } => {
@@ -119,7 +140,10 @@ impl UniformGrid {
     }
 
     pub fn dequantize(&self, code: u32) -> f64 {
-        self.scale * (f64::from(code) - self.zero)
+        let level = self
+            .levels
+            .map_or(f64::from(code), |levels| levels[code as usize]);
+        self.scale * (level - self.zero)
     }
 
     /// `rnd(w)`: the dequantized value of `w`'s code.
@@ -133,6 +157,35 @@ impl UniformGrid {
     }
 }
 
+/// The code of `u = w/s` on an ascending codebook. Nearest: the closest level, the lower one
+/// at a tie (QLoRA's and LoftQ's argmin). Stochastic: one of the two levels around `u`, the
+/// upper with probability proportional to `u`'s distance from the lower, so `E[ŵ] = w` inside
+/// the codebook's range.
+fn codebook_code(levels: &[f64], u: f64, rounding: Rounding, element: u64) -> u32 {
+    // The first level above u; u at or below the lowest level, or above the highest, clamps.
+    let above = levels.partition_point(|&v| v <= u);
+    let code = match (above, rounding) {
+        (0, _) => 0,
+        (n, _) if n == levels.len() => n - 1,
+        (n, Rounding::Nearest) => {
+            if u - levels[n - 1] <= levels[n] - u {
+                n - 1
+            } else {
+                n
+            }
+        }
+        (n, Rounding::Stochastic { seed }) => {
+            let fraction = (u - levels[n - 1]) / (levels[n] - levels[n - 1]);
+            if unit_uniform(seed, element) < fraction {
+                n
+            } else {
+                n - 1
+            }
+        }
+    };
+    code as u32
+}
+
 /// A uniform draw in [0, 1) from `(seed, element)`: SplitMix64 of the pair, so every element
 /// has its own reproducible draw whatever order elements are visited in.
 fn unit_uniform(seed: u64, element: u64) -> f64 {
@@ -144,29 +197,26 @@ fn unit_uniform(seed: u64, element: u64) -> f64 {
 }
 
 /// The grid of `kind` for the range `[xmin, xmax]` (already including 0, §1.1 step 1).
-fn grid_for_range(spec: &GridSpec, xmin: f64, xmax: f64) -> UniformGrid {
+fn grid_for_range(spec: &GridSpec, xmin: f64, xmax: f64) -> Grid {
     let max_code = spec.bits.max_code();
     let half = f64::from(1u32 << (spec.bits.get() - 1));
     match spec.kind {
-        UniformKind::Asymmetric => {
+        GridKind::Asymmetric => {
             let scale = (xmax - xmin) / f64::from(max_code);
-            UniformGrid {
-                scale,
-                zero: (-xmin / scale).round_ties_even(),
-                max_code,
-            }
+            Grid::uniform(scale, (-xmin / scale).round_ties_even(), max_code)
         }
-        UniformKind::SymmetricGptq => UniformGrid {
-            scale: (xmax - xmin) / f64::from(max_code),
-            zero: half,
-            max_code,
+        GridKind::SymmetricGptq => {
+            Grid::uniform((xmax - xmin) / f64::from(max_code), half, max_code)
+        }
+        GridKind::SymmetricQuarot => {
+            Grid::uniform((xmax.max(-xmin) / (half - 1.0)).max(1e-5), half, max_code)
+        }
+        // §1.7: the levels span [−1, 1], so the scale is the absmax.
+        GridKind::NormalFloat => Grid {
+            levels: Some(nf_codebook(spec.bits.get())),
+            ..Grid::uniform(xmax.max(-xmin), 0.0, max_code)
         },
-        UniformKind::SymmetricQuarot => UniformGrid {
-            scale: (xmax.max(-xmin) / (half - 1.0)).max(1e-5),
-            zero: half,
-            max_code,
-        },
-        UniformKind::MxInt => unreachable!("MXINT grids are fitted by mxint_grid"),
+        GridKind::MxInt => unreachable!("MXINT grids are fitted by mxint_grid"),
     }
 }
 
@@ -174,7 +224,7 @@ fn grid_for_range(spec: &GridSpec, xmin: f64, xmax: f64) -> UniformGrid {
 const MXINT_SUBNORMAL: f64 = 1.1754943508222875e-38;
 
 /// §1.6: `s = 2^e` with `e` the binary exponent of the largest magnitude; element step `s/2^{b−2}`.
-fn mxint_grid(values: &[f64], bits: Bits) -> UniformGrid {
+fn mxint_grid(values: &[f64], bits: Bits) -> Grid {
     let b = i32::from(bits.get());
     let max_magnitude = values
         .iter()
@@ -194,21 +244,17 @@ fn mxint_grid(values: &[f64], bits: Bits) -> UniformGrid {
         };
         2f64.powi(exponent - (b - 2))
     };
-    UniformGrid {
-        scale: step,
-        zero: half,
-        max_code: 2 * ((1u32 << (b - 1)) - 1),
-    }
+    Grid::uniform(step, half, 2 * ((1u32 << (b - 1)) - 1))
 }
 
 /// Fits a grid to one group of weights (a row, or g columns of a row).
-pub fn fit_grid(values: &[f64], spec: &GridSpec) -> UniformGrid {
-    if spec.kind == UniformKind::MxInt {
+pub fn fit_grid(values: &[f64], spec: &GridSpec) -> Grid {
+    if spec.kind == GridKind::MxInt {
         return mxint_grid(values, spec.bits);
     }
     let mut xmin = values.iter().copied().fold(0.0f64, f64::min);
     let mut xmax = values.iter().copied().fold(0.0f64, f64::max);
-    if spec.kind != UniformKind::Asymmetric {
+    if spec.kind != GridKind::Asymmetric {
         xmax = xmax.max(xmin.abs());
         if xmin < 0.0 || !spec.sym_nonneg_quirk {
             xmin = -xmax;
@@ -245,13 +291,13 @@ pub fn fit_grid(values: &[f64], spec: &GridSpec) -> UniformGrid {
 mod tests {
     use super::*;
 
-    fn spec(bits: u8, kind: UniformKind) -> GridSpec {
+    fn spec(bits: u8, kind: GridKind) -> GridSpec {
         GridSpec::new(Bits::new(bits).unwrap(), kind)
     }
 
     #[test]
     fn asymmetric_represents_zero_exactly() {
-        let grid = fit_grid(&[0.3, -1.1, 2.5, 0.7], &spec(3, UniformKind::Asymmetric));
+        let grid = fit_grid(&[0.3, -1.1, 2.5, 0.7], &spec(3, GridKind::Asymmetric));
         assert_eq!(grid.round(0.0, Rounding::Nearest, 0), 0.0);
         assert!((grid.scale - 3.6 / 7.0).abs() < 1e-15);
     }
@@ -259,7 +305,7 @@ mod tests {
     #[test]
     fn gptq_symmetric_two_bit_levels() {
         // b = 2: {−4/3, −2/3, 0, 2/3}·xmax (§1.2).
-        let grid = fit_grid(&[1.5, -0.2], &spec(2, UniformKind::SymmetricGptq));
+        let grid = fit_grid(&[1.5, -0.2], &spec(2, GridKind::SymmetricGptq));
         let levels: Vec<f64> = (0..4).map(|c| grid.dequantize(c) / 1.5).collect();
         for (got, want) in levels.iter().zip([-4.0 / 3.0, -2.0 / 3.0, 0.0, 2.0 / 3.0]) {
             assert!((got - want).abs() < 1e-12, "{levels:?}");
@@ -267,7 +313,7 @@ mod tests {
         // The quirk: no negatives → xmin stays 0, s = xmax/3, positives clip near xmax/2.
         let quirk = GridSpec {
             sym_nonneg_quirk: true,
-            ..spec(2, UniformKind::SymmetricGptq)
+            ..spec(2, GridKind::SymmetricGptq)
         };
         let grid = fit_grid(&[1.5, 0.2], &quirk);
         assert!((grid.range().1 - 0.5).abs() < 1e-12);
@@ -276,7 +322,7 @@ mod tests {
     #[test]
     fn quarot_symmetric_three_bit_levels() {
         // b = 3: {−4…3}·max|w|/3 (§1.3).
-        let grid = fit_grid(&[0.9, -0.6], &spec(3, UniformKind::SymmetricQuarot));
+        let grid = fit_grid(&[0.9, -0.6], &spec(3, GridKind::SymmetricQuarot));
         assert!((grid.dequantize(0) + 1.2).abs() < 1e-12);
         assert!((grid.dequantize(7) - 0.9).abs() < 1e-12);
     }
@@ -286,13 +332,13 @@ mod tests {
         // A block whose largest magnitude is 1.7: e = 0, s = 1.
         let values = [1.7, -0.3, 0.55, -1.2];
         let levels = |bits: u8| -> Vec<f64> {
-            let grid = fit_grid(&values, &spec(bits, UniformKind::MxInt));
+            let grid = fit_grid(&values, &spec(bits, GridKind::MxInt));
             (0..=grid.max_code).map(|c| grid.dequantize(c)).collect()
         };
         assert_eq!(levels(2), [-1.0, 0.0, 1.0], "MXINT-2 is ternary");
         assert_eq!(levels(3), [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]);
         assert_eq!(levels(4).last(), Some(&1.75));
-        let grid = fit_grid(&values, &spec(2, UniformKind::MxInt));
+        let grid = fit_grid(&values, &spec(2, GridKind::MxInt));
         // |x| ≤ s/2 → 0 (0.5 ties to even), everything else up to 2s → ±s.
         let round = |x| grid.round(x, Rounding::Nearest, 0);
         assert_eq!(
@@ -300,30 +346,23 @@ mod tests {
             [0.0, 1.0, -1.0, 1.0]
         );
         // Exponents: a block max of exactly 2^k, just below it, and an all-zero block.
+        assert_eq!(fit_grid(&[4.0, 1.0], &spec(2, GridKind::MxInt)).scale, 4.0);
         assert_eq!(
-            fit_grid(&[4.0, 1.0], &spec(2, UniformKind::MxInt)).scale,
-            4.0
-        );
-        assert_eq!(
-            fit_grid(&[3.999_999, 1.0], &spec(2, UniformKind::MxInt)).scale,
+            fit_grid(&[3.999_999, 1.0], &spec(2, GridKind::MxInt)).scale,
             2.0
         );
-        let zero = fit_grid(&[0.0, 1e-40], &spec(3, UniformKind::MxInt));
+        let zero = fit_grid(&[0.0, 1e-40], &spec(3, GridKind::MxInt));
         assert_eq!(zero.round(1e-40, Rounding::Nearest, 0), 0.0);
     }
 
     #[test]
     fn rounding_is_half_to_even() {
-        let grid = UniformGrid {
-            scale: 1.0,
-            zero: 4.0,
-            max_code: 15,
-        };
+        let grid = Grid::uniform(1.0, 4.0, 15);
         assert_eq!(grid.code(0.5, Rounding::Nearest, 0), 4);
         assert_eq!(grid.code(1.5, Rounding::Nearest, 0), 6);
         assert_eq!(grid.code(-0.5, Rounding::Nearest, 0), 4);
         // An odd zero point: round(w/s) first, then add z.
-        let odd = UniformGrid { zero: 3.0, ..grid };
+        let odd = Grid { zero: 3.0, ..grid };
         assert_eq!(odd.code(0.5, Rounding::Nearest, 0), 3);
         assert_eq!(odd.code(1.5, Rounding::Nearest, 0), 5);
         assert_eq!(grid.code(100.0, Rounding::Nearest, 0), 15);
@@ -331,11 +370,7 @@ mod tests {
 
     #[test]
     fn stochastic_rounding_is_unbiased_and_reproducible() {
-        let grid = UniformGrid {
-            scale: 0.5,
-            zero: 4.0,
-            max_code: 15,
-        };
+        let grid = Grid::uniform(0.5, 4.0, 15);
         let w = 0.3; // between levels 0.0 and 0.5, expected value 0.3
         let n = 200_000;
         let mean: f64 = (0..n)
@@ -363,9 +398,9 @@ mod tests {
             })
             .collect();
         for kind in [
-            UniformKind::Asymmetric,
-            UniformKind::SymmetricGptq,
-            UniformKind::SymmetricQuarot,
+            GridKind::Asymmetric,
+            GridKind::SymmetricGptq,
+            GridKind::SymmetricQuarot,
         ] {
             for bits in [2, 3, 4] {
                 let plain = spec(bits, kind);
@@ -373,7 +408,7 @@ mod tests {
                     mse: Some(MseSearch::default()),
                     ..plain
                 };
-                let err = |g: UniformGrid| -> f64 {
+                let err = |g: Grid| -> f64 {
                     gaussian
                         .iter()
                         .map(|&w| (g.round(w, Rounding::Nearest, 0) - w).abs().powf(2.4))

@@ -2,7 +2,7 @@
 
 use faer::{Mat, MatRef};
 
-use super::grid::{GridSpec, Rounding, UniformGrid, fit_grid};
+use super::grid::{Grid, GridSpec, Rounding, fit_grid};
 use crate::error::{Error, Result};
 
 /// Which weights share a grid.
@@ -37,7 +37,7 @@ pub struct QuantizedLayer {
     /// Row-major `[rows, cols]`.
     pub codes: Vec<u8>,
     /// Row-major `[rows, groups]`: the grid of each row's groups.
-    pub grids: Vec<UniformGrid>,
+    pub grids: Vec<Grid>,
     pub groups: usize,
     /// The group of each original column (GPTQ's `g_idx`).
     pub group_of_column: Vec<usize>,
@@ -50,13 +50,13 @@ pub struct QuantizedLayer {
 }
 
 impl QuantizedLayer {
-    pub fn grid(&self, row: usize, col: usize) -> &UniformGrid {
+    pub fn grid(&self, row: usize, col: usize) -> &Grid {
         &self.grids[row * self.groups + self.group_of_column[col]]
     }
 }
 
 /// One grid per row of `w`.
-pub fn fit_rows(w: MatRef<'_, f64>, spec: &GridSpec) -> Vec<UniformGrid> {
+pub fn fit_rows(w: MatRef<'_, f64>, spec: &GridSpec) -> Vec<Grid> {
     (0..w.nrows())
         .map(|r| fit_grid(&w.row(r).iter().copied().collect::<Vec<_>>(), spec))
         .collect()
@@ -104,14 +104,14 @@ pub fn rtn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::grid::{Bits, UniformKind};
+    use crate::quant::grid::{Bits, GridKind};
 
     #[test]
     fn rtn_mxint2_is_ternary_per_block_of_32() {
         let w = Mat::from_fn(3, 64, |r, c| {
             ((r * 64 + c) as f64 * 0.37).sin() * (1.0 + c as f64 / 16.0)
         });
-        let spec = GridSpec::new(Bits::new(2).unwrap(), UniformKind::MxInt);
+        let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::MxInt);
         let q = rtn(w.as_ref(), &spec, Grouping::Static(32), Rounding::Nearest).unwrap();
         assert_eq!(q.groups, 2);
         for r in 0..3 {
