@@ -617,10 +617,9 @@ fn train_command_learns_the_toy_task() {
         &tmp.path().join("exported"),
         &tmp.path().join("peft"),
     );
-    quantize_eval_scores_the_classifier_before_and_after(
-        &tmp.path().join("exported"),
+    requantize_scores_the_classifier_before_and_after(
+        &run,
         &glue,
-        &tmp.path().join("calib.txt"),
         accuracy,
         &tmp.path().join("quantized"),
     );
@@ -1060,27 +1059,24 @@ fn peft_export_is_the_dense_export_split(run: &Path, dense: &Path, out: &Path) {
     }
 }
 
-/// `qpeft quantize --eval` on a fine-tuned classifier: "before" is the run's own dev metric,
-/// "after" is what the written quantized folder scores when loaded and run independently.
-fn quantize_eval_scores_the_classifier_before_and_after(
-    export: &Path,
+/// `qpeft export RUN --requantize gptq`: the run merged (kept in merged/) and re-quantized in
+/// one command, calibrated by default on the run's own task's training text; "before" is the
+/// run's own dev metric, "after" is what the written quantized folder scores when loaded and
+/// run independently.
+fn requantize_scores_the_classifier_before_and_after(
+    run: &Path,
     glue: &Path,
-    calib: &Path,
     accuracy: f64,
     out: &Path,
 ) {
     let quantize = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .args([
-            "quantize", "--method", "gptq", "--bits", "2", "--group", "0",
-        ])
+        .arg("export")
+        .arg(run)
+        .args(["--requantize", "gptq", "--bits", "2", "--group", "0"])
         .args(["--calib-samples", "40", "--max-length", "32"])
-        .args(["--eval", "sst2", "--eval-max-length", "32"])
-        .arg("--calib")
-        .arg(calib)
+        .args(["--eval-max-length", "32"])
         .arg("--data-dir")
         .arg(glue)
-        .arg("--model")
-        .arg(export)
         .arg("--out")
         .arg(out)
         .output()
@@ -1090,8 +1086,12 @@ fn quantize_eval_scores_the_classifier_before_and_after(
         "{}",
         String::from_utf8_lossy(&quantize.stderr)
     );
+    assert!(out.join("merged/model.safetensors").is_file());
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["eval"]["task"], "sst2", "the run's own task");
+    let calibration = report["metadata"]["calibration"].as_str().unwrap();
+    assert!(calibration.starts_with("sst2 (40 texts"), "{calibration}");
     assert_eq!(report["eval"]["before"]["main"].as_f64().unwrap(), accuracy);
     let after = report["eval"]["after"]["main"].as_f64().unwrap();
     let device = Default::default();

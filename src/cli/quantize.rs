@@ -298,9 +298,10 @@ impl QuantizerArgs {
 /// The calibration set, shared by `quantize` and `init`.
 #[derive(clap::Args, Debug)]
 pub struct CalibArgs {
-    /// Calibration text: a GLUE task's training sentences, or a file with one text per line.
-    #[arg(long, default_value = "rte")]
-    pub calib: String,
+    /// Calibration text: a GLUE task's training sentences, or a file with one text per line
+    /// (default: rte; `export --requantize`: the run's own task).
+    #[arg(long)]
+    pub calib: Option<String>,
     #[arg(long, default_value_t = 128)]
     pub calib_samples: usize,
     #[arg(long, default_value_t = 128)]
@@ -313,12 +314,22 @@ pub struct CalibArgs {
     pub data: DataDirArg,
 }
 
+/// `--calib` when the command has no task of its own to calibrate on.
+const DEFAULT_CALIBRATION: &str = "rte";
+
 impl CalibArgs {
+    /// `--calib`, or its default.
+    pub fn source(&self) -> &str {
+        self.calib.as_deref().unwrap_or(DEFAULT_CALIBRATION)
+    }
+
     /// How the header describes the calibration.
     pub fn describe(&self, texts: usize) -> String {
         format!(
             "{} ({texts} texts, max length {}, seed {})",
-            self.calib, self.max_length, self.seed
+            self.source(),
+            self.max_length,
+            self.seed
         )
     }
 }
@@ -350,7 +361,8 @@ pub struct QuantizeArgs {
 /// `--calib` as texts: a file's lines or a GLUE task's training pairs, shuffled by the seed
 /// and truncated to `--calib-samples`.
 pub fn calibration_texts(args: &CalibArgs) -> anyhow::Result<Vec<TextInput>> {
-    let path = Path::new(&args.calib);
+    let source = args.source();
+    let path = Path::new(source);
     let mut texts: Vec<TextInput> = if path.is_file() {
         std::fs::read_to_string(path)
             .with_context(|| format!("reading calibration file {}", path.display()))?
@@ -359,9 +371,9 @@ pub fn calibration_texts(args: &CalibArgs) -> anyhow::Result<Vec<TextInput>> {
             .map(TextInput::single)
             .collect()
     } else {
-        let task: Task = args.calib.parse().with_context(|| {
-            format!("--calib {:?} is neither a file nor a GLUE task", args.calib)
-        })?;
+        let task: Task = source
+            .parse()
+            .with_context(|| format!("--calib {source:?} is neither a file nor a GLUE task"))?;
         let split = if task == Task::Ax {
             Split::Test
         } else {
@@ -377,7 +389,7 @@ pub fn calibration_texts(args: &CalibArgs) -> anyhow::Result<Vec<TextInput>> {
             .collect()
     };
     if texts.is_empty() {
-        anyhow::bail!("no calibration text in {}", args.calib);
+        anyhow::bail!("no calibration text in {source}");
     }
     texts.shuffle(&mut substream_rng(args.seed, "calibration"));
     texts.truncate(args.calib_samples);
