@@ -1,5 +1,5 @@
 //! Hardened inputs: seeded fuzzing of recipe files and of the safetensors files qpeft reads
-//! (its init checkpoints and quantized model folders). Every input must give a value or an error
+//! (its init checkpoints and quantized model folders, NF codebook included). Every input must give a value or an error
 //! that names the file — never a panic; an accepted recipe must survive its own TOML round trip.
 //! The counts are printed (`cargo test --test fuzz -- --nocapture`).
 
@@ -329,6 +329,28 @@ fn load(files: ModelFiles) -> qpeft::Result<()> {
     Ok(())
 }
 
+/// `qpeft quantize` of the tiny BERT onto NF2 (format version 2, `.qlevels`) into `out`.
+fn nf_quantized_tiny_bert(out: &Path) -> PathBuf {
+    let calib = out.with_extension("txt");
+    std::fs::write(
+        &calib,
+        "A man is playing a guitar.\nDogs run in the field.\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args(["quantize", "--method", "rtn", "--bits", "2", "--grid", "nf"])
+        .args(["--group", "32", "--model"])
+        .arg(common::fixture("tiny-bert"))
+        .arg("--calib")
+        .arg(&calib)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out.to_path_buf()
+}
+
 #[test]
 fn safetensors_fuzzing_never_panics_and_errors_name_the_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -336,6 +358,7 @@ fn safetensors_fuzzing_never_panics_and_errors_name_the_file() {
         common::fixture("train-equiv/inits/qera-exact"),
         common::fixture("train-equiv/inits/srr"),
         common::fixture("tiny-bert"),
+        nf_quantized_tiny_bert(&tmp.path().join("nf")),
     ];
     for source in &sources {
         let files = folder_with(

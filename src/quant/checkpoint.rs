@@ -66,6 +66,10 @@ impl QuantMetadata {
                 ),
             });
         }
+        Bits::new(meta.bits).map_err(|e| Error::InvalidWeights {
+            path: path.to_path_buf(),
+            message: format!("`{METADATA_KEY}` metadata: {e}"),
+        })?;
         Ok(meta)
     }
 }
