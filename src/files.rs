@@ -11,10 +11,12 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
     })
 }
 
-/// Lets `write` fill `path` + `.partial`, then renames it to `path`: `path` appears only complete.
+/// Lets `write` fill `path` + `.partial-<pid>`, then renames it to `path`: `path` appears only
+/// complete. The process id keeps two processes writing the same file (two `qpeft glue` on one
+/// suite) from renaming each other's partial file away.
 pub fn write_through_partial(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
+    partial.push(format!(".partial-{}", std::process::id()));
     let partial = PathBuf::from(partial);
     write(&partial)?;
     std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))

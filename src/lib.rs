@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod files;
 pub mod model;
+pub mod names;
 pub mod plot;
 pub mod quant;
 pub mod recipe;

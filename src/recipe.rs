@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::MnliMain;
 use crate::model::DEFAULT_MODEL;
 use crate::model::bert::LAYER_LINEARS;
+use crate::quant::grid::GridKind;
+use crate::quant::solve::QuantMethod;
+use crate::reconstruct::init::InitName;
 use crate::reconstruct::lowrank::FactorSplit;
 use crate::train::optim::{OptimizerKind, PreservedScaling, Schedule};
 use crate::train::trainer::GammaForm;
@@ -52,36 +55,12 @@ impl Default for ModelSection {
     }
 }
 
-/// The base quantizer; `none` keeps the base weights in full precision (LoRA).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuantMethod {
-    None,
-    Rtn,
-    Gptq,
-    Gptaq,
-    Rescomp,
-    Coreq,
-    Kcoreq,
-    Qronos,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GridName {
-    Asym,
-    Sym,
-    Quarot,
-    Mxint,
-    Nf,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuantSection {
     pub method: QuantMethod,
     pub bits: u8,
-    pub grid: GridName,
+    pub grid: GridKind,
     /// Group (MXINT block) size along the input dimension; 0 for one grid per row.
     pub group: usize,
     /// Calibration text for S = R_xx^{1/2} and data-aware quantizers: `task` (the recipe's own
@@ -102,7 +81,7 @@ impl Default for QuantSection {
         QuantSection {
             method: QuantMethod::Rtn,
             bits: 2,
-            grid: GridName::Mxint,
+            grid: GridKind::MxInt,
             group: 32,
             calib: OWN_TASK_CALIBRATION.to_string(),
             calib_samples: 128,
@@ -110,21 +89,6 @@ impl Default for QuantSection {
             calib_seed: 0,
         }
     }
-}
-
-/// The adapter initializer; `lora` is PEFT's fresh init on a full-precision base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InitName {
-    Lora,
-    Qlora,
-    Loftq,
-    ZeroquantV2,
-    Lqer,
-    QeraApprox,
-    QeraExact,
-    Lqlora,
-    Srr,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -412,7 +376,7 @@ impl Recipe {
                 "2 to 8 bits",
                 q.bits.to_string(),
             )?;
-            if matches!(q.grid, GridName::Mxint | GridName::Nf) {
+            if matches!(q.grid, GridKind::MxInt | GridKind::NormalFloat) {
                 check(
                     q.group > 0,
                     "quant.group",
@@ -431,7 +395,7 @@ impl Recipe {
             (QuantMethod::None, InitName::Lora) => {}
             (QuantMethod::None, init) => {
                 return Err(format!(
-                    "adapter.init = {init:?} needs a quantized base: set quant.method (e.g. rtn), or adapter.init = \"lora\" for full-precision LoRA"
+                    "adapter.init = \"{init}\" needs a quantized base: set quant.method (e.g. rtn), or adapter.init = \"lora\" for full-precision LoRA"
                 ));
             }
             (_, InitName::Lora) => {
@@ -441,8 +405,7 @@ impl Recipe {
         }
         if let (Some(split), InitName::Lora | InitName::Qlora) = (a.factor_split, a.init) {
             return Err(format!(
-                "adapter.factor_split = {:?} applies to the SVD initializers, not adapter.init = {:?} (its L·R starts at 0)",
-                split.name(),
+                "adapter.factor_split = \"{split}\" applies to the SVD initializers, not adapter.init = \"{}\" (its L·R starts at 0)",
                 a.init
             ));
         }

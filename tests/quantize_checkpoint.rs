@@ -6,6 +6,8 @@ mod common;
 
 use std::path::Path;
 
+use faer::Mat;
+
 use qpeft::device::CpuBackend;
 use qpeft::model::weights::linear_weight_out_in;
 use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
@@ -42,6 +44,27 @@ fn quantize_tiny(work: &Path, flags: &[&str]) -> std::path::PathBuf {
     out
 }
 
+/// Each linear of `quantized` loaded as a classifier, `[out, in]`, beside the tiny BERT's own.
+fn linears_beside_the_original(quantized: &PretrainedModel) -> Vec<(String, Mat<f64>, Mat<f64>)> {
+    let original = open(&common::fixture("tiny-bert"));
+    let device = Default::default();
+    let (q_model, _) = quantized
+        .classifier::<CpuBackend>(quantized.config.head, &device)
+        .unwrap();
+    let (f_model, _) = original
+        .classifier::<CpuBackend>(original.config.head, &device)
+        .unwrap();
+    f_model
+        .linear_names()
+        .into_iter()
+        .map(|name| {
+            let q = linear_weight_out_in(q_model.linear(&name).unwrap()).unwrap();
+            let f = linear_weight_out_in(f_model.linear(&name).unwrap()).unwrap();
+            (name, q, f)
+        })
+        .collect()
+}
+
 #[test]
 fn quantized_directory_round_trips_through_the_model_loader() {
     let work = tempfile::tempdir().unwrap();
@@ -67,17 +90,7 @@ fn quantized_directory_round_trips_through_the_model_loader() {
             .weights
             .contains("bert.encoder.layer.0.attention.self.query.qcodes")
     );
-    let original = open(&common::fixture("tiny-bert"));
-    let device = Default::default();
-    let (q_model, _) = quantized
-        .classifier::<CpuBackend>(quantized.config.head, &device)
-        .unwrap();
-    let (f_model, _) = original
-        .classifier::<CpuBackend>(original.config.head, &device)
-        .unwrap();
-    for name in f_model.linear_names() {
-        let q = linear_weight_out_in(q_model.linear(&name).unwrap()).unwrap();
-        let f = linear_weight_out_in(f_model.linear(&name).unwrap()).unwrap();
+    for (name, q, f) in linears_beside_the_original(&quantized) {
         let target = name.starts_with("encoder.");
         if target {
             // 3 bits: at most 8 distinct values per row and group (groups follow act-order,
@@ -166,23 +179,12 @@ fn nf_grid_is_stored_with_its_codebook_and_loads_as_rtn() {
     let expected: Vec<f32> = nf_codebook(2).iter().map(|&v| v as f32).collect();
     assert_eq!(stored, expected);
 
-    let original = open(&common::fixture("tiny-bert"));
-    let device = Default::default();
-    let (q_model, _) = quantized
-        .classifier::<CpuBackend>(quantized.config.head, &device)
-        .unwrap();
-    let (f_model, _) = original
-        .classifier::<CpuBackend>(original.config.head, &device)
-        .unwrap();
     let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::NormalFloat);
     let mut checked = 0;
-    for name in f_model
-        .linear_names()
-        .iter()
-        .filter(|n| n.starts_with("encoder."))
+    for (name, q, f) in linears_beside_the_original(&quantized)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("encoder."))
     {
-        let q = linear_weight_out_in(q_model.linear(name).unwrap()).unwrap();
-        let f = linear_weight_out_in(f_model.linear(name).unwrap()).unwrap();
         let reference = rtn(f.as_ref(), &spec, Grouping::Static(32), Rounding::Nearest).unwrap();
         for r in 0..q.nrows() {
             for c in 0..q.ncols() {

@@ -473,7 +473,7 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
     )
     .unwrap_err();
     assert!(
-        err.contains("adapter.factor_split") && err.contains("Qlora"),
+        err.contains("adapter.factor_split") && err.contains("\"qlora\""),
         "{err}"
     );
     // An unknown key in the file: its line and the valid keys.

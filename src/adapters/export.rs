@@ -325,20 +325,7 @@ pub enum ExportFormat {
     Peft,
 }
 
-impl ExportFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            ExportFormat::Dense => "dense",
-            ExportFormat::Peft => "peft",
-        }
-    }
-}
-
-impl std::fmt::Display for ExportFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::named!(ExportFormat);
 
 /// PEFT's prefix of every adapter tensor name (`PeftModel` → `LoraModel` → the HF model).
 pub const PEFT_PREFIX: &str = "base_model.model.";

@@ -11,9 +11,10 @@ use burn_autodiff::Autodiff;
 use qpeft::adapters::export::{ExportFormat, export_merged, export_peft};
 use qpeft::data::Task;
 use qpeft::device::BackendTask;
+use qpeft::quant::solve::QuantMethod;
 use qpeft::train::setup::{head_for, load_trained};
 
-use super::quantize::{CalibArgs, MethodArg, QuantizeArgs, QuantizerArgs};
+use super::quantize::{CalibArgs, QuantizeArgs, QuantizerArgs};
 use super::{DeviceArg, ModelArg};
 
 /// Where `--requantize` keeps the merged dense model it quantizes (and scores as "before").
@@ -34,7 +35,7 @@ pub struct ExportArgs {
     /// PTQ method (the quantizer flags below, calibrated on --calib, by default the run's own
     /// task) and score the run's task on dev before and after.
     #[arg(long, value_name = "METHOD", conflicts_with = "format")]
-    pub requantize: Option<MethodArg>,
+    pub requantize: Option<QuantMethod>,
     #[command(flatten)]
     pub quantizer: QuantizerArgs,
     #[command(flatten)]

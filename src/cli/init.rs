@@ -7,33 +7,19 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context;
-use clap::ValueEnum;
 use qpeft::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
+use qpeft::quant::grid::GridKind;
+use qpeft::quant::solve::QuantMethod;
 use qpeft::reconstruct::checkpoint::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
-use qpeft::reconstruct::init::{InitConfig, Initializer, KRule};
+use qpeft::reconstruct::init::{InitConfig, InitName, Initializer, KRule};
 use qpeft::reconstruct::lowrank::FactorSplit;
 use qpeft::reconstruct::solver::{InitReport, InitSolver};
 use serde_json::json;
 
-use super::quantize::{
-    CalibArgs, GridArg, MethodArg, Quantizer, QuantizerArgs, bits_per_weight, calibrate_model,
-};
+use super::quantize::{CalibArgs, Quantizer, QuantizerArgs, bits_per_weight, calibrate_model};
 use super::{DeviceArg, ModelArg};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum InitArg {
-    Qlora,
-    Loftq,
-    #[value(name = "zeroquant-v2")]
-    ZeroquantV2,
-    Lqer,
-    QeraApprox,
-    QeraExact,
-    Lqlora,
-    Srr,
-}
 
 /// `--k-rule`: probe, prerelease, exact or a fixed k.
 #[derive(Debug, Clone, Copy)]
@@ -54,17 +40,10 @@ impl FromStr for KRuleArg {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SplitArg {
-    SigmaLeft,
-    Sqrt,
-    SigmaRight,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
     #[arg(long)]
-    pub init: InitArg,
+    pub init: InitName,
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
     /// LoRA α: the adapter is scaled by α/r (stored lora_B = L·r/α).
@@ -84,10 +63,10 @@ pub struct InitArgs {
     pub lqer_batch_max: bool,
     /// How singular values are shared between L and R (default: the method's own).
     #[arg(long)]
-    pub factor_split: Option<SplitArg>,
+    pub factor_split: Option<FactorSplit>,
     /// The base quantizer of Q (or of SRR's residual).
     #[arg(long, default_value = "rtn")]
-    pub quantizer: MethodArg,
+    pub quantizer: QuantMethod,
     #[command(flatten)]
     pub quant: QuantizerArgs,
     #[command(flatten)]
@@ -102,24 +81,27 @@ pub struct InitArgs {
 }
 
 impl InitArgs {
-    fn initializer(&self) -> Initializer {
-        match self.init {
-            InitArg::Qlora => Initializer::Qlora,
-            InitArg::Loftq => Initializer::Loftq {
+    fn initializer(&self) -> anyhow::Result<Initializer> {
+        Ok(match self.init {
+            InitName::Lora => anyhow::bail!(
+                "--init lora needs no init checkpoint: full-precision LoRA starts from the model itself (a recipe's adapter.init = \"lora\")"
+            ),
+            InitName::Qlora => Initializer::Qlora,
+            InitName::Loftq => Initializer::Loftq {
                 iters: self.loftq_iters,
             },
-            InitArg::ZeroquantV2 => Initializer::ZeroquantV2,
-            InitArg::Lqer => Initializer::Lqer {
+            InitName::ZeroquantV2 => Initializer::ZeroquantV2,
+            InitName::Lqer => Initializer::Lqer {
                 batch_max: self.lqer_batch_max,
             },
-            InitArg::QeraApprox => Initializer::QeraApprox,
-            InitArg::QeraExact => Initializer::QeraExact,
-            InitArg::Lqlora => Initializer::Lqlora,
-            InitArg::Srr => Initializer::Srr {
+            InitName::QeraApprox => Initializer::QeraApprox,
+            InitName::QeraExact => Initializer::QeraExact,
+            InitName::Lqlora => Initializer::Lqlora,
+            InitName::Srr => Initializer::Srr {
                 rule: self.k_rule.0,
                 joint_refit: self.joint_refit,
             },
-        }
+        })
     }
 }
 
@@ -159,7 +141,7 @@ fn k_comparison(reports: &[InitReport]) -> Option<serde_json::Value> {
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<()> {
-    let init = args.initializer();
+    let init = args.initializer()?;
     let Quantizer {
         method,
         config: quant,
@@ -167,15 +149,11 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         group,
     } = args
         .quant
-        .resolve(args.quantizer, GridArg::Mxint, 32, args.calib.seed)?;
+        .resolve(args.quantizer, GridKind::MxInt, 32, args.calib.seed)?;
     let config = InitConfig {
         init,
         rank: args.rank,
-        split: args.factor_split.map(|s| match s {
-            SplitArg::SigmaLeft => FactorSplit::SigmaLeft,
-            SplitArg::Sqrt => FactorSplit::Sqrt,
-            SplitArg::SigmaRight => FactorSplit::SigmaRight,
-        }),
+        split: args.factor_split,
         seed: args.calib.seed,
     };
     if !(args.lora_alpha.is_finite() && args.lora_alpha > 0.0) {
@@ -195,7 +173,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         (calibrated.model, calibrated.metadata, calibrated.seconds);
     let adapters = AdapterMetadata {
         format_version: ADAPTER_FORMAT_VERSION,
-        init: format!("{init:?}"),
+        init: init.to_string(),
         rank: args.rank,
         lora_alpha: args.lora_alpha,
         factor_split: config.split.unwrap_or(init.default_split()),
@@ -257,10 +235,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     let chart = per_module_chart(
         format!(
             "{} rank {} on {}-bit {}: error per module",
-            super::flag_name(&args.init),
-            args.rank,
-            args.quant.bits,
-            super::flag_name(&args.quantizer)
+            args.init, args.rank, args.quant.bits, args.quantizer
         ),
         "scaled relative error ‖(W − Ŵ)S‖/‖WS‖",
         vec![
@@ -273,8 +248,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     );
     write_svg(&args.out.join(ERRORS_CHART), &line_chart_svg(&chart)?)?;
     println!(
-        "{init:?} rank {} on {method:?} {}-bit {kind:?}: {} modules, mean scaled error {scaled:.4}, unscaled {unscaled:.4}, k {:?}, {seconds:.1} s",
+        "{init} rank {} on {} {}-bit {kind}: {} modules, mean scaled error {scaled:.4}, unscaled {unscaled:.4}, k {:?}, {seconds:.1} s",
         args.rank,
+        method.name(),
         args.quant.bits,
         reports.len(),
         histogram(reports.iter().map(|r| r.k)),

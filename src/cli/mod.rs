@@ -96,10 +96,3 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
     }
 }
-
-/// The name a flag value is written as on the command line (`qera-exact`, `gptq`).
-pub fn flag_name<T: clap::ValueEnum>(value: &T) -> String {
-    value
-        .to_possible_value()
-        .map_or_else(String::new, |v| v.get_name().to_string())
-}

@@ -23,7 +23,7 @@ use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
 use qpeft::quant::grid::{Bits, GridKind, GridSpec, MseSearch, Rounding};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
 use qpeft::quant::qronos::QronosLambda;
-use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver, ModuleReport};
+use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver, ModuleReport, QuantMethod};
 use qpeft::quant::stats::StatsNeeded;
 use qpeft::seed::{substream_rng, substream_seed};
 use qpeft::train::setup::head_for;
@@ -32,17 +32,6 @@ use serde_json::json;
 
 use super::data::DataDirArg;
 use super::{DeviceArg, ModelArg};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum MethodArg {
-    Rtn,
-    Gptq,
-    Gptaq,
-    Rescomp,
-    Coreq,
-    Kcoreq,
-    Qronos,
-}
 
 /// CoreQ's α rule (§7.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,20 +61,6 @@ pub enum RescompModeArg {
     Org,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum GridArg {
-    /// Asymmetric min–max (§1.1).
-    Asym,
-    /// GPTQ-style symmetric (§1.2).
-    Sym,
-    /// QuaRot-style symmetric (§1.3).
-    Quarot,
-    /// MXINT, power-of-two exponent per group (§1.6; use with --group 32).
-    Mxint,
-    /// Normal float, QLoRA's NF4 / LoftQ's NF2 with a per-block absmax (§1.7; use with --group 64).
-    Nf,
-}
-
 /// The base quantizer's settings, shared by `quantize` and `init`.
 #[derive(clap::Args, Debug)]
 pub struct QuantizerArgs {
@@ -94,7 +69,7 @@ pub struct QuantizerArgs {
     /// Grid (default: the method's reference grid: asym for rtn/gptq/qronos, quarot for
     /// gptaq/rescomp, sym for coreq/kcoreq; `init` defaults to mxint).
     #[arg(long)]
-    pub grid: Option<GridArg>,
+    pub grid: Option<GridKind>,
     /// Group size along the input dimension; 0 for one grid per row (`init` defaults to 32).
     #[arg(long)]
     pub group: Option<usize>,
@@ -172,9 +147,9 @@ impl QuantizerArgs {
 
 impl QuantizerArgs {
     /// A method-specific flag given with another method would be silently ignored: refuse it.
-    fn reject_flags_of_other_methods(&self, method: MethodArg) -> anyhow::Result<()> {
-        use MethodArg::*;
-        let flags: [(&str, bool, &[MethodArg]); 8] = [
+    fn reject_flags_of_other_methods(&self, method: QuantMethod) -> anyhow::Result<()> {
+        use QuantMethod::*;
+        let flags: [(&str, bool, &[QuantMethod]); 8] = [
             (
                 "--alpha",
                 self.alpha.is_some(),
@@ -190,11 +165,11 @@ impl QuantizerArgs {
         ];
         for (flag, given, methods) in flags {
             if given && !methods.contains(&method) {
-                let names: Vec<String> = methods.iter().map(super::flag_name).collect();
+                let names: Vec<String> = methods.iter().map(QuantMethod::to_string).collect();
                 anyhow::bail!(
                     "{flag} applies to {} only, not to {}",
                     names.join(", "),
-                    super::flag_name(&method)
+                    method
                 );
             }
         }
@@ -215,28 +190,25 @@ impl QuantizerArgs {
     /// command line left out.
     pub fn resolve(
         &self,
-        method: MethodArg,
-        default_grid: GridArg,
+        method: QuantMethod,
+        default_grid: GridKind,
         default_group: usize,
         seed: u64,
     ) -> anyhow::Result<Quantizer> {
         self.reject_flags_of_other_methods(method)?;
         let bits = Bits::new(self.bits)?;
-        let kind = match self.grid.unwrap_or(default_grid) {
-            GridArg::Asym => GridKind::Asymmetric,
-            GridArg::Sym => GridKind::SymmetricGptq,
-            GridArg::Quarot => GridKind::SymmetricQuarot,
-            GridArg::Mxint => GridKind::MxInt,
-            GridArg::Nf => GridKind::NormalFloat,
-        };
+        let kind = self.grid.unwrap_or(default_grid);
         let method = match method {
-            MethodArg::Rtn => Method::Rtn,
-            MethodArg::Gptq => Method::Gptq,
-            MethodArg::Gptaq => Method::Gptaq {
+            QuantMethod::None => anyhow::bail!(
+                "`none` is no quantizer: it keeps the weights in full precision (a recipe's quant.method = \"none\" with adapter.init = \"lora\")"
+            ),
+            QuantMethod::Rtn => Method::Rtn,
+            QuantMethod::Gptq => Method::Gptq,
+            QuantMethod::Gptaq => Method::Gptaq {
                 alpha: self.alpha.unwrap_or(0.25),
                 flush: GptaqFlush::Snapshot,
             },
-            MethodArg::Rescomp => Method::Rescomp {
+            QuantMethod::Rescomp => Method::Rescomp {
                 alpha: self.alpha.unwrap_or(0.25),
                 alpha2: self.alpha2.unwrap_or(0.25),
                 flush: match self.rescomp_mode.unwrap_or(RescompModeArg::Snapshot) {
@@ -245,18 +217,18 @@ impl QuantizerArgs {
                     RescompModeArg::Org => GptaqFlush::Quantized,
                 },
             },
-            MethodArg::Qronos => Method::Qronos {
+            QuantMethod::Qronos => Method::Qronos {
                 lambda: match (self.qronos_lambda, self.qronos_damp) {
                     (Some(lambda), _) => QronosLambda::Absolute(lambda),
                     (None, Some(fraction)) => QronosLambda::MeanDiagonal(fraction),
                     (None, None) => QronosLambda::Reference,
                 },
             },
-            MethodArg::Coreq => Method::Coreq {
+            QuantMethod::Coreq => Method::Coreq {
                 alpha: self.coreq_alpha(default_group, seed)?,
                 cd_passes: self.cd_passes.unwrap_or(0),
             },
-            MethodArg::Kcoreq => Method::Kcoreq {
+            QuantMethod::Kcoreq => Method::Kcoreq {
                 alpha: self.alpha.unwrap_or(0.25),
                 beams: self.beams.unwrap_or(4),
             },
@@ -337,7 +309,7 @@ impl CalibArgs {
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
     #[arg(long)]
-    pub method: MethodArg,
+    pub method: QuantMethod,
     #[command(flatten)]
     pub quantizer: QuantizerArgs,
     #[command(flatten)]
@@ -397,12 +369,7 @@ pub fn calibration_texts(args: &CalibArgs) -> anyhow::Result<Vec<TextInput>> {
 }
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
-    let default_grid = match args.method {
-        MethodArg::Rtn | MethodArg::Gptq => GridArg::Asym,
-        MethodArg::Gptaq | MethodArg::Rescomp => GridArg::Quarot,
-        MethodArg::Qronos => GridArg::Asym,
-        MethodArg::Coreq | MethodArg::Kcoreq => GridArg::Sym,
-    };
+    let default_grid = args.method.reference_grid().unwrap_or(GridKind::Asymmetric);
     let Quantizer {
         method,
         config,
@@ -489,7 +456,8 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", report_path.display()))?;
     println!(
-        "{method:?} {}-bit {kind:?}: {} modules, mean relative output error {mean_error:.4} (to full precision {mean_error_to_full_precision:.4}), {bpw:.3} bits/weight, {seconds:.1} s",
+        "{} {}-bit {kind}: {} modules, mean relative output error {mean_error:.4} (to full precision {mean_error_to_full_precision:.4}), {bpw:.3} bits/weight, {seconds:.1} s",
+        method.name(),
         args.quantizer.bits,
         solver.reports.len()
     );
@@ -524,8 +492,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let chart = per_module_chart(
         format!(
             "{} {}-bit: error per module",
-            super::flag_name(&args.method),
-            args.quantizer.bits
+            args.method, args.quantizer.bits
         ),
         "relative output error",
         series,
@@ -714,9 +681,9 @@ pub fn calibrate_model<S: ModuleSolver>(
     let seconds = started.elapsed().as_secs_f64();
     let metadata = QuantMetadata {
         format_version: format_version(kind),
-        method: format!("{method:?}"),
+        method: method.name().to_string(),
         bits,
-        grid: format!("{kind:?}"),
+        grid: kind.to_string(),
         group,
         calibration: calib.describe(texts.len()),
         qpeft_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -759,7 +726,7 @@ mod tests {
     use clap::Parser;
     use qpeft::quant::solve::{CoreqAlpha, Method};
 
-    use super::{GridArg, MethodArg, QuantizerArgs};
+    use super::{GridKind, QuantMethod, QuantizerArgs};
 
     #[derive(Parser)]
     struct Command {
@@ -767,31 +734,31 @@ mod tests {
         quant: QuantizerArgs,
     }
 
-    fn resolve(method: MethodArg, flags: &[&str]) -> Result<Method, String> {
+    fn resolve(method: QuantMethod, flags: &[&str]) -> Result<Method, String> {
         let argv = std::iter::once("qpeft").chain(flags.iter().copied());
         let args = Command::try_parse_from(argv)
             .map_err(|e| e.to_string())?
             .quant;
-        args.resolve(method, GridArg::Asym, 128, 0)
+        args.resolve(method, GridKind::Asymmetric, 128, 0)
             .map(|q| q.method)
             .map_err(|e| e.to_string())
     }
 
     #[test]
     fn flags_of_other_methods_are_refused_by_name() {
-        let err = resolve(MethodArg::Gptq, &["--alpha-mode", "closed"]).unwrap_err();
+        let err = resolve(QuantMethod::Gptq, &["--alpha-mode", "closed"]).unwrap_err();
         assert_eq!(err, "--alpha-mode applies to coreq only, not to gptq");
-        let err = resolve(MethodArg::Rtn, &["--alpha", "0.3"]).unwrap_err();
+        let err = resolve(QuantMethod::Rtn, &["--alpha", "0.3"]).unwrap_err();
         assert_eq!(
             err,
             "--alpha applies to gptaq, rescomp, coreq, kcoreq only, not to rtn"
         );
-        let err = resolve(MethodArg::Coreq, &["--beams", "8"]).unwrap_err();
+        let err = resolve(QuantMethod::Coreq, &["--beams", "8"]).unwrap_err();
         assert_eq!(err, "--beams applies to kcoreq only, not to coreq");
-        let err = resolve(MethodArg::Gptaq, &["--qronos-damp", "0.01"]).unwrap_err();
+        let err = resolve(QuantMethod::Gptaq, &["--qronos-damp", "0.01"]).unwrap_err();
         assert_eq!(err, "--qronos-damp applies to qronos only, not to gptaq");
         let err = resolve(
-            MethodArg::Coreq,
+            QuantMethod::Coreq,
             &["--alpha-mode", "sampled", "--alpha", "0.3"],
         )
         .unwrap_err();
@@ -801,16 +768,16 @@ mod tests {
     #[test]
     fn method_flags_reach_their_method() {
         assert!(matches!(
-            resolve(MethodArg::Kcoreq, &["--beams", "8"]),
+            resolve(QuantMethod::Kcoreq, &["--beams", "8"]),
             Ok(Method::Kcoreq { beams: 8, alpha }) if alpha == 0.25
         ));
         assert!(matches!(
-            resolve(MethodArg::Coreq, &["--alpha-mode", "scheduled", "--cd-passes", "2"]),
+            resolve(QuantMethod::Coreq, &["--alpha-mode", "scheduled", "--cd-passes", "2"]),
             Ok(Method::Coreq { alpha: CoreqAlpha::Scheduled { second_layer }, cd_passes: 2 })
                 if second_layer == 0.5
         ));
         assert!(matches!(
-            resolve(MethodArg::Rescomp, &["--alpha2", "0.5"]),
+            resolve(QuantMethod::Rescomp, &["--alpha2", "0.5"]),
             Ok(Method::Rescomp { alpha, alpha2, .. }) if alpha == 0.25 && alpha2 == 0.5
         ));
     }

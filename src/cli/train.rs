@@ -13,7 +13,9 @@ use qpeft::adapters::export::adapter_and_head_tensors;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Split, glue_dir};
 use qpeft::device::BackendTask;
-use qpeft::recipe::{GridName, InitName, QuantMethod, Recipe};
+use qpeft::quant::solve::QuantMethod;
+use qpeft::recipe::Recipe;
+use qpeft::reconstruct::init::InitName;
 use qpeft::train::checkpoint::LoadedCheckpoint;
 use qpeft::train::report::{RunReport, peak_rss_bytes};
 use qpeft::train::setup::{RunDir, RunLock, build_model, train_config};
@@ -108,7 +110,7 @@ pub fn default_run_dir(recipe: &Recipe) -> PathBuf {
     PathBuf::from("runs").join(format!(
         "{}-{}-{bits}-r{}-{}",
         recipe.data.task.as_deref().unwrap_or("task"),
-        kebab(&format!("{:?}", recipe.adapter.init)),
+        recipe.adapter.init,
         recipe.adapter.rank,
         now_stamp()
     ))
@@ -121,17 +123,6 @@ pub fn now_stamp() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     utc_stamp(seconds)
-}
-
-fn kebab(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('-');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC (Howard Hinnant's civil-from-days).
@@ -155,33 +146,13 @@ fn utc_stamp(seconds: u64) -> String {
     )
 }
 
-/// The `--quantizer` value of `qpeft init` for a recipe's base quantizer.
-fn quantizer_name(method: QuantMethod) -> &'static str {
-    match method {
-        QuantMethod::None => "none",
-        QuantMethod::Rtn => "rtn",
-        QuantMethod::Gptq => "gptq",
-        QuantMethod::Gptaq => "gptaq",
-        QuantMethod::Rescomp => "rescomp",
-        QuantMethod::Coreq => "coreq",
-        QuantMethod::Kcoreq => "kcoreq",
-        QuantMethod::Qronos => "qronos",
-    }
-}
-
 /// The `qpeft init` command line that builds the recipe's init checkpoint.
 fn init_arguments(recipe: &Recipe) -> Vec<String> {
     let q = &recipe.quant;
     let a = &recipe.adapter;
-    let method = quantizer_name(q.method);
-    let grid = match q.grid {
-        GridName::Asym => "asym",
-        GridName::Sym => "sym",
-        GridName::Quarot => "quarot",
-        GridName::Mxint => "mxint",
-        GridName::Nf => "nf",
-    };
-    let init = kebab(&format!("{:?}", a.init));
+    let method = q.method.to_string();
+    let grid = q.grid.to_string();
+    let init = a.init.to_string();
     let mut argv: Vec<String> = [
         "--model",
         &recipe.model.name,
@@ -196,11 +167,11 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
         "--loftq-iters",
         &a.loftq_iters.to_string(),
         "--quantizer",
-        method,
+        &method,
         "--bits",
         &q.bits.to_string(),
         "--grid",
-        grid,
+        &grid,
         "--group",
         &q.group.to_string(),
         "--calib",
@@ -219,7 +190,7 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
         argv.push("--joint-refit".into());
     }
     if let Some(split) = a.factor_split {
-        argv.extend(["--factor-split".into(), split.name().into()]);
+        argv.extend(["--factor-split".into(), split.to_string()]);
     }
     argv
 }
@@ -271,10 +242,7 @@ pub fn cached_init(
     let root = default_cache_dir().with_file_name("inits");
     let dir = root.join(format!(
         "{}-{}-{}b-r{}-{key}",
-        kebab(&format!("{:?}", recipe.adapter.init)),
-        quantizer_name(recipe.quant.method),
-        recipe.quant.bits,
-        recipe.adapter.rank
+        recipe.adapter.init, recipe.quant.method, recipe.quant.bits, recipe.adapter.rank
     ));
     let complete = |dir: &Path| dir.join("model.safetensors").is_file();
     if complete(&dir) {

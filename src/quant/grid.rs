@@ -32,24 +32,39 @@ impl Bits {
     }
 }
 
-/// How a grid is fitted to a group of weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a grid is fitted to a group of weights; named `asym`, `sym`, `quarot`, `mxint`, `nf`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum GridKind {
     /// §1.1: min–max over [min(w, 0), max(w, 0)], `z = round(−xmin/s)`.
+    #[serde(rename = "asym")]
+    #[value(name = "asym")]
     Asymmetric,
     /// §1.2: `s = 2·max|w|/(2^b − 1)`, `z = 2^{b−1}` (GPTQ's and CoreQ's symmetric grid).
+    #[serde(rename = "sym")]
+    #[value(name = "sym")]
     SymmetricGptq,
     /// §1.3: `s = max(max|w|/(2^{b−1} − 1), 1e-5)`, `z = 2^{b−1}` (GPTAQ's and ResComp's).
+    #[serde(rename = "quarot")]
+    #[value(name = "quarot")]
     SymmetricQuarot,
     /// §1.6: MXINT, a shared power-of-two exponent per group (block 32 in the format):
     /// levels `m·2^e/2^{b−2}` for `|m| ≤ 2^{b−1} − 1`, with `e = ⌊log₂ max|w|⌋`. Codes are stored
     /// offset by `2^{b−1} − 1` (code `2^b − 1` is never used), which packs like any uniform code.
+    #[serde(rename = "mxint")]
+    #[value(name = "mxint")]
     MxInt,
     /// §1.7: normal float (QLoRA's NF4, LoftQ's NF2): the asymmetric NF codebook scaled by the
     /// group's absmax (QLoRA's blocks of 64 are groups of 64 input columns when 64 divides
     /// the row length, as in every BERT linear).
+    #[serde(rename = "nf")]
+    #[value(name = "nf")]
     NormalFloat,
 }
+
+crate::named!(GridKind);
 
 /// Rounding onto the grid (§1.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use super::coreq::{
     symmetric_objective,
 };
 use super::gptq::{GptaqFlush, GptqConfig, Mismatch, gptaq, gptq};
+use super::grid::GridKind;
 use super::layer::{Grouping, QuantizedLayer, rtn};
 use super::qronos::{QronosConfig, QronosLambda, qronos};
 use super::stats::{LayerStats, StatsNeeded};
@@ -28,6 +29,39 @@ pub enum CoreqAlpha {
     /// The reference's "fixed" mode: α = 0 in layer 0, `second_layer` in layer 1, and from
     /// then on the α* the same module reached one layer earlier (§7.3 (a)).
     Scheduled { second_layer: f64 },
+}
+
+/// A base quantizer by name (recipes' `quant.method`, `qpeft quantize --method`, `qpeft init
+/// --quantizer`, `qpeft export --requantize`); `none` keeps the base in full precision.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantMethod {
+    None,
+    Rtn,
+    Gptq,
+    Gptaq,
+    Rescomp,
+    Coreq,
+    Kcoreq,
+    Qronos,
+}
+
+crate::named!(QuantMethod);
+
+impl QuantMethod {
+    /// The grid each method's reference implementation uses; `None` for `none`.
+    pub fn reference_grid(self) -> Option<GridKind> {
+        match self {
+            QuantMethod::None => None,
+            QuantMethod::Rtn | QuantMethod::Gptq | QuantMethod::Qronos => {
+                Some(GridKind::Asymmetric)
+            }
+            QuantMethod::Gptaq | QuantMethod::Rescomp => Some(GridKind::SymmetricQuarot),
+            QuantMethod::Coreq | QuantMethod::Kcoreq => Some(GridKind::SymmetricGptq),
+        }
+    }
 }
 
 /// A layer-wise PTQ method with its own settings; grids, groups and damping come from
@@ -64,6 +98,18 @@ pub enum Method {
 }
 
 impl Method {
+    pub fn name(self) -> QuantMethod {
+        match self {
+            Method::Rtn => QuantMethod::Rtn,
+            Method::Gptq => QuantMethod::Gptq,
+            Method::Gptaq { .. } => QuantMethod::Gptaq,
+            Method::Rescomp { .. } => QuantMethod::Rescomp,
+            Method::Coreq { .. } => QuantMethod::Coreq,
+            Method::Qronos { .. } => QuantMethod::Qronos,
+            Method::Kcoreq { .. } => QuantMethod::Kcoreq,
+        }
+    }
+
     /// The statistics the method reads.
     pub fn needs(self) -> StatsNeeded {
         match self {
@@ -202,7 +248,7 @@ pub fn solve_layer(
 ) -> Result<Solved> {
     let d = || {
         stats.d.as_ref().ok_or_else(|| {
-            Error::InvalidInput(format!("{method:?} needs the mismatch statistic D"))
+            Error::InvalidInput(format!("{} needs the mismatch statistic D", method.name()))
         })
     };
     Ok(match method {

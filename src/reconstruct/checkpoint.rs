@@ -36,7 +36,8 @@ pub struct AdapterLayer {
 #[serde(deny_unknown_fields)]
 pub struct AdapterMetadata {
     pub format_version: u32,
-    /// The initializer and its settings, e.g. `Srr { rule: Exact, joint_refit: false }`.
+    /// The initializer and its settings, e.g. `srr (k: exact)` (files before 0.2: the Rust
+    /// `Debug` form, `Srr { rule: Exact, joint_refit: false }`).
     pub init: String,
     pub rank: usize,
     pub lora_alpha: f64,

@@ -30,6 +30,39 @@ pub enum KRule {
     Fixed(usize),
 }
 
+impl std::fmt::Display for KRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KRule::Probe => f.write_str("probe"),
+            KRule::Prerelease => f.write_str("prerelease"),
+            KRule::Exact => f.write_str("exact"),
+            KRule::Fixed(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+/// An adapter initializer by name (recipes' `adapter.init`, `qpeft init --init`); `lora` is
+/// PEFT's fresh init on a full-precision base, every other name an [`Initializer`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitName {
+    Lora,
+    Qlora,
+    Loftq,
+    #[serde(rename = "zeroquant-v2")]
+    #[value(name = "zeroquant-v2")]
+    ZeroquantV2,
+    Lqer,
+    QeraApprox,
+    QeraExact,
+    Lqlora,
+    Srr,
+}
+
+crate::named!(InitName);
+
 /// A QER initializer (§11.2–§11.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initializer {
@@ -53,6 +86,19 @@ pub enum Initializer {
 }
 
 impl Initializer {
+    pub fn name(self) -> InitName {
+        match self {
+            Initializer::Qlora => InitName::Qlora,
+            Initializer::Loftq { .. } => InitName::Loftq,
+            Initializer::ZeroquantV2 => InitName::ZeroquantV2,
+            Initializer::Lqer { .. } => InitName::Lqer,
+            Initializer::QeraApprox => InitName::QeraApprox,
+            Initializer::QeraExact => InitName::QeraExact,
+            Initializer::Lqlora => InitName::Lqlora,
+            Initializer::Srr { .. } => InitName::Srr,
+        }
+    }
+
     pub fn scaling(self) -> ScalingKind {
         match self {
             Initializer::Qlora | Initializer::Loftq { .. } | Initializer::ZeroquantV2 => {
@@ -83,6 +129,25 @@ impl Initializer {
     /// The statistics the scaling needs.
     pub fn needs(self) -> StatsNeeded {
         self.scaling().needs()
+    }
+}
+
+/// The name and the settings that change the result: `loftq (T = 5)`, `srr (k: probe)`.
+impl std::fmt::Display for Initializer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name())?;
+        match *self {
+            Initializer::Loftq { iters } => write!(f, " (T = {iters})"),
+            Initializer::Lqer { batch_max: true } => f.write_str(" (batch max)"),
+            Initializer::Srr { rule, joint_refit } => {
+                write!(
+                    f,
+                    " (k: {rule}{})",
+                    if joint_refit { ", joint refit" } else { "" }
+                )
+            }
+            _ => Ok(()),
+        }
     }
 }
 

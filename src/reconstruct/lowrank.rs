@@ -101,7 +101,9 @@ pub fn tail_fractions(sigma: &[f64], total: f64) -> Vec<f64> {
 }
 
 /// How Σ is shared between L and R (§11.1 table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FactorSplit {
     /// L = UΣ, R = VᵀS⁻¹ (QERA).
@@ -112,16 +114,7 @@ pub enum FactorSplit {
     SigmaRight,
 }
 
-impl FactorSplit {
-    /// The name recipes and `qpeft init --factor-split` use.
-    pub fn name(self) -> &'static str {
-        match self {
-            FactorSplit::SigmaLeft => "sigma-left",
-            FactorSplit::Sqrt => "sqrt",
-            FactorSplit::SigmaRight => "sigma-right",
-        }
-    }
-}
+crate::named!(FactorSplit);
 
 /// L `[m, r]` and R `[r, n]` with L·R = U·diag(σ)·`v_t_scaled` for a split of σ, where
 /// `v_t_scaled` is Vᵀ already multiplied by S⁻¹.

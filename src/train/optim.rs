@@ -10,7 +10,6 @@
 //! optimizer does.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
@@ -55,7 +54,7 @@ pub fn learning_rate(
 }
 
 /// The optimizer of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
     /// torch's AdamW on every trainable parameter.
@@ -69,20 +68,7 @@ pub enum OptimizerKind {
     RiemannianAdamw,
 }
 
-impl OptimizerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Adamw => "adamw",
-            OptimizerKind::RiemannianAdamw => "riemannian-adamw",
-        }
-    }
-}
-
-impl fmt::Display for OptimizerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::named!(OptimizerKind);
 
 /// AdamW's constants (torch defaults: β = (0.9, 0.999), ε = 1e-8).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -15,7 +15,8 @@ use crate::adapters::surgery::{
 use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::model::{HeadKind, ModelFiles, PretrainedModel, SequenceClassifier};
-use crate::recipe::{InitName, Recipe};
+use crate::recipe::Recipe;
+use crate::reconstruct::init::InitName;
 use crate::seed::substream_seed;
 
 /// The head a task trains: STS-B one regression output, the others one logit per class.
@@ -153,7 +154,7 @@ fn summarize<B: AutodiffBackend>(
         init: base
             .weights
             .adapters()
-            .map_or_else(|| format!("{:?}", recipe.adapter.init), |a| a.init.clone()),
+            .map_or_else(|| recipe.adapter.init.to_string(), |a| a.init.clone()),
         rank: recipe.adapter.rank,
         preserved: layers
             .iter()
