@@ -189,7 +189,9 @@ fn init_arguments(recipe: &Recipe) -> Vec<String> {
     if a.joint_refit {
         argv.push("--joint-refit".into());
     }
-    if let Some(split) = a.factor_split {
+    // Spelled out even when it is the default, so that the cache key changes with the default
+    // (SRR's moved from sigma-right to sqrt) and never hands back an init made under another.
+    if let Some(split) = a.factor_split.or(a.init.default_split()) {
         argv.extend(["--factor-split".into(), split.to_string()]);
     }
     argv

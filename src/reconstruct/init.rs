@@ -63,6 +63,24 @@ pub enum InitName {
 
 crate::named!(InitName);
 
+impl InitName {
+    /// Each method's own split (§11.1 Choice), except SRR's: its Σ-right split (the paper's)
+    /// makes AdamW's steps on the preserved directions scale with σ, and SRR then barely learns
+    /// STS-B (33.48 at batch 16), while the balanced split learns it (67.25 ± 4.10, 3 seeds;
+    /// docs/results.md); `factor_split = "sigma-right"` keeps the paper's. `None` for `lora`
+    /// and `qlora`, whose L·R starts at 0.
+    pub fn default_split(self) -> Option<FactorSplit> {
+        match self {
+            InitName::Lora | InitName::Qlora => None,
+            InitName::Loftq | InitName::Srr => Some(FactorSplit::Sqrt),
+            InitName::Lqlora => Some(FactorSplit::SigmaRight),
+            InitName::ZeroquantV2 | InitName::Lqer | InitName::QeraApprox | InitName::QeraExact => {
+                Some(FactorSplit::SigmaLeft)
+            }
+        }
+    }
+}
+
 /// A QER initializer (§11.2–§11.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initializer {
@@ -112,13 +130,11 @@ impl Initializer {
         }
     }
 
-    /// Each method's own split (§11.1 Choice).
+    /// The split L·R gets unless told otherwise: [`InitName::default_split`].
     pub fn default_split(self) -> FactorSplit {
-        match self {
-            Initializer::Loftq { .. } => FactorSplit::Sqrt,
-            Initializer::Lqlora | Initializer::Srr { .. } => FactorSplit::SigmaRight,
-            _ => FactorSplit::SigmaLeft,
-        }
+        self.name()
+            .default_split()
+            .unwrap_or(FactorSplit::SigmaLeft)
     }
 
     /// Whether the first k components are a preserved block for gradient scaling (§12.2).
