@@ -636,11 +636,7 @@ pub fn bits_per_weight<'a>(layers: impl Iterator<Item = &'a QuantizedLayer>, bit
     let (mut stored, mut weights) = (0usize, 0usize);
     for layer in layers {
         let row_bytes = (layer.cols * usize::from(bits)).div_ceil(8);
-        let codebook = layer
-            .grids
-            .first()
-            .and_then(|g| g.levels)
-            .map_or(0, <[f64]>::len);
+        let codebook = layer.codebook().map_or(0, <[f64]>::len);
         stored += layer.rows * row_bytes * 8
             + 64 * layer.rows * layer.groups
             + 32 * layer.cols

@@ -235,8 +235,8 @@ impl<'a> WeightScope<'a> {
     }
 
     /// The frozen weight of the linear below this scope, as stored: packed codes and grids
-    /// (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`, `.qlevels` on NF grids, written by `qpeft quantize`/`init`) or a
-    /// dense `weight [out, in]`.
+    /// (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`, and `.qlevels` on NF grids, written by
+    /// `qpeft quantize`/`init`) or a dense `weight [out, in]`.
     pub fn frozen_weight(&self, d_in: usize, d_out: usize) -> Result<FrozenWeight> {
         if self.contains("weight") || !self.contains("qcodes") {
             return Ok(FrozenWeight::Dense {

@@ -98,9 +98,7 @@ pub fn pack_layer(layer: &QuantizedLayer, bits: Bits) -> Result<PackedLayer> {
         zero: layer.grids.iter().map(|g| g.zero as f32).collect(),
         group_of_column: layer.group_of_column.iter().map(|&g| g as i32).collect(),
         levels: layer
-            .grids
-            .first()
-            .and_then(|g| g.levels)
+            .codebook()
             .map(|levels| levels.iter().map(|&v| v as f32).collect()),
     })
 }

@@ -53,6 +53,11 @@ impl QuantizedLayer {
     pub fn grid(&self, row: usize, col: usize) -> &Grid {
         &self.grids[row * self.groups + self.group_of_column[col]]
     }
+
+    /// The codebook every grid of the layer shares; `None` on uniform grids.
+    pub fn codebook(&self) -> Option<&'static [f64]> {
+        self.grids.first().and_then(|g| g.levels)
+    }
 }
 
 /// One grid per row of `w`.
