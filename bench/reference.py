@@ -3,7 +3,7 @@
 all-MiniLM-L6-v2 as a transformers BertForSequenceClassification; the six target linears of
 every layer (query, key, value, attention output, intermediate, output) get their weights
 fake-quantized in fp32 to MXINT (blocks of 32 along the input dimension, one shared
-power-of-two exponent per block, ALGORITHMS.md §1), frozen, and wrapped PEFT-style with a
+power-of-two exponent per block, docs/algorithms.md §1), frozen, and wrapped PEFT-style with a
 trainable LoRA branch (A Kaiming-uniform, B = 0, dropout on its input, scale alpha/rank).
 Everything else is frozen except the classifier head and BERT's pooler (as qpeft's recipes). AdamW (torch defaults, weight decay
 0.01), global-norm clipping at 1.0, dropout on, synthetic batches of uniform random tokens
@@ -79,7 +79,7 @@ def build_model(model: str, bits: int, rank: int, alpha: float, dropout: float):
             with torch.no_grad():
                 linear.weight.copy_(mxint_fake_quantize(linear.weight, bits))
             setattr(parent, name, LoraLinear(linear, rank, alpha, dropout))
-    # qpeft's recipes train BERT's pooler with the head (ALGORITHMS.md §13 "Choice (BERT pooler)").
+    # qpeft's recipes train BERT's pooler with the head (docs/algorithms.md §12.1).
     for module in (net.classifier, net.bert.pooler):
         for p in module.parameters():
             p.requires_grad_(True)

@@ -1,6 +1,6 @@
 """PyTorch reference for `qpeft bench solver`: IST-DASLab/gptq's `GPTQ.fasterquant` loop
 (per-row asymmetric min-max grid, act-order, lazy batches of `--block` columns, 1% damping),
-and greedy CoreQ with the alternating α (ALGORITHMS.md §7.1-7.3: GPTQ on the shifted target
+and greedy CoreQ with the alternating α (docs/algorithms.md §7.1-7.3: GPTQ on the shifted target
 W_ref = W + α(WD)H_λ⁻¹ with grids fitted on W_ref, then α* of that rounding, one re-round kept
 if the symmetric objective fell), on a synthetic layer shaped like qpeft's (uniform W;
 H = X·Xᵀ/N from correlated inputs with unequal column scales; D from inputs perturbed by 10%).

@@ -1,6 +1,6 @@
 //! Recipe files (`recipes/<task>.toml`): the typed description of one QPEFT run, in five
 //! sections — `[model]`, `[quant]`, `[adapter]`, `[train]`, `[data]` — each field defaulting to
-//! the SRR/QERA GLUE protocol (ALGORITHMS.md §13). Unknown keys are errors that list the valid
+//! the SRR/QERA GLUE protocol (docs/algorithms.md §13). Unknown keys are errors that list the valid
 //! ones; `--set section.key=value` overrides any field; [`Recipe::validate`] rejects values
 //! that cannot work and names the key. `docs/recipes.md` documents every field.
 

@@ -1,4 +1,4 @@
-//! Two-stream, true-sequential calibration through the encoder (ALGORITHMS.md §3), on the tiny
+//! Two-stream, true-sequential calibration through the encoder (docs/algorithms.md §3), on the tiny
 //! BERT fixture and on all-MiniLM-L6-v2 with real GLUE sentences.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The identities of ALGORITHMS.md §10 that the solvers rest on, each on random f64 layers
+//! The identities of docs/algorithms.md §10 that the solvers rest on, each on random f64 layers
 //! (m = 6, n = 12, N = 200; X_q = X_f + noise).
 
 mod common;

@@ -1,5 +1,5 @@
 //! GPTAQ, ResComp, CoreQ and Qronos on the §10 toy problem (m = 6, n = 12, N = 200, f64): the
-//! identities and orderings of ALGORITHMS.md §10 #3–#6.
+//! identities and orderings of docs/algorithms.md §10 #3–#6.
 
 mod common;
 

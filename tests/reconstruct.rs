@@ -1,4 +1,4 @@
-//! Quantization-error reconstruction (ALGORITHMS.md §10 "further derived checks", §11) on
+//! Quantization-error reconstruction (docs/algorithms.md §10 "further derived checks", §11) on
 //! random layers and on real all-MiniLM-L6-v2 layers with R_xx from real RTE activations.
 
 mod common;

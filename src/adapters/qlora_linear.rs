@@ -1,4 +1,4 @@
-//! The QPEFT linear layer (ALGORITHMS.md §12.1): a frozen base weight (the packed quantized
+//! The QPEFT linear layer (docs/algorithms.md §12.1): a frozen base weight (the packed quantized
 //! Q, or a dense weight for full-precision LoRA) plus trainable PEFT factors,
 //! y = x·deq(Q)ᵀ + b + s·(dropout(x)·Aᵀ)·Bᵀ with s = α/r, so that s·B·A = L·R.
 //!

@@ -1,4 +1,4 @@
-//! Layer-sequential, two-stream calibration through the Burn encoder (ALGORITHMS.md §3.2):
+//! Layer-sequential, two-stream calibration through the Burn encoder (docs/algorithms.md §3.2):
 //! a full-precision stream h_f and a partly quantized stream h_q advance layer by layer;
 //! inside each layer the groups {query, key, value} → attention output → intermediate →
 //! output are solved in turn, each on statistics collected with the earlier groups already

@@ -1,4 +1,4 @@
-//! The quantized model directory `qpeft quantize` writes (DESIGN.md "Formats"): one
+//! The quantized model directory `qpeft quantize` writes (docs/formats.md): one
 //! safetensors file where each quantized linear `<name>` has `<name>.qcodes` (U8
 //! `[rows, packed row bytes]`, each row packed on its own), `<name>.qscale` and `<name>.qzero`
 //! (F32 `[rows, groups]`), `<name>.qgroup` (I32 `[cols]`, each column's group) and, on a

@@ -1,4 +1,4 @@
-//! Normal-float codebooks (ALGORITHMS.md §1.7; QLoRA's NF4, LoftQ's NF2): levels at normal
+//! Normal-float codebooks (docs/algorithms.md §1.7; QLoRA's NF4, LoftQ's NF2): levels at normal
 //! quantiles, applied with a per-block absmax scale by [`super::grid::GridKind::NormalFloat`].
 
 use std::sync::OnceLock;

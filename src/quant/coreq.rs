@@ -1,4 +1,4 @@
-//! CoreQ / SNRQ (ALGORITHMS.md §7.1–§7.3): a shifted target W_ref(α) = W + α(WD)H_λ⁻¹ that
+//! CoreQ / SNRQ (docs/algorithms.md §7.1–§7.3): a shifted target W_ref(α) = W + α(WD)H_λ⁻¹ that
 //! blends the symmetric objective ‖(Q−W)X_q‖² with the asymmetric ‖QX_q − WX_f‖², rounded by
 //! successive rounding, which equals act-order GPTQ on W_ref with grids fitted on W_ref (§10 #5).
 

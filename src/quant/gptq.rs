@@ -1,4 +1,4 @@
-//! GPTQ / OPTQ (ALGORITHMS.md §4; IST-DASLab/gptq `fasterquant`) and GPTAQ (§5): round one
+//! GPTQ / OPTQ (docs/algorithms.md §4; IST-DASLab/gptq `fasterquant`) and GPTAQ (§5): round one
 //! column at a time in a fixed order and least-squares-refit the still-free columns through C,
 //! the upper Cholesky factor of H_λ⁻¹, with lazy block updates. GPTAQ also projects each
 //! column's input mismatch onto the free columns through P = α·triu(D Cᵀ, 1)·C; ResComp (§6)

@@ -1,4 +1,4 @@
-//! Quantization grids (ALGORITHMS.md §1.1–§1.7) and rounding (§1.8).
+//! Quantization grids (docs/algorithms.md §1.1–§1.7) and rounding (§1.8).
 //!
 //! Every grid is `ŵ = s·(level(code) − z)` with `code ∈ [0, 2^b − 1]`. On the uniform grids
 //! `level(code) = code`; on the normal-float grid `level` is the NF codebook (§1.7) and `z = 0`.

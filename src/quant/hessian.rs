@@ -1,4 +1,4 @@
-//! What every GPTQ-family solver does to H first (ALGORITHMS.md §0, §3.4): dead columns,
+//! What every GPTQ-family solver does to H first (docs/algorithms.md §0, §3.4): dead columns,
 //! damping on a private copy, and the upper Cholesky factor C of H_λ⁻¹ ("Hinv").
 
 use faer::linalg::triangular_inverse::invert_lower_triangular;

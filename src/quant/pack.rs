@@ -1,4 +1,4 @@
-//! Bit packing of codes (ALGORITHMS.md §2): a little-endian bit stream along the input
+//! Bit packing of codes (docs/algorithms.md §2): a little-endian bit stream along the input
 //! dimension, so code i of a 2-bit row sits in bits 2i..2i+1 of byte i/4, 4-bit codes two per
 //! byte, and 3-bit codes 8 per 3 bytes.
 

@@ -1,4 +1,4 @@
-//! Qronos (ALGORITHMS.md §8; Xilinx/brevitas `qronos.py`): minimise ‖W X_f − Q X_q‖ by
+//! Qronos (docs/algorithms.md §8; Xilinx/brevitas `qronos.py`): minimise ‖W X_f − Q X_q‖ by
 //! correcting the first column with the full-precision target, diffusing the rest by a ridge
 //! least-squares refit toward W, then running GPTQ on the refitted weights.
 //!

@@ -1,4 +1,4 @@
-//! Calibration statistics (ALGORITHMS.md §0, §3.1), accumulated in f64 from token batches:
+//! Calibration statistics (docs/algorithms.md §0, §3.1), accumulated in f64 from token batches:
 //! H = X_q X_qᵀ/N, D = (X_f − X_q) X_qᵀ/N, R_xx = X_f X_fᵀ/N, G = H + D, LQER's
 //! per-feature mean |x_f| (§11.4), and SNRQ-S's per-sequence weighted mismatch
 //! D_s = Σ_s α_s ΔX_s X_q,sᵀ/N (§7.3 (b)).

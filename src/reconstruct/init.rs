@@ -1,4 +1,4 @@
-//! The initializers of Q + L·R for one layer W `[out, in]` at rank r (ALGORITHMS.md §11):
+//! The initializers of Q + L·R for one layer W `[out, in]` at rank r (docs/algorithms.md §11):
 //! QLoRA, LoftQ, the one-shot QER family (ZeroQuant-V2, LQER, QERA-approx/exact), LQ-LoRA and
 //! SRR with its k rule. Every method is a pure function of W, a scaling S and a base
 //! quantizer; the quantizer is a closure so any PTQ solver can quantize the residual.

@@ -1,5 +1,5 @@
 //! Truncated SVDs, tail energies ρ_k and the split of singular values between the factors
-//! L `[out, r]` and R `[r, in]` (ALGORITHMS.md §11.1, §11.8).
+//! L `[out, r]` and R `[r, in]` (docs/algorithms.md §11.1, §11.8).
 
 use faer::{Mat, MatRef};
 

@@ -1,4 +1,4 @@
-//! Activation scalings S for quantization-error reconstruction (ALGORITHMS.md §11.4–§11.5):
+//! Activation scalings S for quantization-error reconstruction (docs/algorithms.md §11.4–§11.5):
 //! the reconstruction minimises ‖(W − Q − LR)S‖_F, so S decides which input directions the
 //! low-rank term serves. Weights are `[out, in]`; S is `[in, in]` and multiplies from the right.
 
