@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::DropoutPlacement;
 use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::eval::metrics::MnliMain;
+use crate::layers::DropoutPlacement;
 use crate::model::DEFAULT_MODEL;
 use crate::model::bert::LAYER_LINEARS;
 use crate::quant::grid::GridKind;

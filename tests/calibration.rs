@@ -4,11 +4,12 @@
 mod common;
 
 use faer::{Mat, MatRef};
+use qpeft::calibration::calibrate;
 use qpeft::device::CpuBackend;
 use qpeft::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
-use qpeft::quant::calib::{ModuleSolver, calibrate};
 use qpeft::quant::gptq::GptqConfig;
 use qpeft::quant::grid::{Bits, GridKind, GridSpec};
+use qpeft::quant::solve::ModuleSolver;
 use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
 use qpeft::quant::stats::{LayerStats, StatsNeeded};
 
@@ -366,7 +367,7 @@ fn staged_forward_equals_forward() {
 /// reported mean α is Σ_s α_s·len_s / N.
 #[test]
 fn sampled_mismatch_weights_each_sequence_by_its_own_alpha() {
-    use qpeft::quant::calib::GROUPS;
+    use qpeft::calibration::GROUPS;
     use qpeft::quant::stats::sample_sequence_alpha;
     let model = tiny();
     let batches = [

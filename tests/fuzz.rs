@@ -163,7 +163,7 @@ fn recipe_fuzzing_never_panics_and_accepted_recipes_round_trip() {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let recipe = Recipe::parse(&text, origin, &[])?;
             recipe.task()?;
-            qpeft::train::setup::train_config(&recipe);
+            qpeft::pipeline::run::train_config(&recipe);
             let again = Recipe::parse(&recipe.to_toml()?, origin, &[])?;
             assert_eq!(again, recipe, "the round trip changed the recipe");
             Ok::<_, qpeft::Error>(())

@@ -616,7 +616,7 @@ fn sampled_alpha_with_equal_draws_is_fixed_alpha() {
 /// α* that the same module kind reached one layer earlier; module kinds are tracked apart.
 #[test]
 fn scheduled_alpha_follows_each_module_from_layer_to_layer() {
-    use qpeft::quant::calib::ModuleSolver;
+    use qpeft::quant::solve::ModuleSolver;
     use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver};
     let method = Method::Coreq {
         alpha: CoreqAlpha::Scheduled { second_layer: 0.5 },

@@ -9,9 +9,9 @@ use std::path::Path;
 use faer::Mat;
 
 use qpeft::device::CpuBackend;
+use qpeft::formats::packed::{FORMAT_VERSION, UNIFORM_FORMAT_VERSION};
 use qpeft::model::weights::linear_weight_out_in;
 use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
-use qpeft::quant::checkpoint::{FORMAT_VERSION, UNIFORM_FORMAT_VERSION};
 use qpeft::quant::codebook::nf_codebook;
 use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding};
 use qpeft::quant::layer::{Grouping, rtn};

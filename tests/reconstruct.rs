@@ -4,9 +4,9 @@
 mod common;
 
 use faer::{Mat, MatRef};
+use qpeft::calibration::calibrate;
 use qpeft::device::CpuBackend;
 use qpeft::model::weights::linear_weight_out_in;
-use qpeft::quant::calib::calibrate;
 use qpeft::quant::gptq::GptqConfig;
 use qpeft::quant::grid::{Bits, GridKind, GridSpec};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};

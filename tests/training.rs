@@ -14,7 +14,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_ndarray::NdArray;
-use qpeft::adapters::{AdapterSpec, DropoutPlacement, FrozenWeight, QLoraLinear};
+use qpeft::formats::packed::FrozenWeight;
+use qpeft::layers::{AdapterSpec, DropoutPlacement, QLoraLinear};
 use qpeft::recipe::Recipe;
 use qpeft::reconstruct::lowrank::FactorSplit;
 use qpeft::train::optim::{
@@ -578,11 +579,17 @@ fn train_command_learns_the_toy_task() {
     std::fs::write(&recipe, toy_recipe(&init, "")).unwrap();
     let run = tmp.path().join("run");
     let output = qpeft_train(&recipe, &run, &glue);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // stderr is a pipe, not a terminal: progress comes as plain lines, the first step, every
+    // 20th and every epoch.
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.contains(" step ")).collect();
+    assert!(progress[0].starts_with("epoch 1/30 step 1/"), "{stderr}");
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        progress[1].starts_with("epoch ") && progress[1].contains(" step 20/"),
+        "{stderr}"
     );
+    assert!(stderr.contains("\nepoch 30: train loss "), "{stderr}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     let epochs = report["epochs"].as_array().unwrap();
@@ -735,7 +742,7 @@ fn glue_command_tables_and_continues_a_suite() {
     assert_eq!(log.matches("\"type\":\"start\"").count(), 2);
 
     // A run is trained by one process at a time.
-    let held = qpeft::train::setup::RunDir {
+    let held = qpeft::pipeline::run::RunDir {
         root: lora_run.clone(),
     }
     .try_lock()
@@ -919,7 +926,7 @@ fn exported_model_matches_the_run(run: &Path, recipe: &Path, glue: &Path, out: &
         String::from_utf8_lossy(&export.stderr)
     );
     let device = Default::default();
-    let trained = qpeft::train::setup::load_trained::<Ad>(run, &device).unwrap();
+    let trained = qpeft::pipeline::run::load_trained::<Ad>(run, &device).unwrap();
     let files =
         qpeft::model::resolve_model(out.to_str().unwrap(), &qpeft::model::HubOptions::from_env())
             .unwrap();
@@ -1168,16 +1175,16 @@ fn non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
     let device = Default::default();
     let run = tmp.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
-    let model = qpeft::train::setup::build_model::<Ad>(&recipe, files(&recipe), &device)
+    let model = qpeft::pipeline::run::build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
     let err = match qpeft::train::trainer::train(
         model,
         &data,
-        &qpeft::train::setup::train_config(&recipe),
+        &qpeft::pipeline::run::train_config(&recipe),
         &run,
         None,
-        &mut (),
+        qpeft::train::hooks::TrainHooks::standard(&run).unwrap(),
         &device,
     ) {
         Ok(_) => panic!("a learning rate of 1e30 must diverge"),
@@ -1207,7 +1214,7 @@ fn length_split_parts_add_up_to_the_whole_batch() {
     let recipe = Recipe::parse(&text, Path::new("toy.toml"), &[]).unwrap();
     let data = toy_data(&recipe, &glue);
     let device = Default::default();
-    let model = qpeft::train::setup::build_model::<Ad>(&recipe, files(&recipe), &device)
+    let model = qpeft::pipeline::run::build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
     let table = ParamTable::new::<Ad, _>(

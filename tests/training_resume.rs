@@ -11,8 +11,9 @@ use burn_ndarray::NdArray;
 use common::toy::{files, toy_data, toy_recipe, toy_setup};
 use qpeft::recipe::Recipe;
 
+use qpeft::pipeline::run::{build_model, train_config};
 use qpeft::train::checkpoint::LoadedCheckpoint;
-use qpeft::train::setup::{build_model, train_config};
+use qpeft::train::hooks::{StopAfterSteps, TrainHooks};
 use qpeft::train::trainer::{latest_checkpoint, train};
 
 type Ad = Autodiff<NdArray<f32>>;
@@ -40,19 +41,20 @@ fn resumed_run_equals_uninterrupted_run() {
     let model = build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
-    let full = train(model, &data, &config, &straight, None, &mut (), &device).unwrap();
+    let hooks = TrainHooks::standard(&straight).unwrap();
+    let full = train(model, &data, &config, &straight, None, hooks, &device).unwrap();
     assert!(full.finished);
 
     let killed = tmp.path().join("killed");
     std::fs::create_dir_all(&killed).unwrap();
-    let stopping = qpeft::train::trainer::TrainConfig {
-        stop_after_steps: Some(4),
-        ..config.clone()
-    };
     let model = build_model::<Ad>(&recipe, files(&recipe), &device)
         .unwrap()
         .model;
-    let partial = train(model, &data, &stopping, &killed, None, &mut (), &device).unwrap();
+    let stopping = TrainHooks {
+        interrupter: Box::new(StopAfterSteps(4)),
+        ..TrainHooks::standard(&killed).unwrap()
+    };
+    let partial = train(model, &data, &config, &killed, None, stopping, &device).unwrap();
     assert!(!partial.finished);
     let checkpoint = latest_checkpoint(&killed).unwrap().unwrap();
     assert!(checkpoint.ends_with("step-3"), "{}", checkpoint.display());
@@ -66,7 +68,7 @@ fn resumed_run_equals_uninterrupted_run() {
         &config,
         &killed,
         Some(&loaded),
-        &mut (),
+        TrainHooks::standard(&killed).unwrap(),
         &device,
     )
     .unwrap();

@@ -16,13 +16,13 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use super::TargetLinear;
-use super::qlora_linear::to_vec;
 use crate::error::{Error, Result};
 use crate::files::write_through_partial;
+use crate::formats::safetensors::{NamedTensor, transpose, write_f32_tensors};
+use crate::layers::TargetLinear;
+use crate::layers::qlora_linear::to_vec;
 use crate::model::Architecture;
 use crate::model::bert::ClassifierHead;
-use crate::model::weights::{NamedTensor, transpose, write_f32_tensors};
 use crate::model::{HeadKind, PretrainedModel, SequenceClassifier};
 
 /// HF name → (shape, row-major values).

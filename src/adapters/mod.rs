@@ -1,51 +1,6 @@
-//! Adapters: the frozen-Q + trainable L·R linear layer ([`QLoraLinear`]), the slot an encoder
-//! layer keeps each target linear in ([`TargetLinear`]), and the surgery that fills those slots
-//! from an init checkpoint ([`surgery`]).
+//! Adapters on a loaded model: the surgery that puts QPEFT layers into the model's target
+//! slots from an init checkpoint ([`surgery`]) and the export of a trained classifier for
+//! Hugging Face tools ([`export`]).
 
 pub mod export;
-pub mod qlora_linear;
 pub mod surgery;
-
-use burn::module::Module;
-use burn::nn::Linear;
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
-
-pub use qlora_linear::{AdapterSpec, DropoutPlacement, FrozenWeight, QLoraLinear};
-
-/// A target linear of an encoder layer: the pretrained dense layer, or its QPEFT replacement.
-#[derive(Module, Debug)]
-pub enum TargetLinear<B: Backend> {
-    Dense(Linear<B>),
-    Adapted(QLoraLinear<B>),
-}
-
-impl<B: Backend> TargetLinear<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            TargetLinear::Dense(linear) => linear.forward(x),
-            TargetLinear::Adapted(adapted) => adapted.forward(x),
-        }
-    }
-
-    pub fn dense(&self) -> Option<&Linear<B>> {
-        match self {
-            TargetLinear::Dense(linear) => Some(linear),
-            TargetLinear::Adapted(_) => None,
-        }
-    }
-
-    pub fn dense_mut(&mut self) -> Option<&mut Linear<B>> {
-        match self {
-            TargetLinear::Dense(linear) => Some(linear),
-            TargetLinear::Adapted(_) => None,
-        }
-    }
-
-    pub fn adapted(&self) -> Option<&QLoraLinear<B>> {
-        match self {
-            TargetLinear::Dense(_) => None,
-            TargetLinear::Adapted(adapted) => Some(adapted),
-        }
-    }
-}

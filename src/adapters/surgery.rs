@@ -9,10 +9,12 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use rand::Rng;
 
-use super::{AdapterSpec, DropoutPlacement, QLoraLinear, TargetLinear};
 use crate::error::{Error, Result};
+use crate::formats::checkpoint::WeightFile;
+use crate::layers::{AdapterSpec, DropoutPlacement, QLoraLinear, TargetLinear};
+use crate::model::SequenceClassifier;
 use crate::model::bert::LAYER_LINEARS;
-use crate::model::{SequenceClassifier, WeightFile};
+use crate::model::weights::WeightScope;
 use crate::seed::substream_rng;
 
 /// Where the adapter factors come from.
@@ -57,7 +59,7 @@ pub fn attach_adapters<B: Backend>(
         }
     }
     let prefix = file.base_model_prefix()?;
-    let scope = file.scope(&prefix);
+    let scope = WeightScope::new(file, &prefix);
     let mut replaced = Vec::new();
     for index in 0..model.encoder.layers.len() {
         for suffix in &options.targets {

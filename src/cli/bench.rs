@@ -11,13 +11,13 @@ use burn_autodiff::Autodiff;
 use qpeft::data::glue_dir;
 use qpeft::device::BackendTask;
 use qpeft::model::resolve_model;
+use qpeft::pipeline::run::{build_model, head_for};
 use qpeft::quant::bench::{BenchSolver, synthetic_layer, time_solver};
 use qpeft::quant::grid::Bits;
 use qpeft::recipe::Recipe;
 use qpeft::reconstruct::init::InitName;
 use qpeft::train::bench::{BenchConfig, BenchTimings, time_evaluation, time_training};
 use qpeft::train::report::peak_rss_bytes;
-use qpeft::train::setup::{build_model, head_for};
 
 use super::DeviceArg;
 

@@ -9,7 +9,7 @@ use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::glue_dir;
 use qpeft::device::BackendTask;
 use qpeft::eval::dev::evaluate_dev;
-use qpeft::train::setup::load_trained;
+use qpeft::pipeline::run::load_trained;
 
 use super::DeviceArg;
 

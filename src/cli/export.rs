@@ -11,8 +11,8 @@ use burn_autodiff::Autodiff;
 use qpeft::adapters::export::{ExportFormat, export_merged, export_peft};
 use qpeft::data::Task;
 use qpeft::device::BackendTask;
+use qpeft::pipeline::run::{head_for, load_trained};
 use qpeft::quant::solve::QuantMethod;
-use qpeft::train::setup::{head_for, load_trained};
 
 use super::quantize::{CalibArgs, QuantizeArgs, QuantizerArgs};
 use super::{DeviceArg, ModelArg};

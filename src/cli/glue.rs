@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use qpeft::data::Task;
+use qpeft::pipeline::run::{RunDir, RunLock};
 use qpeft::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
 use qpeft::recipe::Recipe;
 use qpeft::train::report::RunReport;
-use qpeft::train::setup::{RunDir, RunLock};
 
 use super::DeviceArg;
 use super::train::{RunStart, run_recipe};

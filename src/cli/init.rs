@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context;
+use qpeft::formats::adapters::{
+    ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
+};
 use qpeft::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use qpeft::quant::grid::GridKind;
 use qpeft::quant::solve::QuantMethod;
-use qpeft::reconstruct::checkpoint::{
-    ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
-};
 use qpeft::reconstruct::init::{InitConfig, InitName, Initializer, KRule};
 use qpeft::reconstruct::lowrank::FactorSplit;
 use qpeft::reconstruct::solver::{InitReport, InitSolver};
@@ -198,7 +198,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     };
     let path = write_init_checkpoint(
         &args.out,
-        &pretrained,
+        pretrained.source(),
         &solver.layers,
         &quant_meta,
         &adapters,

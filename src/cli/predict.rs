@@ -10,7 +10,7 @@ use qpeft::data::{Task, load};
 use qpeft::device::BackendTask;
 use qpeft::eval::predict::{predict_split, write_submission};
 use qpeft::model::PretrainedModel;
-use qpeft::train::setup::{head_for, load_trained};
+use qpeft::pipeline::run::{head_for, load_trained};
 
 use super::data::DataDirArg;
 use super::{DeviceArg, ModelArg};

@@ -7,26 +7,27 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::ValueEnum;
+use qpeft::calibration::calibrate;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Split, Task, load};
 use qpeft::device::BackendTask;
 use qpeft::eval::dev::evaluate_dev;
 use qpeft::eval::metrics::{MnliMain, TaskScore};
+use qpeft::formats::packed::{QuantMetadata, format_version, write_quantized_model};
 use qpeft::model::{
     HubOptions, ModelFiles, PretrainedModel, TextInput, encoder_input, resolve_model,
 };
+use qpeft::pipeline::run::head_for;
 use qpeft::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
-use qpeft::quant::calib::{ModuleSolver, calibrate};
-use qpeft::quant::checkpoint::{QuantMetadata, format_version, write_quantized_model};
 use qpeft::quant::coreq::AlphaMode;
 use qpeft::quant::gptq::{GptaqFlush, GptqConfig};
 use qpeft::quant::grid::{Bits, GridKind, GridSpec, MseSearch, Rounding};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
 use qpeft::quant::qronos::QronosLambda;
+use qpeft::quant::solve::ModuleSolver;
 use qpeft::quant::solve::{CoreqAlpha, Method, MethodSolver, ModuleReport, QuantMethod};
 use qpeft::quant::stats::StatsNeeded;
 use qpeft::seed::{substream_rng, substream_seed};
-use qpeft::train::setup::head_for;
 use rand::seq::SliceRandom;
 use serde_json::json;
 
@@ -404,7 +405,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let (pretrained, meta, seconds) = (calibrated.model, calibrated.metadata, calibrated.seconds);
     let path = write_quantized_model(
         &args.out,
-        &pretrained,
+        pretrained.source(),
         solver.layers.iter().map(|(n, l)| (n.as_str(), l)),
         &meta,
         &[],

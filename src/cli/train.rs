@@ -13,13 +13,14 @@ use qpeft::adapters::export::adapter_and_head_tensors;
 use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
 use qpeft::data::{Split, glue_dir};
 use qpeft::device::BackendTask;
+use qpeft::pipeline::run::{RunDir, RunLock, build_model, train_config};
 use qpeft::quant::solve::QuantMethod;
 use qpeft::recipe::Recipe;
 use qpeft::reconstruct::init::InitName;
 use qpeft::train::checkpoint::LoadedCheckpoint;
+use qpeft::train::hooks::{StopAfterSteps, TrainHooks};
 use qpeft::train::report::{RunReport, peak_rss_bytes};
-use qpeft::train::setup::{RunDir, RunLock, build_model, train_config};
-use qpeft::train::trace::{StepDump, StepObserver};
+use qpeft::train::trace::StepDump;
 use qpeft::train::trainer::{TrainData, latest_checkpoint, train};
 use sha2::{Digest, Sha256};
 
@@ -423,13 +424,10 @@ impl BackendTask for TrainTask<'_> {
             train: train_split,
             dev: TokenizedSplit::dev_splits(self.data_dir, task, &tokenizer, Some(&cache))?,
         };
-        let mut config = train_config(recipe);
+        let config = train_config(recipe);
         let mut dump = StepDump::default();
         let initial = match self.dump {
-            Some(steps) => {
-                config.stop_after_steps = Some(steps);
-                adapter_and_head_tensors(&built.model)?
-            }
+            Some(_) => adapter_and_head_tensors(&built.model)?,
             None => Vec::new(),
         };
         eprintln!(
@@ -439,17 +437,18 @@ impl BackendTask for TrainTask<'_> {
             built.summary.init,
             self.run.root.display()
         );
-        let observer: &mut dyn StepObserver = match self.dump {
-            Some(_) => &mut dump,
-            None => &mut (),
-        };
+        let mut hooks = TrainHooks::standard(&self.run.root)?;
+        if let Some(steps) = self.dump {
+            hooks.interrupter = Box::new(StopAfterSteps(steps));
+            hooks.observer = Box::new(&mut dump);
+        }
         let outcome = train(
             built.model,
             &data,
             &config,
             &self.run.root,
             self.resume,
-            observer,
+            hooks,
             &device,
         )?;
         if self.dump.is_some() {

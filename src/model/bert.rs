@@ -9,14 +9,15 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, Linear};
 
-use super::dropout::Dropout;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use super::config::{Architecture, EncoderConfig, HeadKind};
-use super::weights::{WeightFile, WeightScope};
-use crate::adapters::TargetLinear;
+use super::weights::WeightScope;
 use crate::error::Result;
+use crate::formats::checkpoint::WeightFile;
+use crate::layers::TargetLinear;
+use crate::layers::dropout::Dropout;
 
 /// The six linear layers of every encoder layer, by their HF names below `encoder.layer.N.`.
 pub const LAYER_LINEARS: [&str; 6] = [
@@ -509,15 +510,15 @@ impl<B: Backend> SequenceClassifier<B> {
     ) -> Result<(Self, Vec<&'static str>)> {
         let reuse = !fresh_task_head;
         let prefix = file.base_model_prefix()?;
-        let encoder = Encoder::load(&file.scope(&prefix), cfg, device)?;
+        let encoder = Encoder::load(&WeightScope::new(file, &prefix), cfg, device)?;
         let h = cfg.hidden_size;
         let outputs = head.num_outputs();
-        let root = file.scope("");
+        let root = WeightScope::new(file, "");
         let dropout = Dropout::new(cfg.classifier_dropout);
         let mut fresh = Vec::new();
         let head = match cfg.architecture {
             Architecture::Bert => {
-                let pooler = file.scope(&prefix).child("pooler");
+                let pooler = WeightScope::new(file, &prefix).child("pooler");
                 ClassifierHead::Bert(BertHead {
                     pooler: Pooler {
                         dense: load_or_fresh(

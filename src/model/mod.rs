@@ -2,7 +2,6 @@
 
 pub mod bert;
 pub mod config;
-pub mod dropout;
 pub mod hub;
 pub mod tokenizer;
 pub mod weights;
@@ -13,9 +12,11 @@ pub use bert::{Encoder, EncoderInput, SequenceClassifier, encoder_input, first_t
 pub use config::{Architecture, EncoderConfig, HeadKind};
 pub use hub::{DEFAULT_MODEL, HubOptions, ModelFiles, resolve_model};
 pub use tokenizer::{EncodedBatch, TextInput, TextTokenizer, TokenizedRow, pad_rows};
-pub use weights::WeightFile;
 
 use crate::error::Result;
+use crate::formats::checkpoint::WeightFile;
+use crate::formats::packed::ModelSource;
+use weights::WeightScope;
 
 /// A resolved model on the host: its config, weights and tokenizer, ready to build modules.
 pub struct PretrainedModel {
@@ -35,6 +36,15 @@ impl PretrainedModel {
         })
     }
 
+    /// The weights and the files a quantized copy of this model keeps beside them.
+    pub fn source(&self) -> ModelSource<'_> {
+        ModelSource {
+            weights: self.weights.tensors(),
+            config: &self.files.config,
+            tokenizer: &self.files.tokenizer,
+        }
+    }
+
     /// The tokenizer, truncating to `max_length` (capped by the position embeddings).
     pub fn tokenizer(&self, max_length: usize) -> Result<TextTokenizer> {
         TextTokenizer::from_file(
@@ -46,7 +56,11 @@ impl PretrainedModel {
     /// The base encoder (no head).
     pub fn encoder<B: Backend>(&self, device: &B::Device) -> Result<Encoder<B>> {
         let prefix = self.weights.base_model_prefix()?;
-        Encoder::load(&self.weights.scope(&prefix), &self.config, device)
+        Encoder::load(
+            &WeightScope::new(&self.weights, &prefix),
+            &self.config,
+            device,
+        )
     }
 
     /// The encoder with a head for `head` (the checkpoint's own head if it has one), and

@@ -2,8 +2,6 @@
 //! faer matrices (no Burn). Weights are `[out, in]`; Hessians `[in, in]`.
 
 pub mod bench;
-pub mod calib;
-pub mod checkpoint;
 pub mod codebook;
 pub mod coreq;
 pub mod gptq;

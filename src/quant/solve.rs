@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use faer::{Mat, MatRef};
 
-use super::calib::ModuleSolver;
 use super::coreq::{
     AlphaMode, CoreqConfig, asymmetric_objective, coreq, frobenius_inner, kcoreq,
     symmetric_objective,
@@ -17,6 +16,24 @@ use super::layer::{Grouping, QuantizedLayer, rtn};
 use super::qronos::{QronosConfig, QronosLambda, qronos};
 use super::stats::{LayerStats, StatsNeeded};
 use crate::error::{Error, Result};
+
+/// Decides the quantized weight of one module from its statistics.
+pub trait ModuleSolver {
+    /// `name` is the HF name (`encoder.layer.3.attention.self.query`), `weight` is `[out, in]`;
+    /// returns the weight to install, `[out, in]`.
+    fn solve(
+        &mut self,
+        name: &str,
+        weight: MatRef<'_, f64>,
+        stats: &LayerStats,
+    ) -> Result<Mat<f64>>;
+
+    /// Called once per group of modules that share `stats`, before their `solve` calls, so
+    /// that work depending only on the input (an activation scaling) is done once.
+    fn start_group(&mut self, _stats: &LayerStats) -> Result<()> {
+        Ok(())
+    }
+}
 
 /// CoreQ's α across the model (§7.3).
 #[derive(Debug, Clone, Copy, PartialEq)]

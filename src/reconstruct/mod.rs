@@ -2,7 +2,6 @@
 //! linear, from the PTQ quantizers of [`crate::quant`] and calibration statistics, written as
 //! the init checkpoint the trainer starts from. Numerics are pure functions on faer matrices.
 
-pub mod checkpoint;
 pub mod init;
 pub mod lowrank;
 pub mod scaling;

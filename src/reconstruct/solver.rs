@@ -11,8 +11,8 @@ use super::init::{InitConfig, LayerInit, initialize};
 use super::lowrank::squared_norm;
 use super::scaling::Scaling;
 use crate::error::{Error, Result};
-use crate::quant::calib::ModuleSolver;
 use crate::quant::gptq::GptqConfig;
+use crate::quant::solve::ModuleSolver;
 use crate::quant::solve::{Method, relative_error, solve_layer};
 use crate::quant::stats::{LayerStats, StatsNeeded};
 

@@ -13,10 +13,10 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
-use crate::adapters::qlora_linear::to_vec;
 use crate::error::{Error, Result};
-use crate::model::WeightFile;
-use crate::model::weights::write_f32_tensors;
+use crate::formats::checkpoint::WeightFile;
+use crate::formats::safetensors::write_f32_tensors;
+use crate::layers::qlora_linear::to_vec;
 
 /// Where the training loop stands after an optimizer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,8 +21,8 @@ use burn::tensor::cast::ToElement;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::qlora_linear::to_vec;
 use crate::error::{Error, Result};
+use crate::layers::qlora_linear::to_vec;
 
 /// The learning-rate schedule after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,12 +1,14 @@
 //! One optimizer step — forward, loss and backward over each micro-batch, gradients summed,
 //! one AdamW update — shared by the training loop and the throughput benchmark.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::optim::{AccumulatedGrads, AdamW, ParamTable, StepStats};
-use super::trainer::task_loss;
 use crate::data::batch::{Batch, TokenizedSplit};
+use crate::data::{Label, LabelColumn};
 use crate::error::{Error, Result};
 use crate::model::{SequenceClassifier, encoder_input};
 
@@ -115,4 +117,29 @@ pub fn train_step<B: AutodiffBackend>(
         stats,
         grads: kept,
     })
+}
+
+/// Mean cross-entropy of class logits, or mean squared error of a one-output regression head.
+pub fn task_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[Option<Label>],
+    device: &B::Device,
+) -> Result<Tensor<B, 1>> {
+    let [batch, outputs] = logits.dims();
+    match LabelColumn::new(labels)? {
+        LabelColumn::Classes(classes) => {
+            if let Some(&c) = classes.iter().find(|&&c| c as usize >= outputs) {
+                return Err(Error::InvalidInput(format!(
+                    "class label {c} for a head of {outputs} outputs"
+                )));
+            }
+            let targets =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(classes, [batch, 1]), device);
+            Ok(log_softmax(logits, 1).gather(1, targets).mean().neg())
+        }
+        LabelColumn::Scores(scores) => {
+            let targets = Tensor::<B, 2>::from_data(TensorData::new(scores, [batch, 1]), device);
+            Ok((logits - targets).powi_scalar(2).mean())
+        }
+    }
 }

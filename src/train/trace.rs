@@ -21,7 +21,7 @@ use super::optim::StepStats;
 use super::step::MicroBatch;
 use crate::data::{Label, LabelColumn};
 use crate::error::{Error, Result};
-use crate::model::weights::{NamedTensor, RawTensor, write_f32_tensors, write_tensors};
+use crate::formats::safetensors::{NamedTensor, RawTensor, write_f32_tensors, write_tensors};
 
 /// The version of the dump layout above.
 pub const TRACE_FORMAT_VERSION: u32 = 1;
@@ -50,6 +50,17 @@ pub trait StepObserver {
     /// Whether [`ObservedStep::gradients`] should be filled (it costs a copy per step).
     fn wants_gradients(&self) -> bool {
         false
+    }
+}
+
+/// An observer lent to the loop, so that its owner reads it after training.
+impl<T: StepObserver + ?Sized> StepObserver for &mut T {
+    fn observe(&mut self, step: &ObservedStep<'_>) -> Result<()> {
+        (**self).observe(step)
+    }
+
+    fn wants_gradients(&self) -> bool {
+        (**self).wants_gradients()
     }
 }
 

@@ -8,39 +8,33 @@
 //! from any checkpoint continues exactly as the uninterrupted run would have.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, ParamId};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{EpochRecord, LoadedCheckpoint, LoopState, save_checkpoint};
+use super::hooks::{StepProgress, TrainEvent, TrainHooks};
 use super::optim::{
     AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, FactorPair, ParamTable, PreservedScaling,
     Schedule, learning_rate,
 };
 use super::step::{StepFailure, plan_micro_batches, train_step};
-use super::trace::{ObservedStep, StepObserver};
-use crate::adapters::AdapterSpec;
+use super::trace::ObservedStep;
 use crate::adapters::export::adapter_and_head_params;
 use crate::adapters::surgery::decays;
 use crate::data::batch::TokenizedSplit;
-use crate::data::{Label, LabelColumn};
 use crate::error::{Error, Result};
 use crate::eval::dev::evaluate_dev;
 use crate::eval::metrics::MnliMain;
+use crate::formats::safetensors::NamedTensor;
+use crate::layers::AdapterSpec;
+use crate::layers::dropout::seed_dropout;
 use crate::model::SequenceClassifier;
-use crate::model::dropout::seed_dropout;
-use crate::model::weights::NamedTensor;
 use crate::seed::substream_seed;
-
-/// Steps between progress lines when stderr is not a terminal.
-const PLAIN_EVERY: usize = 20;
 
 /// The shape of the per-component factor on SRR's preserved block (§12.2 "Choice (form)").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,9 +105,6 @@ pub struct TrainConfig {
     /// Write a `step` line to the metrics log every this many optimizer steps.
     pub log_every: usize,
     pub mnli_main: MnliMain,
-    /// End the run after this many optimizer steps without finishing it, as if killed (for
-    /// testing `--resume`).
-    pub stop_after_steps: Option<usize>,
     pub preserved: PreservedConfig,
 }
 
@@ -128,7 +119,7 @@ pub struct TrainData {
 pub struct TrainOutcome<B: AutodiffBackend> {
     pub model: SequenceClassifier<B>,
     pub state: LoopState,
-    /// False when `stop_after_steps` ended the run early.
+    /// False when the interrupter ended the run early.
     pub finished: bool,
     pub trainable_scalars: usize,
 }
@@ -210,31 +201,6 @@ fn factor_pairs<B: AutodiffBackend>(model: &SequenceClassifier<B>) -> Vec<Factor
         .collect()
 }
 
-/// Mean cross-entropy of class logits, or mean squared error of a one-output regression head.
-pub fn task_loss<B: Backend>(
-    logits: Tensor<B, 2>,
-    labels: &[Option<Label>],
-    device: &B::Device,
-) -> Result<Tensor<B, 1>> {
-    let [batch, outputs] = logits.dims();
-    match LabelColumn::new(labels)? {
-        LabelColumn::Classes(classes) => {
-            if let Some(&c) = classes.iter().find(|&&c| c as usize >= outputs) {
-                return Err(Error::InvalidInput(format!(
-                    "class label {c} for a head of {outputs} outputs"
-                )));
-            }
-            let targets =
-                Tensor::<B, 2, Int>::from_data(TensorData::new(classes, [batch, 1]), device);
-            Ok(log_softmax(logits, 1).gather(1, targets).mean().neg())
-        }
-        LabelColumn::Scores(scores) => {
-            let targets = Tensor::<B, 2>::from_data(TensorData::new(scores, [batch, 1]), device);
-            Ok((logits - targets).powi_scalar(2).mean())
-        }
-    }
-}
-
 /// The gradients of the adapter factors and the head under their PEFT/HF names and layouts.
 fn named_gradients<B: AutodiffBackend>(
     model: &SequenceClassifier<B>,
@@ -249,37 +215,16 @@ fn named_gradients<B: AutodiffBackend>(
         .collect()
 }
 
-/// Appends JSON lines to `<run>/metrics.jsonl`.
-struct MetricsLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl MetricsLog {
-    fn open(run: &Path) -> Result<Self> {
-        let path = run.join("metrics.jsonl");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog { file, path })
-    }
-
-    fn write(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-/// Trains `model` (its trainable parameters already marked) on `data`, writing checkpoints and
-/// the metrics log into `run`, continuing from `resume` if given; `observer` sees every step.
+/// Trains `model` (its trainable parameters already marked) on `data`, writing checkpoints into
+/// `run`, continuing from `resume` if given; `hooks` take the metrics, show the progress, see
+/// every step and may stop the run after any step.
 pub fn train<B: AutodiffBackend>(
     mut model: SequenceClassifier<B>,
     data: &TrainData,
     config: &TrainConfig,
     run: &Path,
     resume: Option<&LoadedCheckpoint>,
-    observer: &mut dyn StepObserver,
+    mut hooks: TrainHooks<'_>,
     device: &B::Device,
 ) -> Result<TrainOutcome<B>> {
     if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
@@ -311,39 +256,28 @@ pub fn train<B: AutodiffBackend>(
         epoch_loss_sum: 0.0,
         epochs: Vec::new(),
     };
-    // Every attempt opens with a start or resume line: the lines of an attempt stopped before
-    // its first checkpoint stay in the log, and the next `start` line says they were dropped.
-    let mut log = MetricsLog::open(run)?;
     match resume {
         Some(checkpoint) => {
             model = checkpoint.restore_module(model)?;
             checkpoint.restore_optimizer(&mut optimizer, device)?;
             state = checkpoint.state.clone();
-            log.write(serde_json::json!({
-                "type": "resume",
-                "from": checkpoint.dir,
-                "global_step": state.global_step,
-            }))?;
+            hooks.metrics.record(&TrainEvent::Resume {
+                from: &checkpoint.dir,
+                global_step: state.global_step,
+            })?;
         }
-        None => log.write(serde_json::json!({"type": "start", "global_step": 0}))?,
+        None => hooks.metrics.record(&TrainEvent::Start)?,
     }
     let batches_per_epoch = data.train.len().div_ceil(config.batch_size);
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
     let total_steps = steps_per_epoch * config.epochs;
     let warmup = (config.warmup_ratio * total_steps as f64).ceil() as usize;
-    // A bar on a terminal; plain lines when stderr is redirected (the bar would draw nothing),
-    // so that a log shows the run as it goes.
-    let plain = !std::io::stderr().is_terminal();
-    let progress = ProgressBar::new(total_steps as u64).with_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
-            .expect("valid progress template"),
-    );
-    progress.set_position(state.global_step as u64);
+    hooks.progress.start(state.global_step, total_steps);
     let checkpoints = checkpoints_dir(run);
     let mut last_checkpoint: Option<PathBuf> = resume.map(|c| c.dir.clone());
     while state.epoch < config.epochs {
         let epoch = state.epoch;
-        progress.set_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
+        hooks.progress.epoch_start(epoch + 1, config.epochs);
         let order = data.train.train_batches(
             config.batch_size,
             config.length_group_window,
@@ -373,13 +307,16 @@ pub fn train<B: AutodiffBackend>(
                 &micro_batches,
                 lr,
                 config.max_grad_norm,
-                observer.wants_gradients(),
+                hooks.observer.wants_gradients(),
                 device,
             ) {
                 Ok(step) => step,
-                Err(StepFailure::Error(error)) => return Err(error),
+                Err(StepFailure::Error(error)) => {
+                    hooks.progress.end(false);
+                    return Err(error);
+                }
                 Err(StepFailure::NonFiniteLoss(value)) => {
-                    progress.abandon();
+                    hooks.progress.end(false);
                     return Err(Error::InvalidInput(format!(
                         "the loss is {value} at epoch {}, step {}: training stopped; {}",
                         epoch + 1,
@@ -397,7 +334,7 @@ pub fn train<B: AutodiffBackend>(
                 Some(grads) => Some(named_gradients(&model, grads)?),
                 None => None,
             };
-            observer.observe(&ObservedStep {
+            hooks.observer.observe(&ObservedStep {
                 step: state.global_step + 1,
                 micro_batches: &micro_batches,
                 learning_rate: lr,
@@ -414,29 +351,25 @@ pub fn train<B: AutodiffBackend>(
             state.step_in_epoch += 1;
             state.epoch_loss_sum += step_loss;
             let rate = state.samples as f64 / state.train_seconds.max(1e-9);
-            progress.set_message(format!(
-                "loss {step_loss:.4} lr {lr:.2e} {rate:.1} samples/s"
-            ));
-            progress.inc(1);
-            if plain && (state.global_step == 1 || state.global_step.is_multiple_of(PLAIN_EVERY)) {
-                eprintln!(
-                    "epoch {}/{} step {}/{total_steps}: loss {step_loss:.4} lr {lr:.2e} {rate:.1} samples/s",
-                    epoch + 1,
-                    config.epochs,
-                    state.global_step
-                );
-            }
+            hooks.progress.step(&StepProgress {
+                epoch: epoch + 1,
+                epochs: config.epochs,
+                step: state.global_step,
+                total_steps,
+                loss: step_loss,
+                learning_rate: lr,
+                samples_per_second: rate,
+            });
             if config.log_every > 0 && state.global_step.is_multiple_of(config.log_every) {
-                log.write(serde_json::json!({
-                    "type": "step",
-                    "epoch": epoch + 1,
-                    "step": state.global_step,
-                    "loss": step_loss,
-                    "learning_rate": lr,
-                    "grad_norm": stats.grad_norm,
-                    "clipped": stats.clipped,
-                    "samples_per_second": examples as f64 / seconds.max(1e-9),
-                }))?;
+                hooks.metrics.record(&TrainEvent::Step {
+                    epoch: epoch + 1,
+                    step: state.global_step,
+                    loss: step_loss,
+                    learning_rate: lr,
+                    grad_norm: stats.grad_norm,
+                    clipped: stats.clipped,
+                    samples_per_second: examples as f64 / seconds.max(1e-9),
+                })?;
             }
             let epoch_done = state.step_in_epoch == groups.len();
             if epoch_done {
@@ -473,12 +406,8 @@ pub fn train<B: AutodiffBackend>(
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                if plain {
-                    eprintln!("{line}");
-                } else {
-                    progress.println(line);
-                }
-                log.write(serde_json::json!({"type": "epoch", "record": record}))?;
+                hooks.progress.epoch_end(&line);
+                hooks.metrics.record(&TrainEvent::Epoch(&record))?;
                 state.epochs.push(record);
                 state.epoch += 1;
                 state.step_in_epoch = 0;
@@ -496,12 +425,8 @@ pub fn train<B: AutodiffBackend>(
                 save_checkpoint::<B, _>(&dir, &model, &optimizer, &state)?;
                 last_checkpoint = Some(dir);
             }
-            if config
-                .stop_after_steps
-                .is_some_and(|limit| state.global_step >= limit)
-                && state.epoch < config.epochs
-            {
-                progress.abandon();
+            if state.epoch < config.epochs && hooks.interrupter.should_stop(&state) {
+                hooks.progress.end(false);
                 return Ok(TrainOutcome {
                     model,
                     state,
@@ -514,7 +439,7 @@ pub fn train<B: AutodiffBackend>(
             }
         }
     }
-    progress.finish_and_clear();
+    hooks.progress.end(true);
     Ok(TrainOutcome {
         model,
         state,

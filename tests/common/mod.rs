@@ -209,7 +209,7 @@ pub struct Recorder {
     pub modules: Vec<(String, faer::Mat<f64>, qpeft::quant::stats::LayerStats)>,
 }
 
-impl qpeft::quant::calib::ModuleSolver for Recorder {
+impl qpeft::quant::solve::ModuleSolver for Recorder {
     fn solve(
         &mut self,
         name: &str,

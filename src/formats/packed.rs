@@ -1,11 +1,13 @@
-//! The quantized model directory `qpeft quantize` writes (docs/formats.md): one
+//! The packed-weight format: the quantized model directory `qpeft quantize` writes
+//! (docs/formats.md), one
 //! safetensors file where each quantized linear `<name>` has `<name>.qcodes` (U8
 //! `[rows, packed row bytes]`, each row packed on its own), `<name>.qscale` and `<name>.qzero`
 //! (F32 `[rows, groups]`), `<name>.qgroup` (I32 `[cols]`, each column's group) and, on a
 //! codebook grid (NF), `<name>.qlevels` (F32 `[2^bits]`) instead of `<name>.weight`; every
 //! other tensor is kept as stored. The header's metadata holds a
 //! `qpeft` JSON entry with the format version, method, bits, grid and calibration.
-//! [`crate::model::weights`] reads such a file back into dequantized weights.
+//! [`FrozenWeight`] is one linear's weight as stored, and
+//! [`crate::formats::checkpoint::WeightFile::frozen_weight`] reads it back.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +15,11 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::grid::{Bits, GridKind};
-use super::layer::QuantizedLayer;
-use super::pack::{pack, unpack};
+use super::safetensors::{TensorFile, parse_header_entry};
 use crate::error::{Error, Result};
-use crate::model::PretrainedModel;
+use crate::quant::grid::{Bits, GridKind};
+use crate::quant::layer::QuantizedLayer;
+use crate::quant::pack::{pack, unpack};
 
 /// The newest format version this build reads and writes: version 2 added `.qlevels`.
 pub const FORMAT_VERSION: u32 = 2;
@@ -52,11 +54,7 @@ pub struct QuantMetadata {
 impl QuantMetadata {
     /// Parses the metadata entry, rejecting format versions this build does not read.
     pub fn parse(json: &str, path: &Path) -> Result<Self> {
-        let meta: QuantMetadata =
-            serde_json::from_str(json).map_err(|e| Error::InvalidWeights {
-                path: path.to_path_buf(),
-                message: format!("invalid `{METADATA_KEY}` metadata: {e}"),
-            })?;
+        let meta: QuantMetadata = parse_header_entry(json, METADATA_KEY, path)?;
         if !(UNIFORM_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
             return Err(Error::InvalidWeights {
                 path: path.to_path_buf(),
@@ -163,6 +161,98 @@ fn le_bytes<T: Copy>(values: &[T], to: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
     values.iter().flat_map(|&v| to(v)).collect()
 }
 
+/// The frozen weight as it is stored: packed codes with their grids, or dense `[out, in]`.
+#[derive(Debug, Clone)]
+pub enum FrozenWeight {
+    Packed {
+        bits: Bits,
+        rows: usize,
+        cols: usize,
+        /// Row-major `[rows, ceil(cols·bits/8)]`, each row packed on its own.
+        codes: Vec<u8>,
+        /// `[rows, groups]`.
+        scale: Vec<f32>,
+        zero: Vec<f32>,
+        /// The group of each input column.
+        group_of_column: Vec<i32>,
+        /// The codebook of an NF grid, `[2^bits]`; `None` on uniform grids.
+        levels: Option<Vec<f32>>,
+    },
+    Dense {
+        rows: usize,
+        cols: usize,
+        /// Row-major `[out, in]`.
+        values: Vec<f32>,
+    },
+}
+
+impl FrozenWeight {
+    /// `[out, in]`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            FrozenWeight::Packed { rows, cols, .. } | FrozenWeight::Dense { rows, cols, .. } => {
+                (*rows, *cols)
+            }
+        }
+    }
+
+    /// The weight the forward pass uses, row-major `[out, in]`.
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        match self {
+            FrozenWeight::Packed {
+                bits,
+                rows,
+                cols,
+                codes,
+                scale,
+                zero,
+                group_of_column,
+                levels,
+            } => dequantize_packed(
+                codes,
+                *bits,
+                (*rows, *cols),
+                PackedGrids {
+                    scale,
+                    zero,
+                    group_of_column,
+                    levels: levels.as_deref(),
+                },
+            ),
+            FrozenWeight::Dense { values, .. } => Ok(values.clone()),
+        }
+    }
+
+    /// The weight the forward pass uses, consuming the storage (a dense weight is not copied).
+    pub fn into_dequantized(self) -> Result<Vec<f32>> {
+        match self {
+            FrozenWeight::Dense { values, .. } => Ok(values),
+            packed => packed.dequantize(),
+        }
+    }
+
+    /// Bytes the frozen weight takes as stored.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            FrozenWeight::Packed {
+                codes,
+                scale,
+                zero,
+                group_of_column,
+                levels,
+                ..
+            } => {
+                codes.len()
+                    + 4 * (scale.len()
+                        + zero.len()
+                        + group_of_column.len()
+                        + levels.as_ref().map_or(0, Vec::len))
+            }
+            FrozenWeight::Dense { values, .. } => 4 * values.len(),
+        }
+    }
+}
+
 /// An f32 tensor stored beside the quantized layers (the adapters of an init checkpoint).
 pub struct ExtraTensor {
     /// HF name relative to the base model.
@@ -171,12 +261,20 @@ pub struct ExtraTensor {
     pub values: Vec<f32>,
 }
 
+/// The model a quantized folder is made from: its weights and the files copied beside them.
+#[derive(Clone, Copy)]
+pub struct ModelSource<'a> {
+    pub weights: &'a TensorFile,
+    pub config: &'a Path,
+    pub tokenizer: &'a Path,
+}
+
 /// Writes `out/model.safetensors` (with `layers` quantized, HF names relative to the base
 /// model, plus `extras` and the `extra_metadata` header entries), `config.json` and
 /// `tokenizer.json` copied from `source`. The file appears only once complete.
 pub fn write_quantized_model<'a>(
     out: &Path,
-    source: &PretrainedModel,
+    source: ModelSource<'_>,
     layers: impl IntoIterator<Item = (&'a str, &'a QuantizedLayer)>,
     meta: &QuantMetadata,
     extras: &[ExtraTensor],
@@ -269,8 +367,8 @@ pub fn write_quantized_model<'a>(
         .map_err(|e| Error::InvalidInput(format!("{}: {e}", partial.display())))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
     for (from, name) in [
-        (&source.files.config, "config.json"),
-        (&source.files.tokenizer, "tokenizer.json"),
+        (source.config, "config.json"),
+        (source.tokenizer, "tokenizer.json"),
     ] {
         std::fs::copy(from, out.join(name)).map_err(|e| Error::io(from, e))?;
     }

@@ -8,108 +8,16 @@
 
 use std::sync::Arc;
 
-use crate::model::dropout::Dropout;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 
+use super::dropout::Dropout;
 use crate::error::{Error, Result};
-use crate::model::weights::transpose;
-use crate::quant::checkpoint::{PackedGrids, dequantize_packed};
-use crate::quant::grid::Bits;
-
-/// The frozen weight as it is stored: packed codes with their grids, or dense `[out, in]`.
-#[derive(Debug, Clone)]
-pub enum FrozenWeight {
-    Packed {
-        bits: Bits,
-        rows: usize,
-        cols: usize,
-        /// Row-major `[rows, ceil(cols·bits/8)]`, each row packed on its own.
-        codes: Vec<u8>,
-        /// `[rows, groups]`.
-        scale: Vec<f32>,
-        zero: Vec<f32>,
-        /// The group of each input column.
-        group_of_column: Vec<i32>,
-        /// The codebook of an NF grid, `[2^bits]`; `None` on uniform grids.
-        levels: Option<Vec<f32>>,
-    },
-    Dense {
-        rows: usize,
-        cols: usize,
-        /// Row-major `[out, in]`.
-        values: Vec<f32>,
-    },
-}
-
-impl FrozenWeight {
-    /// `[out, in]`.
-    pub fn shape(&self) -> (usize, usize) {
-        match self {
-            FrozenWeight::Packed { rows, cols, .. } | FrozenWeight::Dense { rows, cols, .. } => {
-                (*rows, *cols)
-            }
-        }
-    }
-
-    /// The weight the forward pass uses, row-major `[out, in]`.
-    pub fn dequantize(&self) -> Result<Vec<f32>> {
-        match self {
-            FrozenWeight::Packed {
-                bits,
-                rows,
-                cols,
-                codes,
-                scale,
-                zero,
-                group_of_column,
-                levels,
-            } => dequantize_packed(
-                codes,
-                *bits,
-                (*rows, *cols),
-                PackedGrids {
-                    scale,
-                    zero,
-                    group_of_column,
-                    levels: levels.as_deref(),
-                },
-            ),
-            FrozenWeight::Dense { values, .. } => Ok(values.clone()),
-        }
-    }
-
-    /// The weight the forward pass uses, consuming the storage (a dense weight is not copied).
-    pub fn into_dequantized(self) -> Result<Vec<f32>> {
-        match self {
-            FrozenWeight::Dense { values, .. } => Ok(values),
-            packed => packed.dequantize(),
-        }
-    }
-
-    /// Bytes the frozen weight takes as stored.
-    pub fn stored_bytes(&self) -> usize {
-        match self {
-            FrozenWeight::Packed {
-                codes,
-                scale,
-                zero,
-                group_of_column,
-                levels,
-                ..
-            } => {
-                codes.len()
-                    + 4 * (scale.len()
-                        + zero.len()
-                        + group_of_column.len()
-                        + levels.as_ref().map_or(0, Vec::len))
-            }
-            FrozenWeight::Dense { values, .. } => 4 * values.len(),
-        }
-    }
-}
+use crate::formats::adapters::add_low_rank;
+use crate::formats::packed::FrozenWeight;
+use crate::formats::safetensors::transpose;
 
 /// Where dropout applies (§12.2 "Choice (dropout)").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -295,25 +203,6 @@ impl<B: Backend> QLoraLinear<B> {
             self.spec.scale,
         );
         Ok(weight)
-    }
-}
-
-/// W += s·B·A for row-major W `[out, in]`, PEFT's B = lora_B `[out, r]` and A = lora_A
-/// `[r, in]`; each entry of B·A is summed in f64.
-pub fn add_low_rank(
-    weight: &mut [f32],
-    lora_b: &[f32],
-    lora_a: &[f32],
-    (d_out, rank, d_in): (usize, usize, usize),
-    scale: f64,
-) {
-    for o in 0..d_out {
-        for i in 0..d_in {
-            let lr: f64 = (0..rank)
-                .map(|j| f64::from(lora_b[o * rank + j]) * f64::from(lora_a[j * d_in + i]))
-                .sum();
-            weight[o * d_in + i] += (scale * lr) as f32;
-        }
     }
 }
 

@@ -6,14 +6,15 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use faer::{Mat, MatRef};
+use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::stats::{LayerStats, StatsAccumulator, StatsNeeded, sample_sequence_alpha};
 use crate::error::{Error, Result};
 use crate::model::Encoder;
 use crate::model::bert::{EncoderInput, attention_mask_bias};
 use crate::model::weights::{linear_weight_out_in, set_linear_weight_out_in};
+use crate::quant::solve::ModuleSolver;
+use crate::quant::stats::{StatsAccumulator, StatsNeeded, sample_sequence_alpha};
 use crate::seed::substream_rng;
 
 /// The groups of linear layers that share an input, in processing order (§3.2).
@@ -27,24 +28,6 @@ pub const GROUPS: [&[&str]; 4] = [
     &["intermediate.dense"],
     &["output.dense"],
 ];
-
-/// Decides the quantized weight of one module from its statistics.
-pub trait ModuleSolver {
-    /// `name` is the HF name (`encoder.layer.3.attention.self.query`), `weight` is `[out, in]`;
-    /// returns the weight to install, `[out, in]`.
-    fn solve(
-        &mut self,
-        name: &str,
-        weight: MatRef<'_, f64>,
-        stats: &LayerStats,
-    ) -> Result<Mat<f64>>;
-
-    /// Called once per group of modules that share `stats`, before their `solve` calls, so
-    /// that work depending only on the input (an activation scaling) is done once.
-    fn start_group(&mut self, _stats: &LayerStats) -> Result<()> {
-        Ok(())
-    }
-}
 
 /// Per-module outcome of calibration.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! The init checkpoint `qpeft init` writes and the trainer reads: the quantized model
-//! directory of [`crate::quant::checkpoint`] plus, for every target linear `<name>`, PEFT's
+//! The adapter format: the init checkpoint `qpeft init` writes and the trainer reads, the
+//! quantized model directory of [`super::packed`] plus, for every target linear `<name>`, PEFT's
 //! adapter pair `<name>.lora_A` = R (F32 `[r, in]`) and `<name>.lora_B` = L/s (F32
 //! `[out, r]`) with s = α/r, so that s·lora_B·lora_A = L·R at step 0. The header entry
 //! `qpeft_adapters` records the initializer, rank, α, split and each layer's preserved block
@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::init::LayerInit;
-use super::lowrank::FactorSplit;
+use super::packed::{ExtraTensor, ModelSource, QuantMetadata, write_quantized_model};
+use super::safetensors::parse_header_entry;
 use crate::error::{Error, Result};
-use crate::model::PretrainedModel;
-use crate::quant::checkpoint::{ExtraTensor, QuantMetadata, write_quantized_model};
+use crate::reconstruct::init::LayerInit;
+use crate::reconstruct::lowrank::FactorSplit;
 
 /// The header key of the adapter metadata.
 pub const ADAPTER_METADATA_KEY: &str = "qpeft_adapters";
@@ -53,11 +53,7 @@ impl AdapterMetadata {
     }
 
     pub fn parse(json: &str, path: &Path) -> Result<Self> {
-        let meta: AdapterMetadata =
-            serde_json::from_str(json).map_err(|e| Error::InvalidWeights {
-                path: path.to_path_buf(),
-                message: format!("invalid `{ADAPTER_METADATA_KEY}` metadata: {e}"),
-            })?;
+        let meta: AdapterMetadata = parse_header_entry(json, ADAPTER_METADATA_KEY, path)?;
         if meta.format_version != ADAPTER_FORMAT_VERSION {
             return Err(Error::InvalidWeights {
                 path: path.to_path_buf(),
@@ -80,6 +76,25 @@ impl AdapterMetadata {
     }
 }
 
+/// W += s·B·A for row-major W `[out, in]`, PEFT's B = lora_B `[out, r]` and A = lora_A
+/// `[r, in]`; each entry of B·A is summed in f64.
+pub fn add_low_rank(
+    weight: &mut [f32],
+    lora_b: &[f32],
+    lora_a: &[f32],
+    (d_out, rank, d_in): (usize, usize, usize),
+    scale: f64,
+) {
+    for o in 0..d_out {
+        for i in 0..d_in {
+            let lr: f64 = (0..rank)
+                .map(|j| f64::from(lora_b[o * rank + j]) * f64::from(lora_a[j * d_in + i]))
+                .sum();
+            weight[o * d_in + i] += (scale * lr) as f32;
+        }
+    }
+}
+
 fn to_f32(m: faer::MatRef<'_, f64>, scale: f64) -> Vec<f32> {
     (0..m.nrows())
         .flat_map(|i| (0..m.ncols()).map(move |j| (m[(i, j)] * scale) as f32))
@@ -89,7 +104,7 @@ fn to_f32(m: faer::MatRef<'_, f64>, scale: f64) -> Vec<f32> {
 /// Writes the init checkpoint for `layers` (HF names relative to the base model) into `out`.
 pub fn write_init_checkpoint(
     out: &Path,
-    source: &PretrainedModel,
+    source: ModelSource<'_>,
     layers: &[(String, LayerInit)],
     quant: &QuantMetadata,
     adapters: &AdapterMetadata,

@@ -6,9 +6,6 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::AutodiffBackend;
 
-use super::optim::{AdamWConfig, OptimizerKind};
-use super::report::QuantSummary;
-use super::trainer::{PreservedConfig, TrainConfig};
 use crate::adapters::surgery::{
     AdapterSource, SurgeryOptions, TrainableSet, attach_adapters, set_trainable,
 };
@@ -18,6 +15,9 @@ use crate::model::{HeadKind, ModelFiles, PretrainedModel, SequenceClassifier};
 use crate::recipe::Recipe;
 use crate::reconstruct::init::InitName;
 use crate::seed::substream_seed;
+use crate::train::optim::{AdamWConfig, OptimizerKind};
+use crate::train::report::QuantSummary;
+use crate::train::trainer::{PreservedConfig, TrainConfig};
 
 /// The head a task trains: STS-B one regression output, the others one logit per class.
 pub fn head_for(task: Task) -> HeadKind {
@@ -54,7 +54,6 @@ pub fn train_config(recipe: &Recipe) -> TrainConfig {
         checkpoint_every: t.checkpoint_every,
         log_every: t.log_every,
         mnli_main: t.mnli_main.into(),
-        stop_after_steps: None,
         preserved: PreservedConfig {
             mode: a.preserved_scaling,
             gamma: a.gamma,
@@ -257,7 +256,7 @@ impl RunDir {
                 path.display()
             )));
         }
-        let checkpoint = super::trainer::latest_checkpoint(path)?.ok_or_else(|| {
+        let checkpoint = crate::train::trainer::latest_checkpoint(path)?.ok_or_else(|| {
             Error::InvalidInput(format!("{}: the run has no checkpoint yet", path.display()))
         })?;
         Ok((run, checkpoint))
@@ -282,7 +281,7 @@ pub fn load_trained<B: AutodiffBackend>(
     let (run, checkpoint) = RunDir::locate(path)?;
     let recipe = run.recipe()?;
     let built = build_model::<B>(&recipe, run.base_files(&recipe)?, device)?;
-    let loaded = super::checkpoint::LoadedCheckpoint::open(&checkpoint)?;
+    let loaded = crate::train::checkpoint::LoadedCheckpoint::open(&checkpoint)?;
     let model = loaded.restore_module(built.model)?.valid();
     Ok(TrainedModel {
         model,
