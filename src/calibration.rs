@@ -43,7 +43,7 @@ fn tokens_of<B: Backend>(x: Tensor<B, 3>, keep: &[bool]) -> Result<Mat<f64>> {
     let values = x
         .into_data()
         .to_vec::<f32>()
-        .map_err(|e| Error::InvalidInput(format!("reading activations back: {e:?}")))?;
+        .map_err(|e| Error::Internal(format!("reading activations back: {e:?}")))?;
     let rows: Vec<usize> = (0..keep.len()).filter(|&i| keep[i]).collect();
     Ok(Mat::from_fn(rows.len(), n, |t, j| {
         f64::from(values[rows[t] * n + j])
@@ -56,7 +56,7 @@ fn keep_mask<B: Backend>(mask: &Tensor<B, 2, Int>) -> Result<Vec<bool>> {
         .into_data()
         .convert::<i64>()
         .to_vec::<i64>()
-        .map_err(|e| Error::InvalidInput(format!("reading the attention mask: {e:?}")))?
+        .map_err(|e| Error::Internal(format!("reading the attention mask: {e:?}")))?
         .into_iter()
         .map(|v| v != 0)
         .collect())
@@ -86,9 +86,7 @@ pub fn calibrate<B: Backend>(
     solver: &mut impl ModuleSolver,
 ) -> Result<Vec<ModuleRecord>> {
     if batches.is_empty() {
-        return Err(Error::InvalidInput(
-            "calibration needs at least one batch".into(),
-        ));
+        return Err(Error::Config("calibration needs at least one batch".into()));
     }
     let reference = encoder.clone();
     let masks: Vec<Vec<bool>> = batches

@@ -32,8 +32,34 @@ pub enum Error {
     Fetch(String),
     #[error("invalid device '{spec}': {message}")]
     InvalidDevice { spec: String, message: String },
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
+    /// A setting that cannot work: a recipe key, a flag or a spec value, named in the message.
+    #[error("{0}")]
+    Config(String),
+    /// Data that does not fit its use: labels, splits, predictions, stored tensors' shapes.
+    /// (`Data` and `InvalidWeights` name the file when there is one.)
+    #[error("{0}")]
+    InvalidData(String),
+    /// A numeric method failed on its input: a factorization, an SVD, a non-finite gradient.
+    #[error("{0}")]
+    Numeric(String),
+    /// Training diverged: the loss became non-finite at `step` (1-based) of `epoch` (1-based).
+    /// `last_checkpoint` is where to resume from with other settings.
+    #[error(
+        "the loss is {loss} at epoch {epoch}, step {step}: training stopped; {}",
+        match .last_checkpoint {
+            Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+            None => "no checkpoint was written yet".into(),
+        }
+    )]
+    Diverged {
+        loss: f64,
+        epoch: usize,
+        step: usize,
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// A broken internal invariant: a bug in qpeft, not a mistake of its user.
+    #[error("internal error (a bug in qpeft): {0}")]
+    Internal(String),
     #[error("chart: {0}")]
     Plot(String),
     /// A data file that does not have the expected format; `line` is 1-based.

@@ -337,17 +337,18 @@ impl Recipe {
     }
 
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::InvalidInput(format!("writing the recipe: {e}")))
+        toml::to_string(self).map_err(|e| Error::Internal(format!("writing the recipe: {e}")))
     }
 
     /// The task named by `data.task`.
     pub fn task(&self) -> Result<Task> {
-        let name =
-            self.data.task.as_deref().ok_or_else(|| {
-                Error::InvalidInput("data.task is missing: name a GLUE task".into())
-            })?;
+        let name = self
+            .data
+            .task
+            .as_deref()
+            .ok_or_else(|| Error::Config("data.task is missing: name a GLUE task".into()))?;
         name.parse()
-            .map_err(|e| Error::InvalidInput(format!("data.task: {e}")))
+            .map_err(|e| Error::Config(format!("data.task: {e}")))
     }
 
     /// Checks every value that no type can rule out; the message names the key.
@@ -568,7 +569,7 @@ impl Recipe {
     /// Checks the rank against the smallest adapted layer `min(out, in)`.
     pub fn validate_rank(&self, smallest_dimension: usize) -> Result<()> {
         if self.adapter.rank > smallest_dimension {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Config(format!(
                 "adapter.rank = {}: expected at most min(out, in) = {smallest_dimension} of the target layers",
                 self.adapter.rank
             )));
@@ -579,7 +580,7 @@ impl Recipe {
 
 /// Applies `section.key=value` to `table`, rejecting unknown sections and keys by name.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let invalid = |message: String| Error::InvalidInput(format!("--set {assignment}: {message}"));
+    let invalid = |message: String| Error::Config(format!("--set {assignment}: {message}"));
     let (path, value) = assignment
         .split_once('=')
         .ok_or_else(|| invalid("expected section.key=value".into()))?;

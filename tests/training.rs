@@ -1188,7 +1188,19 @@ fn non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
         &device,
     ) {
         Ok(_) => panic!("a learning rate of 1e30 must diverge"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // A typed error: the step and the checkpoint to go back to, for a caller to act on.
+            let qpeft::Error::Diverged {
+                step,
+                last_checkpoint: Some(_),
+                ..
+            } = &e
+            else {
+                panic!("expected Error::Diverged, got {e:?}");
+            };
+            assert!(*step >= 1);
+            e.to_string()
+        }
     };
     assert!(
         err.contains("the loss is") && err.contains("last good checkpoint"),

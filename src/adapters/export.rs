@@ -357,7 +357,7 @@ pub fn export_peft<B: Backend>(
         }
     }
     let Some((_, spec)) = adapted.first() else {
-        return Err(Error::InvalidInput(
+        return Err(Error::Config(
             "the model has no adapter to export in the PEFT format".into(),
         ));
     };
@@ -365,7 +365,7 @@ pub fn export_peft<B: Backend>(
         .iter()
         .find(|(_, s)| (s.rank, s.scale) != (spec.rank, spec.scale))
     {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Config(format!(
             "{name} has rank {} and scale {}, the first adapter rank {} and scale {}: PEFT's config holds one",
             other.rank, other.scale, spec.rank, spec.scale
         )));

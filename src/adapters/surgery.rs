@@ -52,7 +52,7 @@ pub fn attach_adapters<B: Backend>(
 ) -> Result<Vec<String>> {
     for target in &options.targets {
         if !LAYER_LINEARS.contains(&target.as_str()) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Config(format!(
                 "unknown adapter target '{target}': expected some of {}",
                 LAYER_LINEARS.join(", ")
             )));
@@ -69,7 +69,7 @@ pub fn attach_adapters<B: Backend>(
                 .target_mut(&name)
                 .expect("every layer has the six target linears");
             let TargetLinear::Dense(dense) = slot else {
-                return Err(Error::InvalidInput(format!("{name} is adapted twice")));
+                return Err(Error::Config(format!("{name} is adapted twice")));
             };
             let [d_in, d_out] = dense.weight.dims();
             let layer = scope.child(&name);
@@ -129,7 +129,7 @@ pub fn attach_adapters<B: Backend>(
                 }
             };
             let adapted = QLoraLinear::new(frozen, bias, &lora_a, &lora_b, spec, device)
-                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))?;
+                .map_err(|e| Error::InvalidData(format!("{name}: {e}")))?;
             *slot = TargetLinear::Adapted(adapted);
             replaced.push(name);
         }

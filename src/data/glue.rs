@@ -63,7 +63,7 @@ impl LabelColumn {
     /// mix of kinds is an error.
     pub fn new(labels: &[Option<Label>]) -> crate::error::Result<Self> {
         let unlabelled =
-            || crate::error::Error::InvalidInput("a training example has no label".into());
+            || crate::error::Error::InvalidData("a training example has no label".into());
         match labels.first().copied().flatten() {
             Some(Label::Score(_)) => labels
                 .iter()
@@ -373,7 +373,7 @@ impl FromStr for Task {
             .find(|t| t.name() == wanted || (wanted == "diagnostic" && *t == Task::Ax))
             .ok_or_else(|| {
                 let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
-                Error::InvalidInput(format!(
+                Error::Config(format!(
                     "unknown GLUE task {s:?}; expected one of {}",
                     names.join(", ")
                 ))
@@ -423,7 +423,7 @@ impl FromStr for Split {
         ];
         ALL.into_iter()
             .find(|split| split.name() == s.trim())
-            .ok_or_else(|| Error::InvalidInput(format!("unknown split {s:?}")))
+            .ok_or_else(|| Error::Config(format!("unknown split {s:?}")))
     }
 }
 
@@ -440,7 +440,7 @@ pub fn glue_dir(flag: Option<&Path>) -> PathBuf {
 pub fn load(dir: &Path, task: Task, split: Split) -> Result<Dataset> {
     let relative = task.file(split).ok_or_else(|| {
         let splits: Vec<&str> = task.splits().iter().map(|s| s.name()).collect();
-        Error::InvalidInput(format!(
+        Error::Config(format!(
             "{task} has no {split} split (it has {})",
             splits.join(", ")
         ))

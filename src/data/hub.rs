@@ -163,7 +163,7 @@ pub fn fetch_from_hub(
         let examples = read_parquet(&parquet, task, split)?;
         let relative = task
             .file(split)
-            .ok_or_else(|| Error::InvalidInput(format!("{task} has no {split} split")))?;
+            .ok_or_else(|| Error::Config(format!("{task} has no {split} split")))?;
         let target = dest.join(&relative);
         write_split(&target, task, split, &examples)?;
         let marker = dest.join(task.dir_name()).join(HUB_SOURCE_MARKER);

@@ -188,7 +188,7 @@ pub fn fetch_from_mirror(
     for task in tasks {
         let mut of_task = outcome.iter().filter(|(e, _)| e.task == *task);
         if of_task.all(|(_, s)| *s == FetchStatus::NotInMirror) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Config(format!(
                 "the mirror {} has no file of {task} ({}/)",
                 mirror.display(),
                 task.dir_name()

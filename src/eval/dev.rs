@@ -12,7 +12,7 @@ use crate::model::SequenceClassifier;
 /// Predictions and gold labels of one split as class ids or scores.
 fn pair_up(split: &TokenizedSplit, predictions: &[Prediction]) -> Result<TaskPredictions> {
     let missing = || {
-        Error::InvalidInput(format!(
+        Error::InvalidData(format!(
             "{} {} has unlabelled examples: only dev splits can be scored",
             split.task, split.split
         ))
@@ -30,7 +30,7 @@ fn pair_up(split: &TokenizedSplit, predictions: &[Prediction]) -> Result<TaskPre
                 scores.1.push(f64::from(l));
             }
             _ => {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidData(format!(
                     "{}: the head's outputs do not match the task's labels",
                     split.task
                 )));
@@ -83,7 +83,7 @@ pub fn evaluate_dev<B: Backend>(
         },
         (_, [single]) => single.clone(),
         _ => {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidData(format!(
                 "{task}: expected its dev split(s), got {} splits",
                 splits.len()
             )));

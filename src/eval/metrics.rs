@@ -169,7 +169,7 @@ pub enum MnliMain {
 /// mean(Pearson, Spearman); MNLI matched accuracy or mean(m, mm); the others accuracy.
 pub fn task_score(task: Task, predictions: &TaskPredictions, mnli: MnliMain) -> Result<TaskScore> {
     let mismatch = || {
-        Error::InvalidInput(format!(
+        Error::InvalidData(format!(
             "{task}: predictions of the wrong kind for this task"
         ))
     };
@@ -241,7 +241,7 @@ pub fn task_score(task: Task, predictions: &TaskPredictions, mnli: MnliMain) -> 
             acc
         }
         (Task::Ax, _) => {
-            return Err(Error::InvalidInput(
+            return Err(Error::Config(
                 "AX has no labels: it is scored by the GLUE server".into(),
             ));
         }

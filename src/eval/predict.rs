@@ -40,7 +40,7 @@ pub fn predict_split<B: Backend>(
         let values = logits
             .into_data()
             .to_vec::<f32>()
-            .map_err(|e| Error::InvalidInput(format!("reading logits back: {e:?}")))?;
+            .map_err(|e| Error::Internal(format!("reading logits back: {e:?}")))?;
         for (row, &index) in values.chunks_exact(outputs).zip(&indices) {
             predictions[index] = Some(if regression {
                 Prediction::Score(row[0])
@@ -83,7 +83,7 @@ pub fn submission_file(task: Task, split: Split) -> Result<&'static str> {
         (Task::Wnli, Split::Test) => "WNLI.tsv",
         (Task::Ax, Split::Test) => "AX.tsv",
         _ => {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Config(format!(
                 "{task} {split} is not a test split: submissions hold test-set predictions"
             )));
         }
@@ -100,7 +100,7 @@ pub fn write_submission(
     predictions: &[Prediction],
 ) -> Result<PathBuf> {
     if ids.len() != predictions.len() {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::InvalidData(format!(
             "{} ids but {} predictions",
             ids.len(),
             predictions.len()
@@ -117,7 +117,7 @@ pub fn write_submission(
                 format!("{:.3}", s.clamp(min, max))
             }
             _ => {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidData(format!(
                     "{task}: prediction {prediction:?} does not fit the task's labels"
                 )));
             }

@@ -44,7 +44,7 @@ impl FromStr for Pooling {
         [Pooling::Mean, Pooling::Cls]
             .into_iter()
             .find(|pooling| pooling.name() == s.trim())
-            .ok_or_else(|| Error::InvalidInput(format!("unknown pooling {s:?} (mean or cls)")))
+            .ok_or_else(|| Error::Config(format!("unknown pooling {s:?} (mean or cls)")))
     }
 }
 
@@ -76,7 +76,7 @@ pub fn embed_texts<B: Backend>(
         let values = (pooled / norm)
             .into_data()
             .to_vec::<f32>()
-            .map_err(|e| Error::InvalidInput(format!("reading embeddings back: {e:?}")))?;
+            .map_err(|e| Error::Internal(format!("reading embeddings back: {e:?}")))?;
         debug_assert_eq!(values.len(), rows * width);
         embeddings.extend(values.chunks(width).map(<[f32]>::to_vec));
     }

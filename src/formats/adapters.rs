@@ -123,7 +123,7 @@ pub fn write_init_checkpoint(
             values: to_f32(init.l.as_ref(), 1.0 / scale),
         });
     }
-    let json = serde_json::to_string(adapters).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let json = serde_json::to_string(adapters).map_err(|e| Error::Internal(e.to_string()))?;
     write_quantized_model(
         out,
         source,

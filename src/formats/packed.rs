@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::safetensors::{TensorFile, parse_header_entry};
+use super::safetensors::{TensorFile, parse_header_entry, write_error};
 use crate::error::{Error, Result};
 use crate::quant::grid::{Bits, GridKind};
 use crate::quant::layer::QuantizedLayer;
@@ -128,12 +128,12 @@ pub fn dequantize_packed(
     let groups = scale.len() / rows.max(1);
     if codes.len() != rows * row_bytes || zero.len() != scale.len() || group_of_column.len() != cols
     {
-        return Err(Error::InvalidInput(
+        return Err(Error::InvalidData(
             "packed layer tensors have inconsistent shapes".into(),
         ));
     }
     if levels.is_some_and(|l| l.len() != 1 << bits.get()) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::InvalidData(format!(
             "a {}-bit codebook needs {} levels",
             bits.get(),
             1 << bits.get()
@@ -147,7 +147,7 @@ pub fn dequantize_packed(
                 .ok()
                 .filter(|&g| g < groups)
                 .ok_or_else(|| {
-                    Error::InvalidInput(format!("column {c} names group {}", group_of_column[c]))
+                    Error::InvalidData(format!("column {c} names group {}", group_of_column[c]))
                 })?;
             let k = r * groups + g;
             let level = levels.map_or(f32::from(code), |l| l[usize::from(code)]);
@@ -325,7 +325,7 @@ pub fn write_quantized_model<'a>(
         ));
         if let Some(levels) = &packed.levels {
             if meta.format_version < FORMAT_VERSION {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::Internal(format!(
                     "{base}: a codebook grid needs format version {FORMAT_VERSION}, the metadata says {}",
                     meta.format_version
                 )));
@@ -351,10 +351,10 @@ pub fn write_quantized_model<'a>(
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|view| (name.clone(), view))
-                .map_err(|e| Error::InvalidInput(format!("{name}: {e}")))
+                .map_err(|e| Error::Internal(format!("{name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let json = serde_json::to_string(meta).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let json = serde_json::to_string(meta).map_err(|e| Error::Internal(e.to_string()))?;
     let mut metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
     metadata.extend(
         extra_metadata
@@ -364,7 +364,7 @@ pub fn write_quantized_model<'a>(
     let path = out.join("model.safetensors");
     let partial = out.join("model.safetensors.partial");
     safetensors::serialize_to_file(views, Some(metadata), &partial)
-        .map_err(|e| Error::InvalidInput(format!("{}: {e}", partial.display())))?;
+        .map_err(|e| write_error(&partial, e))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
     for (from, name) in [
         (source.config, "config.json"),

@@ -202,11 +202,18 @@ pub fn write_tensors(
         .map(|t| {
             safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
                 .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::InvalidInput(format!("{}: {e}", t.name)))
+                .map_err(|e| Error::Internal(format!("{}: {e}", t.name)))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| write_error(path, e))
+}
+
+/// A failed safetensors write: an I/O error with its path, or a bug in what was written.
+pub(crate) fn write_error(path: &Path, error: safetensors::SafeTensorError) -> Error {
+    match error {
+        safetensors::SafeTensorError::IoError(source) => Error::io(path, source),
+        other => Error::Internal(format!("{}: {other}", path.display())),
+    }
 }
 
 #[cfg(test)]

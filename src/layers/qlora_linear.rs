@@ -80,14 +80,14 @@ impl<B: Backend> QLoraLinear<B> {
         let (d_out, d_in) = frozen.shape();
         let r = spec.rank;
         if r == 0 || lora_a.len() != r * d_in || lora_b.len() != d_out * r {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidData(format!(
                 "adapter of rank {r} on a [{d_out}, {d_in}] layer needs lora_A [{r}, {d_in}] and lora_B [{d_out}, {r}], got {} and {} values",
                 lora_a.len(),
                 lora_b.len()
             )));
         }
         if spec.preserved > r {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidData(format!(
                 "{} preserved components exceed rank {r}",
                 spec.preserved
             )));
@@ -100,7 +100,7 @@ impl<B: Backend> QLoraLinear<B> {
         let bias = bias
             .map(|values| {
                 if values.len() != d_out {
-                    return Err(Error::InvalidInput(format!(
+                    return Err(Error::InvalidData(format!(
                         "bias has {} values, the layer has {d_out} outputs",
                         values.len()
                     )));
@@ -212,5 +212,5 @@ pub fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f3
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
-        .map_err(|e| Error::InvalidInput(format!("reading a tensor back: {e:?}")))
+        .map_err(|e| Error::Internal(format!("reading a tensor back: {e:?}")))
 }

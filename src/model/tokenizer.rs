@@ -164,7 +164,7 @@ impl TextTokenizer {
     /// Encodes `inputs` and pads them to the longest row.
     pub fn encode_batch(&self, inputs: &[TextInput]) -> Result<EncodedBatch> {
         if inputs.is_empty() {
-            return Err(Error::InvalidInput("cannot encode an empty batch".into()));
+            return Err(Error::InvalidData("cannot encode an empty batch".into()));
         }
         let rows = self.encode_rows(inputs)?;
         Ok(pad_rows(rows.iter(), self.pad_id))

@@ -144,7 +144,7 @@ pub fn linear_weight_out_in<B: Backend>(linear: &Linear<B>) -> Result<faer::Mat<
         .val()
         .into_data()
         .to_vec::<f32>()
-        .map_err(|e| Error::InvalidInput(format!("reading a weight back: {e:?}")))?;
+        .map_err(|e| Error::Internal(format!("reading a weight back: {e:?}")))?;
     // Burn stores [in, out] row-major: element (i, o) at i·out + o.
     Ok(faer::Mat::from_fn(d_out, d_in, |o, i| {
         f64::from(values[i * d_out + o])
@@ -157,13 +157,12 @@ pub fn set_linear_weight_out_in<B: Backend>(
     weight: faer::MatRef<'_, f64>,
 ) -> Result<()> {
     let [d_in, d_out] = linear.weight.dims();
-    if weight.nrows() != d_out || weight.ncols() != d_in {
-        return Err(Error::InvalidInput(format!(
-            "weight is {}×{}, the layer needs [out, in] = {d_out}×{d_in}",
-            weight.nrows(),
-            weight.ncols()
-        )));
-    }
+    assert!(
+        weight.nrows() == d_out && weight.ncols() == d_in,
+        "weight is {}×{}, the layer needs [out, in] = {d_out}×{d_in}",
+        weight.nrows(),
+        weight.ncols()
+    );
     let values: Vec<f32> = (0..d_in * d_out)
         .map(|k| weight[(k % d_out, k / d_out)] as f32)
         .collect();

@@ -235,7 +235,7 @@ impl RunDir {
     pub fn locate(path: &std::path::Path) -> Result<(RunDir, std::path::PathBuf)> {
         if path.join("state.json").is_file() {
             let root = path.parent().and_then(|p| p.parent()).ok_or_else(|| {
-                Error::InvalidInput(format!(
+                Error::Config(format!(
                     "{}: a checkpoint outside a run directory",
                     path.display()
                 ))
@@ -251,13 +251,13 @@ impl RunDir {
             root: path.to_path_buf(),
         };
         if !run.recipe_path().is_file() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Config(format!(
                 "{}: neither a run directory (no recipe.toml) nor a checkpoint (no state.json)",
                 path.display()
             )));
         }
         let checkpoint = crate::train::trainer::latest_checkpoint(path)?.ok_or_else(|| {
-            Error::InvalidInput(format!("{}: the run has no checkpoint yet", path.display()))
+            Error::Config(format!("{}: the run has no checkpoint yet", path.display()))
         })?;
         Ok((run, checkpoint))
     }

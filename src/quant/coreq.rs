@@ -52,7 +52,7 @@ fn h_lambda(h: MatRef<'_, f64>, percdamp: f64) -> Mat<f64> {
 fn right_solve(a: MatRef<'_, f64>, h_lambda: MatRef<'_, f64>) -> Result<Mat<f64>> {
     let llt = h_lambda
         .llt(Side::Lower)
-        .map_err(|_| Error::InvalidInput("damped H is not positive definite".into()))?;
+        .map_err(|_| Error::Numeric("damped H is not positive definite".into()))?;
     // X·H = A  ⇔  H·Xᵀ = Aᵀ (H symmetric)
     Ok(llt.solve(a.transpose().to_owned()).transpose().to_owned())
 }
@@ -249,9 +249,7 @@ pub fn kcoreq(
     use super::layer::{Grouping, fit_rows};
 
     if beams == 0 {
-        return Err(Error::InvalidInput(
-            "K-CoreQ needs at least one beam".into(),
-        ));
+        return Err(Error::Config("K-CoreQ needs at least one beam".into()));
     }
     let (m, n) = (w.nrows(), w.ncols());
     let group = config.grouping.width(n)?;
@@ -269,7 +267,7 @@ pub fn kcoreq(
     let h_asc = Mat::from_fn(n, n, |i, j| h_lambda[(ascending[i], ascending[j])]);
     let lh = h_asc
         .llt(Side::Lower)
-        .map_err(|_| Error::InvalidInput("damped H is not positive definite".into()))?
+        .map_err(|_| Error::Numeric("damped H is not positive definite".into()))?
         .L()
         .to_owned();
     let groups = n.div_ceil(group);

@@ -90,11 +90,11 @@ pub fn gptq_on_grids_of(
     grid_source: MatRef<'_, f64>,
     config: &GptqConfig,
 ) -> Result<QuantizedLayer> {
-    if (grid_source.nrows(), grid_source.ncols()) != (w.nrows(), w.ncols()) {
-        return Err(Error::InvalidInput(
-            "the grid source must have the weight's shape".into(),
-        ));
-    }
+    assert_eq!(
+        (grid_source.nrows(), grid_source.ncols()),
+        (w.nrows(), w.ncols()),
+        "the grid source must have the weight's shape"
+    );
     solve_columns(w, h, None, config, Some(grid_source))
 }
 
@@ -108,15 +108,13 @@ pub fn gptaq(
     solve_columns(w, h, Some(mismatch), config, None)
 }
 
-fn check_square(name: &str, a: MatRef<'_, f64>, n: usize) -> Result<()> {
-    if a.nrows() != n || a.ncols() != n {
-        return Err(Error::InvalidInput(format!(
-            "{name} is {}×{}, expected {n}×{n}",
-            a.nrows(),
-            a.ncols()
-        )));
-    }
-    Ok(())
+fn check_square(name: &str, a: MatRef<'_, f64>, n: usize) {
+    assert!(
+        a.nrows() == n && a.ncols() == n,
+        "{name} is {}×{}, expected {n}×{n}",
+        a.nrows(),
+        a.ncols()
+    );
 }
 
 /// Strictly upper triangular part of `a`.
@@ -133,13 +131,13 @@ fn solve_columns(
     grid_source: Option<MatRef<'_, f64>>,
 ) -> Result<QuantizedLayer> {
     let (m, n) = (w.nrows(), w.ncols());
-    check_square("H", h, n)?;
+    check_square("H", h, n);
     if let Some(mm) = &mismatch {
-        check_square("D", mm.d, n)?;
+        check_square("D", mm.d, n);
     }
     let group = config.grouping.width(n)?;
     if config.block == 0 {
-        return Err(Error::InvalidInput("block size must be positive".into()));
+        return Err(Error::Config("block size must be positive".into()));
     }
     let dead = dead_columns(h);
     let mut w = w.to_owned();

@@ -16,9 +16,7 @@ impl Bits {
         if (2..=8).contains(&bits) {
             Ok(Bits(bits))
         } else {
-            Err(Error::InvalidInput(format!(
-                "bits must be 2 to 8, got {bits}"
-            )))
+            Err(Error::Config(format!("bits must be 2 to 8, got {bits}")))
         }
     }
 

@@ -55,7 +55,7 @@ pub fn inverse_cholesky_upper(h_damped: MatRef<'_, f64>) -> Result<(Mat<f64>, u3
         let c = Mat::from_fn(n, n, |i, j| l_inverse[(n - 1 - i, n - 1 - j)]);
         return Ok((c, retry));
     }
-    Err(Error::InvalidInput(
+    Err(Error::Numeric(
         "H is not positive definite even with 1000× damping".into(),
     ))
 }

@@ -22,7 +22,7 @@ impl Grouping {
         match self {
             Grouping::PerRow => Ok(cols.max(1)),
             Grouping::Dynamic(0) | Grouping::Static(0) => {
-                Err(Error::InvalidInput("group size must be positive".into()))
+                Err(Error::Config("group size must be positive".into()))
             }
             Grouping::Dynamic(g) | Grouping::Static(g) => Ok(g),
         }

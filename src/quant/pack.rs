@@ -11,7 +11,7 @@ pub fn pack(codes: &[u8], bits: Bits) -> Result<Vec<u8>> {
     let mut out = vec![0u8; (codes.len() * b).div_ceil(8)];
     for (i, &code) in codes.iter().enumerate() {
         if u32::from(code) > bits.max_code() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Internal(format!(
                 "code {code} at {i} does not fit in {b} bits"
             )));
         }
@@ -29,7 +29,7 @@ pub fn pack(codes: &[u8], bits: Bits) -> Result<Vec<u8>> {
 pub fn unpack(bytes: &[u8], bits: Bits, count: usize) -> Result<Vec<u8>> {
     let b = usize::from(bits.get());
     if bytes.len() < (count * b).div_ceil(8) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::InvalidData(format!(
             "{} bytes cannot hold {count} codes of {b} bits",
             bytes.len()
         )));

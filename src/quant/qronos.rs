@@ -74,11 +74,11 @@ pub fn qronos(
     config: &QronosConfig,
 ) -> Result<QuantizedLayer> {
     let (m, n) = (w.nrows(), w.ncols());
-    if (h.nrows(), h.ncols(), d.nrows(), d.ncols()) != (n, n, n, n) {
-        return Err(Error::InvalidInput(format!(
-            "Qronos needs H and D of {n}×{n} for a weight with {n} columns"
-        )));
-    }
+    assert_eq!(
+        (h.nrows(), h.ncols(), d.nrows(), d.ncols()),
+        (n, n, n, n),
+        "Qronos needs H and D of {n}×{n} for a weight with {n} columns"
+    );
     // §8 step 0: dead inputs get H_jj = 1 and zero weights; their G columns are zero already.
     let dead = dead_columns(h);
     let mut h = h.to_owned();
@@ -90,7 +90,7 @@ pub fn qronos(
     let g = &h + d;
     let lambda = config.lambda.value(h.as_ref());
     if !(lambda.is_finite() && lambda >= 0.0) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Config(format!(
             "Qronos' λ must be finite and non-negative, got {lambda}"
         )));
     }
@@ -125,7 +125,7 @@ pub fn qronos(
     });
     let llt = h_rest
         .llt(Side::Lower)
-        .map_err(|_| Error::InvalidInput("Qronos: H_λ is not positive definite".into()))?;
+        .map_err(|_| Error::Numeric("Qronos: H_λ is not positive definite".into()))?;
     let v_rest = llt.solve(rhs.transpose().to_owned()).transpose().to_owned();
     let mut v = Mat::<f64>::zeros(m, n);
     for r in 0..m {

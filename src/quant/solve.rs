@@ -265,7 +265,7 @@ pub fn solve_layer(
 ) -> Result<Solved> {
     let d = || {
         stats.d.as_ref().ok_or_else(|| {
-            Error::InvalidInput(format!("{} needs the mismatch statistic D", method.name()))
+            Error::Internal(format!("{} needs the mismatch statistic D", method.name()))
         })
     };
     Ok(match method {
@@ -324,7 +324,7 @@ pub fn solve_layer(
                 }
                 CoreqAlpha::Sampled { .. } => {
                     let sampled = stats.d_sampled.as_ref().ok_or_else(|| {
-                        Error::InvalidInput(
+                        Error::Internal(
                             "CoreQ's sampled α needs the per-sequence mismatch D_s".into(),
                         )
                     })?;
@@ -342,7 +342,7 @@ pub fn solve_layer(
                     }
                 }
                 CoreqAlpha::Scheduled { .. } => {
-                    return Err(Error::InvalidInput(
+                    return Err(Error::Config(
                         "CoreQ's scheduled α follows each module from layer to layer; it runs \
                          in layer-sequential quantization (qpeft quantize), not on a lone layer"
                             .into(),

@@ -217,7 +217,7 @@ pub fn initialize(
 ) -> Result<LayerInit> {
     let rank = config.rank;
     if rank == 0 || rank > w.nrows().min(w.ncols()) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Config(format!(
             "{name}: rank {rank} must be in 1..={} (min(out, in))",
             w.nrows().min(w.ncols())
         )));
@@ -278,9 +278,7 @@ fn loftq(
     split: FactorSplit,
 ) -> Result<LayerInit> {
     if iters == 0 {
-        return Err(Error::InvalidInput(
-            "LoftQ needs at least one iteration".into(),
-        ));
+        return Err(Error::Config("LoftQ needs at least one iteration".into()));
     }
     let norm = squared_norm(w).sqrt();
     let mut low_rank = Mat::<f64>::zeros(w.nrows(), w.ncols());
@@ -415,7 +413,7 @@ fn srr(
     let mut scaled_error_by_k = Vec::new();
     let (k, step) = match rule {
         KRule::Fixed(k) if k > rank => {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Config(format!(
                 "fixed k = {k} exceeds the rank {rank}"
             )));
         }

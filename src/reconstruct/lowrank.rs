@@ -66,14 +66,10 @@ impl TruncatedSvd {
 /// The top `rank` singular triplets of `a` (exact thin SVD: encoder matrices are small).
 pub fn truncated_svd(a: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
     let full = a.nrows().min(a.ncols());
-    if rank > full {
-        return Err(Error::InvalidInput(format!(
-            "rank {rank} exceeds min(out, in) = {full}"
-        )));
-    }
+    assert!(rank <= full, "rank {rank} exceeds min(out, in) = {full}");
     let svd = a
         .thin_svd()
-        .map_err(|e| Error::InvalidInput(format!("SVD did not converge: {e:?}")))?;
+        .map_err(|e| Error::Numeric(format!("SVD did not converge: {e:?}")))?;
     Ok(TruncatedSvd {
         u: svd.U().subcols(0, rank).to_owned(),
         sigma: svd.S().column_vector().iter().take(rank).copied().collect(),

@@ -74,16 +74,11 @@ fn diagonal(values: impl Iterator<Item = f64>) -> Scaling {
 /// eigendecompose, floor the eigenvalues, and check ‖S·S⁻¹ − I‖_max < 1e-8.
 pub fn sqrt_psd(r: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
     let n = r.nrows();
-    if r.ncols() != n {
-        return Err(Error::InvalidInput(format!(
-            "R_xx must be square, got {n}×{}",
-            r.ncols()
-        )));
-    }
+    assert_eq!(r.ncols(), n, "R_xx must be square");
     let symmetric = Mat::from_fn(n, n, |i, j| 0.5 * (r[(i, j)] + r[(j, i)]));
     let eigen = symmetric
         .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::InvalidInput(format!("eigendecomposition of R_xx failed: {e:?}")))?;
+        .map_err(|e| Error::Numeric(format!("eigendecomposition of R_xx failed: {e:?}")))?;
     let psi = eigen.U();
     let mu: Vec<f64> = eigen.S().column_vector().iter().copied().collect();
     let mu_max = mu.iter().copied().fold(0.0, f64::max);
@@ -103,7 +98,7 @@ pub fn sqrt_psd(r: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
         }
     }
     if worst.is_nan() || worst >= 1e-8 {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Numeric(format!(
             "R_xx^(1/2) is too ill-conditioned: ‖S·S⁻¹ − I‖_max = {worst:.3e}"
         )));
     }
@@ -113,9 +108,8 @@ pub fn sqrt_psd(r: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
 impl Scaling {
     /// The scaling of `kind` from one module input's calibration statistics.
     pub fn from_stats(kind: ScalingKind, stats: &LayerStats) -> Result<Scaling> {
-        let missing = |what: &str| {
-            Error::InvalidInput(format!("{kind:?} scaling needs the {what} statistic"))
-        };
+        let missing =
+            |what: &str| Error::Internal(format!("{kind:?} scaling needs the {what} statistic"));
         Ok(match kind {
             ScalingKind::Identity => Scaling::Identity,
             ScalingKind::Lqer { batch_max } => {

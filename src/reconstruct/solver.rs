@@ -95,7 +95,7 @@ impl ModuleSolver for InitSolver {
         let scaling = self
             .scaling
             .as_ref()
-            .ok_or_else(|| Error::InvalidInput("start_group was not called".into()))?;
+            .ok_or_else(|| Error::Internal("start_group was not called".into()))?;
         let (method, quant) = (self.method, self.quant);
         let mut quantize =
             |target: MatRef<'_, f64>| solve_layer(method, &quant, target, stats).map(|s| s.layer);
@@ -105,7 +105,7 @@ impl ModuleSolver for InitSolver {
         let r_xx = stats
             .r_xx
             .as_ref()
-            .ok_or_else(|| Error::InvalidInput("the init report needs R_xx".into()))?;
+            .ok_or_else(|| Error::Internal("the init report needs R_xx".into()))?;
         self.reports.push(InitReport {
             name: name.to_string(),
             k: init.k,

@@ -120,7 +120,7 @@ pub fn time_training<B: AutodiffBackend>(
         .map_err(|failure| match failure {
             StepFailure::Error(error) => error,
             StepFailure::NonFiniteLoss(value) => {
-                Error::InvalidInput(format!("benchmark step {step}: the loss is {value}"))
+                Error::Numeric(format!("benchmark step {step}: the loss is {value}"))
             }
         })?;
         model = output.model;
@@ -164,7 +164,7 @@ pub fn time_evaluation<B: AutodiffBackend>(
             .as_slice::<f32>()
             .is_ok_and(|v| v.iter().any(|x| !x.is_finite()))
         {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Numeric(format!(
                 "benchmark step {step}: the logits are not finite"
             )));
         }

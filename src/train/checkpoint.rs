@@ -94,7 +94,7 @@ where
     let state_path = partial.join("state.json");
     std::fs::write(
         &state_path,
-        serde_json::to_string_pretty(state).map_err(|e| Error::InvalidInput(e.to_string()))?,
+        serde_json::to_string_pretty(state).map_err(|e| Error::Internal(e.to_string()))?,
     )
     .map_err(|e| Error::io(&state_path, e))?;
     if dir.exists() {

@@ -438,7 +438,7 @@ pub fn clip_coefficient<'a, B: Backend>(
         None => 0.0,
     };
     if !norm.is_finite() {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Numeric(format!(
             "the gradient norm is {norm}: the step is not taken"
         )));
     }
@@ -471,9 +471,9 @@ where
             continue;
         };
         let inverse_bbt = row_gram_inverse(b.clone(), delta)
-            .map_err(|e| Error::InvalidInput(format!("{e} ({})", path(&pair.b))))?;
+            .map_err(|e| Error::Numeric(format!("{e} ({})", path(&pair.b))))?;
         let inverse_ata = row_gram_inverse(a.clone().transpose(), delta)
-            .map_err(|e| Error::InvalidInput(format!("{e} ({})", path(&pair.a))))?;
+            .map_err(|e| Error::Numeric(format!("{e} ({})", path(&pair.a))))?;
         if let Some(grad) = grads.get_mut(&pair.a) {
             *grad = grad.clone().matmul(inverse_bbt);
         }
@@ -501,7 +501,7 @@ fn row_gram_inverse<B: Backend>(x: Tensor<B, 2>, delta: f64) -> Result<Tensor<B,
         dot + if i == j { delta } else { 0.0 }
     });
     let llt = damped.llt(Side::Lower).map_err(|_| {
-        Error::InvalidInput(format!(
+        Error::Numeric(format!(
             "a factor's Gram matrix + {delta}·I is not positive definite"
         ))
     })?;

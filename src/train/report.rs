@@ -80,7 +80,7 @@ impl RunReport {
     /// `qpeft glue` reuses it); returns the markdown path.
     pub fn write(&self, run: &Path) -> Result<PathBuf> {
         let json =
-            serde_json::to_string_pretty(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
+            serde_json::to_string_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
         let steps = logged_steps(run)?;
         write_svg(
             &run.join(TRAINING_CHART),

@@ -129,7 +129,7 @@ pub fn task_loss<B: Backend>(
     match LabelColumn::new(labels)? {
         LabelColumn::Classes(classes) => {
             if let Some(&c) = classes.iter().find(|&&c| c as usize >= outputs) {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::InvalidData(format!(
                     "class label {c} for a head of {outputs} outputs"
                 )));
             }

@@ -228,12 +228,12 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainOutcome<B>> {
     if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
-        return Err(Error::InvalidInput(
+        return Err(Error::Config(
             "batch size, gradient accumulation and epochs must be positive".into(),
         ));
     }
     if data.train.is_empty() {
-        return Err(Error::InvalidInput("the training split is empty".into()));
+        return Err(Error::InvalidData("the training split is empty".into()));
     }
     let table = ParamTable::new::<B, _>(
         &model,
@@ -242,9 +242,7 @@ pub fn train<B: AutodiffBackend>(
         factor_pairs(&model),
     );
     if table.is_empty() {
-        return Err(Error::InvalidInput(
-            "the model has no trainable parameter".into(),
-        ));
+        return Err(Error::Config("the model has no trainable parameter".into()));
     }
     let mut optimizer = AdamW::new(config.adamw);
     let mut state = LoopState {
@@ -317,15 +315,12 @@ pub fn train<B: AutodiffBackend>(
                 }
                 Err(StepFailure::NonFiniteLoss(value)) => {
                     hooks.progress.end(false);
-                    return Err(Error::InvalidInput(format!(
-                        "the loss is {value} at epoch {}, step {}: training stopped; {}",
-                        epoch + 1,
-                        state.global_step + 1,
-                        match &last_checkpoint {
-                            Some(dir) => format!("the last good checkpoint is {}", dir.display()),
-                            None => "no checkpoint was written yet".into(),
-                        }
-                    )));
+                    return Err(Error::Diverged {
+                        loss: value,
+                        epoch: epoch + 1,
+                        step: state.global_step + 1,
+                        last_checkpoint,
+                    });
                 }
             };
             model = step.model;
