@@ -57,6 +57,13 @@ pub enum Error {
         step: usize,
         last_checkpoint: Option<PathBuf>,
     },
+    /// What the library was doing when `source` happened; [`Error::root`] is the kind to act on.
+    #[error("{context}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// A broken internal invariant: a bug in qpeft, not a mistake of its user.
     #[error("internal error (a bug in qpeft): {0}")]
     Internal(String),
@@ -75,6 +82,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// This error with what the library was doing when it happened.
+    pub fn context(self, context: impl Into<String>) -> Self {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error under any contexts: the kind a caller acts on.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

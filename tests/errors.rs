@@ -46,3 +46,12 @@ fn a_kernel_given_mismatched_shapes_asserts() {
     let config = GptqConfig::new(GridSpec::new(Bits::new(2).unwrap(), GridKind::Asymmetric));
     let _ = gptq(w.as_ref(), h.as_ref(), &config);
 }
+
+#[test]
+fn a_context_keeps_the_kind_underneath() {
+    let err = Bits::new(1).unwrap_err().context("resolving the quantizer");
+    assert_eq!(err.to_string(), "resolving the quantizer");
+    assert!(matches!(err.root(), Error::Config(_)), "{err:?}");
+    let source = err.source().expect("the cause is the source");
+    assert_eq!(source.to_string(), "bits must be 2 to 8, got 1");
+}

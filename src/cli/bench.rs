@@ -137,10 +137,7 @@ fn run_step(args: BenchArgs, mode: BenchMode) -> anyhow::Result<()> {
         recipe.model.name.clone()
     } else {
         let data_dir = glue_dir(args.data_dir.as_deref().or(recipe.data.dir.as_deref()));
-        let init = match &recipe.model.init_checkpoint {
-            Some(dir) => dir.clone(),
-            None => super::train::cached_init(&recipe, &data_dir, &args.device)?,
-        };
+        let init = qpeft::pipeline::init::recipe_init(&recipe, &data_dir, args.device.device)?;
         init.to_string_lossy().into_owned()
     };
     let config = BenchConfig {

@@ -15,7 +15,7 @@ use qpeft::recipe::Recipe;
 use qpeft::train::report::RunReport;
 
 use super::DeviceArg;
-use super::train::{RunStart, run_recipe};
+use qpeft::pipeline::run::{RunStart, run_recipe};
 
 #[derive(clap::Args, Debug)]
 pub struct GlueArgs {
@@ -392,7 +392,7 @@ fn finish_run(
         start,
         args.data_dir.as_deref(),
         None,
-        &args.device,
+        args.device.device,
     )
     .with_context(|| format!("row {row}, task {task}"))
 }

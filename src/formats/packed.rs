@@ -101,6 +101,22 @@ pub fn pack_layer(layer: &QuantizedLayer, bits: Bits) -> Result<PackedLayer> {
     })
 }
 
+/// Bits per weight of packed layers, counting the stored metadata: f32 scale and zero per
+/// group and row, an i32 group index per column.
+pub fn bits_per_weight<'a>(layers: impl Iterator<Item = &'a QuantizedLayer>, bits: u8) -> f64 {
+    let (mut stored, mut weights) = (0usize, 0usize);
+    for layer in layers {
+        let row_bytes = (layer.cols * usize::from(bits)).div_ceil(8);
+        let codebook = layer.codebook().map_or(0, <[f64]>::len);
+        stored += layer.rows * row_bytes * 8
+            + 64 * layer.rows * layer.groups
+            + 32 * layer.cols
+            + 32 * codebook;
+        weights += layer.rows * layer.cols;
+    }
+    stored as f64 / weights.max(1) as f64
+}
+
 /// A packed layer's grids, as stored: `[rows, groups]` scales and zeros, each column's group,
 /// and the codebook (`None`: uniform, `level(code) = code`).
 #[derive(Debug, Clone, Copy)]

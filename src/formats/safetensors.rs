@@ -80,6 +80,12 @@ impl TensorFile {
         Ok(bytes)
     }
 
+    /// The sha256 of the whole file: what a cache keyed by a model's content hashes.
+    pub fn content_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&self.bytes).into()
+    }
+
     /// All tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.metadata.tensors().into_keys().collect();

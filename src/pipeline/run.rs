@@ -3,21 +3,32 @@
 //! slots, the trainable set marked, and the summary of what was quantized.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn_autodiff::Autodiff;
 
+use crate::adapters::export::adapter_and_head_tensors;
 use crate::adapters::surgery::{
     AdapterSource, SurgeryOptions, TrainableSet, attach_adapters, set_trainable,
 };
-use crate::data::Task;
+use crate::data::batch::{TokenizedSplit, default_cache_dir};
+use crate::data::{Split, Task, glue_dir};
+use crate::device::{BackendTask, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::model::{HeadKind, ModelFiles, PretrainedModel, SequenceClassifier};
+use crate::pipeline::init::recipe_init;
 use crate::recipe::Recipe;
 use crate::reconstruct::init::InitName;
 use crate::seed::substream_seed;
+use crate::train::checkpoint::LoadedCheckpoint;
+use crate::train::hooks::{StopAfterSteps, TrainHooks};
 use crate::train::optim::{AdamWConfig, OptimizerKind};
 use crate::train::report::QuantSummary;
-use crate::train::trainer::{PreservedConfig, TrainConfig};
+use crate::train::report::{RunReport, peak_rss_bytes};
+use crate::train::trace::StepDump;
+use crate::train::trainer::{PreservedConfig, TrainConfig, TrainData, latest_checkpoint, train};
 
 /// The head a task trains: STS-B one regression output, the others one logit per class.
 pub fn head_for(task: Task) -> HeadKind {
@@ -289,4 +300,200 @@ pub fn load_trained<B: AutodiffBackend>(
         base: built.base,
         checkpoint,
     })
+}
+
+/// Hard-links (or copies) the files of `from` into `to`.
+fn link_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let path = entry.map_err(|e| Error::io(from, e))?.path();
+        if path.is_file() {
+            let target = to.join(path.file_name().expect("a file has a name"));
+            if std::fs::hard_link(&path, &target).is_err() {
+                std::fs::copy(&path, &target).map_err(|e| Error::io(&target, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `run_recipe` begins a run or continues the one its directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run: the directory must not hold one already.
+    New,
+    /// The run the directory holds, from its latest checkpoint, or from its beginning when it
+    /// was stopped before the first checkpoint was written.
+    Continue,
+}
+
+/// Where `--dump-batches` writes.
+pub fn dump_dir(run: &RunDir) -> PathBuf {
+    run.root.join("dump")
+}
+
+/// The resolved recipe as JSON, as reports and dumps record it.
+fn recipe_json(recipe: &Recipe) -> Result<serde_json::Value> {
+    serde_json::to_value(recipe).map_err(|e| Error::Internal(format!("the recipe as JSON: {e}")))
+}
+
+/// Runs (or continues) `recipe` in `run`, whose lock the caller holds; the report of the
+/// finished run. With `dump`, stops after that many optimizer steps and writes them into
+/// `<run>/dump` instead of a report.
+pub fn run_recipe(
+    recipe: &Recipe,
+    run: &RunDir,
+    _lock: &RunLock,
+    start: RunStart,
+    data_dir: Option<&Path>,
+    dump: Option<usize>,
+    device: DeviceSpec,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let data_dir = glue_dir(data_dir.or(recipe.data.dir.as_deref()));
+    let resume = match start {
+        RunStart::New => {
+            set_up_run(recipe, run, &data_dir, device)?;
+            None
+        }
+        RunStart::Continue => {
+            if recipe.adapter.init != InitName::Lora && !run.init_dir().is_dir() {
+                return Err(Error::Config(format!(
+                    "{} holds no init/ folder: it is not a complete run directory",
+                    run.root.display()
+                )));
+            }
+            let checkpoint = latest_checkpoint(&run.root)?;
+            match &checkpoint {
+                Some(dir) => eprintln!("resuming from {}", dir.display()),
+                None => eprintln!(
+                    "{} was stopped before its first checkpoint: starting it again",
+                    run.root.display()
+                ),
+            }
+            checkpoint
+                .as_deref()
+                .map(LoadedCheckpoint::open)
+                .transpose()?
+        }
+    };
+    let mut report = device.run(TrainTask {
+        recipe,
+        run,
+        resume: resume.as_ref(),
+        data_dir: &data_dir,
+        dump,
+    })??;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    report.device = device.to_string();
+    if dump.is_none() {
+        report.write(&run.root)?;
+    }
+    Ok(report)
+}
+
+/// Makes `run` a run directory: its `init/` (linked from the recipe's init checkpoint, built in
+/// the cache if needed), then `recipe.toml`, written last so that a directory with a recipe
+/// always has its complete base.
+fn set_up_run(recipe: &Recipe, run: &RunDir, data_dir: &Path, device: DeviceSpec) -> Result<()> {
+    let recipe_path = run.recipe_path();
+    if recipe_path.exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a run: continue it with --resume {0}, or choose another --out",
+            run.root.display()
+        )));
+    }
+    std::fs::create_dir_all(&run.root).map_err(|e| Error::io(&run.root, e))?;
+    if recipe.adapter.init != InitName::Lora {
+        let init = recipe_init(recipe, data_dir, device)?;
+        // Left by a setup that stopped before writing the recipe: no run has used it.
+        let linked = run.init_dir();
+        let partial = linked.with_extension("partial");
+        for stale in [&linked, &partial] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale).map_err(|e| Error::io(stale, e))?;
+            }
+        }
+        link_dir(&init, &partial)?;
+        std::fs::rename(&partial, &linked).map_err(|e| Error::io(&linked, e))?;
+    }
+    std::fs::write(&recipe_path, recipe.to_toml()?).map_err(|e| Error::io(&recipe_path, e))
+}
+
+struct TrainTask<'a> {
+    recipe: &'a Recipe,
+    run: &'a RunDir,
+    resume: Option<&'a LoadedCheckpoint>,
+    data_dir: &'a Path,
+    dump: Option<usize>,
+}
+
+impl BackendTask for TrainTask<'_> {
+    type Output = Result<RunReport>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let recipe = self.recipe;
+        let task = recipe.task()?;
+        let built = build_model::<Autodiff<B>>(recipe, self.run.base_files(recipe)?, &device)?;
+        let tokenizer = built.base.tokenizer(recipe.train.max_length)?;
+        let cache = default_cache_dir();
+        let mut train_split =
+            TokenizedSplit::load(self.data_dir, task, Split::Train, &tokenizer, Some(&cache))?;
+        if let Some(n) = recipe.data.max_train_samples {
+            train_split = train_split.subsample(n, recipe.train.seed);
+        }
+        let data = TrainData {
+            train: train_split,
+            dev: TokenizedSplit::dev_splits(self.data_dir, task, &tokenizer, Some(&cache))?,
+        };
+        let config = train_config(recipe);
+        let mut dump = StepDump::default();
+        let initial = match self.dump {
+            Some(_) => adapter_and_head_tensors(&built.model)?,
+            None => Vec::new(),
+        };
+        eprintln!(
+            "training {task}: {} examples, {} dev, {} → run {}",
+            data.train.len(),
+            data.dev.iter().map(TokenizedSplit::len).sum::<usize>(),
+            built.summary.init,
+            self.run.root.display()
+        );
+        let mut hooks = TrainHooks::standard(&self.run.root)?;
+        if let Some(steps) = self.dump {
+            hooks.interrupter = Box::new(StopAfterSteps(steps));
+            hooks.observer = Box::new(&mut dump);
+        }
+        let outcome = train(
+            built.model,
+            &data,
+            &config,
+            &self.run.root,
+            self.resume,
+            hooks,
+            &device,
+        )?;
+        if self.dump.is_some() {
+            let last = adapter_and_head_tensors(&outcome.model)?;
+            dump.write(&dump_dir(self.run), recipe_json(recipe)?, &initial, &last)?;
+            eprintln!("dumped {} optimizer steps", dump.len());
+        }
+        let state = outcome.state;
+        let (best_epoch, best_main) = RunReport::best(&state.epochs);
+        Ok(RunReport {
+            task: task.to_string(),
+            device: String::new(),
+            final_main: state.epochs.last().map_or(f64::NAN, |e| e.main),
+            best_epoch,
+            best_main,
+            wall_seconds: 0.0,
+            train_seconds: state.train_seconds,
+            samples_per_second: state.samples as f64 / state.train_seconds.max(1e-9),
+            peak_rss_bytes: peak_rss_bytes(),
+            trainable_parameters: outcome.trainable_scalars,
+            quantization: built.summary,
+            recipe: recipe_json(recipe)?,
+            epochs: state.epochs,
+        })
+    }
 }

@@ -11,4 +11,5 @@ pub mod layer;
 pub mod pack;
 pub mod qronos;
 pub mod solve;
+pub mod spec;
 pub mod stats;

@@ -30,6 +30,43 @@ pub enum KRule {
     Fixed(usize),
 }
 
+impl std::str::FromStr for KRule {
+    type Err = Error;
+
+    /// `probe`, `prerelease`, `exact` or a number.
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "probe" => KRule::Probe,
+            "prerelease" => KRule::Prerelease,
+            "exact" => KRule::Exact,
+            other => KRule::Fixed(other.parse().map_err(|_| {
+                Error::Config(format!(
+                    "expected probe, prerelease, exact or a number, got {other:?}"
+                ))
+            })?),
+        })
+    }
+}
+
+/// Written as its name (`probe`) or number, as recipes and flags spell it.
+impl serde::Serialize for KRule {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KRule {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::fmt::Display for KRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -274,30 +274,38 @@ pub mod toy {
             })
             .collect();
         std::fs::write(&calib, lines.join("\n")).unwrap();
+        // The library's `qpeft init`: SRR, 2-bit MXINT, rank 4, calibrated on the lines above.
+        let spec = qpeft::pipeline::init::InitSpec {
+            init: qpeft::reconstruct::init::InitName::Srr,
+            rank: 4,
+            lora_alpha: 16.0,
+            k_rule: qpeft::reconstruct::init::KRule::Probe,
+            joint_refit: false,
+            loftq_iters: 5,
+            lqer_batch_max: false,
+            factor_split: None,
+            quantizer: qpeft::quant::spec::QuantizerSpec::new(
+                qpeft::quant::solve::QuantMethod::Rtn,
+                2,
+            ),
+            calibration: qpeft::pipeline::calibrate::CalibrationSpec {
+                source: calib.display().to_string(),
+                samples: 40,
+                max_length: 32,
+                batch_size: 16,
+                seed: 0,
+            },
+        };
+        let model = qpeft::model::PretrainedModel::open(
+            resolve_model(
+                &fixture("tiny-bert").display().to_string(),
+                &qpeft::model::HubOptions::from_env(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let init = root.join("init");
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-            .args([
-                "init",
-                "--init",
-                "srr",
-                "--bits",
-                "2",
-                "--rank",
-                "4",
-                "--calib-samples",
-                "40",
-                "--max-length",
-                "32",
-            ])
-            .arg("--model")
-            .arg(fixture("tiny-bert"))
-            .arg("--calib")
-            .arg(&calib)
-            .arg("--out")
-            .arg(&init)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        qpeft::pipeline::init::build_init(&model, &spec, &glue, &init, Default::default()).unwrap();
         (init, glue)
     }
 

@@ -1,0 +1,85 @@
+//! The library pipelines behind `qpeft init` and `qpeft train`: a recipe's init spec, and the
+//! init cache keyed by the serialized spec, the calibration texts and the model's weights.
+
+mod common;
+
+use std::path::Path;
+
+use common::fixture;
+use common::toy::write_toy_glue;
+use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
+use qpeft::pipeline::init::{InitSpec, cached_init};
+use qpeft::recipe::Recipe;
+use qpeft::reconstruct::init::KRule;
+use qpeft::reconstruct::lowrank::FactorSplit;
+
+fn model(name: &str) -> PretrainedModel {
+    let files = resolve_model(
+        &fixture(name).display().to_string(),
+        &HubOptions::from_env(),
+    )
+    .unwrap();
+    PretrainedModel::open(files).unwrap()
+}
+
+#[test]
+fn a_recipe_gives_its_init_spec_with_the_split_spelled_out() {
+    let recipe = Recipe::parse(
+        "[data]\ntask = \"mrpc\"\n[adapter]\ninit = \"srr\"\nk_rule = \"exact\"\n[quant]\nbits = 3\n",
+        Path::new("r.toml"),
+        &[],
+    )
+    .unwrap();
+    let spec = InitSpec::from_recipe(&recipe).unwrap();
+    assert_eq!(spec.k_rule, KRule::Exact);
+    assert_eq!(spec.factor_split, Some(FactorSplit::Sqrt));
+    assert_eq!(spec.calibration.source, "mrpc");
+    assert_eq!(spec.quantizer.bits, 3);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(json.contains(r#""k_rule":"exact""#), "{json}");
+    assert_eq!(serde_json::from_str::<InitSpec>(&json).unwrap(), spec);
+}
+
+#[test]
+fn the_init_cache_is_keyed_by_spec_calibration_and_model_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let glue = tmp.path().join("glue");
+    write_toy_glue(&glue);
+    let cache = tmp.path().join("inits");
+    let recipe = Recipe::parse(
+        "[data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[quant]\ncalib_samples = 32\ncalib_max_length = 32\n",
+        Path::new("r.toml"),
+        &[],
+    )
+    .unwrap();
+    let spec = InitSpec::from_recipe(&recipe).unwrap();
+    let bert = model("tiny-bert");
+    let device = Default::default();
+    let first = cached_init(&bert, &spec, &glue, &cache, device).unwrap();
+    assert!(first.join("model.safetensors").is_file());
+    let written = std::fs::metadata(first.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // The same spec, calibration and model: the cached folder, not rebuilt.
+    assert_eq!(
+        cached_init(&bert, &spec, &glue, &cache, device).unwrap(),
+        first
+    );
+    let again = std::fs::metadata(first.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(again, written);
+    // Another calibration seed draws other texts: another key.
+    let mut reseeded = spec.clone();
+    reseeded.calibration.seed = 1;
+    let other = cached_init(&bert, &reseeded, &glue, &cache, device).unwrap();
+    assert_ne!(other, first);
+    // The same spec on other weights: another key.
+    let roberta = model("tiny-roberta");
+    let third = cached_init(&roberta, &spec, &glue, &cache, device).unwrap();
+    assert!(third != first && third != other);
+    let name = first.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("srr-rtn-2b-r4-"), "{name}");
+}
