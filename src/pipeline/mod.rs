@@ -1,9 +1,10 @@
 //! Pipelines: what a command does, from a typed spec to files and reports, above every other
 //! layer. [`quantize`] and [`init`] quantize a model and build init checkpoints (with the cache
-//! training runs share), both calibrating through [`calibrate`]; [`run`] builds a training
-//! run's model from its recipe.
+//! training runs share), both calibrating through [`calibrate`]; [`run`] trains a run from its
+//! recipe, and [`glue`] runs a GLUE suite of them.
 
 pub mod calibrate;
+pub mod glue;
 pub mod init;
 pub mod quantize;
 pub mod run;
