@@ -4,21 +4,14 @@
 //! `--requantize METHOD --bits B …`: the merged model re-quantized by a PTQ solver, with the
 //! run's dev score before and after.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
-use burn_autodiff::Autodiff;
-use qpeft::adapters::export::{ExportFormat, export_merged, export_peft};
-use qpeft::data::Task;
-use qpeft::device::BackendTask;
-use qpeft::pipeline::run::{head_for, load_trained};
+use qpeft::adapters::export::ExportFormat;
+use qpeft::pipeline::export::{Exported, export_run, requantize_run};
 use qpeft::quant::solve::QuantMethod;
 
-use super::quantize::{CalibArgs, QuantizeArgs, QuantizerArgs};
-use super::{DeviceArg, ModelArg};
-
-/// Where `--requantize` keeps the merged dense model it quantizes (and scores as "before").
-const MERGED_DIR: &str = "merged";
+use super::DeviceArg;
+use super::quantize::{CalibArgs, QuantizerArgs, print_quantized};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -48,60 +41,30 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let device = args.device.device;
     let Some(method) = args.requantize else {
-        args.device.device.run(Export {
-            checkpoint: &args.checkpoint,
-            out: &args.out,
-            format: args.format,
-        })??;
+        let exported = export_run(&args.checkpoint, &args.out, args.format, device)?;
+        print_export(&exported, args.format);
         return Ok(());
     };
-    let merged = args.out.join(MERGED_DIR);
-    let task = args.device.device.run(Export {
-        checkpoint: &args.checkpoint,
-        out: &merged,
-        format: ExportFormat::Dense,
-    })??;
-    let mut calib = args.calib;
-    calib.calib.get_or_insert_with(|| task.name().to_string());
-    super::quantize::run(QuantizeArgs {
-        method,
-        quantizer: args.quantizer,
-        calib,
-        out: args.out,
-        eval: Some(task),
-        eval_max_length: args.eval_max_length,
-        model: ModelArg {
-            model: merged.to_string_lossy().into_owned(),
-        },
-        device: args.device,
-    })
+    let (exported, outcome) = requantize_run(
+        &args.checkpoint,
+        args.quantizer.spec(method),
+        |task| args.calib.spec_or(task.name()),
+        args.eval_max_length,
+        &args.calib.data.dir(),
+        &args.out,
+        device,
+    )?;
+    print_export(&exported, ExportFormat::Dense);
+    print_quantized(&outcome);
+    Ok(())
 }
 
-/// Writes the export; gives the run's task.
-struct Export<'a> {
-    checkpoint: &'a Path,
-    out: &'a Path,
-    format: ExportFormat,
-}
-
-impl BackendTask for Export<'_> {
-    type Output = anyhow::Result<Task>;
-
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let trained = load_trained::<Autodiff<B>>(self.checkpoint, &device)?;
-        let task = trained.recipe.task()?;
-        let head = head_for(task);
-        let path = match self.format {
-            ExportFormat::Dense => export_merged(&trained.model, &trained.base, head, self.out)?,
-            ExportFormat::Peft => export_peft(&trained.model, &trained.base, head, self.out)?,
-        };
-        println!(
-            "wrote {} ({} export of {})",
-            path.display(),
-            self.format,
-            trained.checkpoint.display()
-        );
-        Ok(task)
-    }
+fn print_export(exported: &Exported, format: ExportFormat) {
+    println!(
+        "wrote {} ({format} export of {})",
+        exported.path.display(),
+        exported.checkpoint.display()
+    );
 }

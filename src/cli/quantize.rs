@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use qpeft::data::Task;
 use qpeft::pipeline::calibrate::CalibrationSpec;
-use qpeft::pipeline::quantize::{QuantizeSpec, quantize};
+use qpeft::pipeline::quantize::{QuantizeOutcome, QuantizeSpec, quantize};
 use qpeft::quant::grid::GridKind;
 use qpeft::quant::solve::QuantMethod;
 use qpeft::quant::spec::{CoreqAlphaMode, QuantizerSpec, RescompMode};
@@ -113,11 +113,13 @@ const DEFAULT_CALIBRATION: &str = "rte";
 impl CalibArgs {
     /// The calibration these flags describe.
     pub fn spec(&self) -> CalibrationSpec {
+        self.spec_or(DEFAULT_CALIBRATION)
+    }
+
+    /// The calibration these flags describe, calibrating on `source` unless `--calib` names one.
+    pub fn spec_or(&self, source: &str) -> CalibrationSpec {
         CalibrationSpec {
-            source: self
-                .calib
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CALIBRATION.to_string()),
+            source: self.calib.clone().unwrap_or_else(|| source.to_string()),
             samples: self.calib_samples,
             max_length: self.max_length,
             batch_size: self.batch_size,
@@ -164,6 +166,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         &args.out,
         args.device.device,
     )?;
+    print_quantized(&outcome);
+    Ok(())
+}
+
+/// The summary of a quantization, its dev scores and the files it wrote.
+pub fn print_quantized(outcome: &QuantizeOutcome) {
     let meta = &outcome.metadata;
     println!(
         "{} {}-bit {}: {} modules, mean relative output error {:.4} (to full precision {:.4}), {:.3} bits/weight, {:.1} s",
@@ -188,7 +196,6 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         outcome.report.display(),
         outcome.markdown.display()
     );
-    Ok(())
 }
 
 #[cfg(test)]

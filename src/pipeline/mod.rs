@@ -1,9 +1,11 @@
 //! Pipelines: what a command does, from a typed spec to files and reports, above every other
 //! layer. [`quantize`] and [`init`] quantize a model and build init checkpoints (with the cache
 //! training runs share), both calibrating through [`calibrate`]; [`run`] trains a run from its
-//! recipe, and [`glue`] runs a GLUE suite of them.
+//! recipe, [`glue`] runs a GLUE suite of them, and [`export`] writes a trained run for other
+//! tools or re-quantizes it.
 
 pub mod calibrate;
+pub mod export;
 pub mod glue;
 pub mod init;
 pub mod quantize;
