@@ -30,15 +30,6 @@ impl<'a> WeightScope<'a> {
         }
     }
 
-    pub fn file(&self) -> &'a WeightFile {
-        self.file
-    }
-
-    /// The prefix of this scope's tensor names, ending in `.` unless empty.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The scope `prefix + name + "."`.
     pub fn child(&self, name: &str) -> WeightScope<'a> {
         WeightScope {
