@@ -17,7 +17,7 @@ use crate::model::DEFAULT_MODEL;
 use crate::model::bert::LAYER_LINEARS;
 use crate::quant::grid::GridKind;
 use crate::quant::solve::QuantMethod;
-use crate::reconstruct::init::InitName;
+use crate::reconstruct::init::{InitName, KRule};
 use crate::reconstruct::lowrank::FactorSplit;
 use crate::train::optim::{OptimizerKind, PreservedScaling, Schedule};
 use crate::train::trainer::GammaForm;
@@ -96,7 +96,7 @@ impl Default for QuantSection {
 pub struct AdapterSection {
     pub init: InitName,
     /// SRR's k rule: `probe` (the paper), `prerelease`, `exact`, or a number.
-    pub k_rule: String,
+    pub k_rule: KRule,
     pub joint_refit: bool,
     pub loftq_iters: usize,
     /// How Σ is shared between L and R (§11.1); absent: the method's own split. The split
@@ -122,7 +122,7 @@ impl Default for AdapterSection {
     fn default() -> Self {
         AdapterSection {
             init: InitName::Srr,
-            k_rule: "probe".to_string(),
+            k_rule: KRule::Probe,
             joint_refit: false,
             loftq_iters: 5,
             factor_split: None,
@@ -163,7 +163,7 @@ pub struct TrainSection {
     pub checkpoint_every: usize,
     pub log_every: usize,
     /// How MNLI enters the GLUE average: `matched` or `mean-of-both`.
-    pub mnli_main: MnliMainName,
+    pub mnli_main: MnliMain,
     /// Training batches are sorted by length inside shuffled windows of this many batches
     /// (1: plain shuffling).
     pub length_group_window: usize,
@@ -174,22 +174,6 @@ pub struct TrainSection {
     pub optimizer: OptimizerKind,
     /// δ of the Riemannian preconditioner (Gram + δI), used with `riemannian-adamw`.
     pub riemannian_delta: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MnliMainName {
-    Matched,
-    MeanOfBoth,
-}
-
-impl From<MnliMainName> for MnliMain {
-    fn from(value: MnliMainName) -> Self {
-        match value {
-            MnliMainName::Matched => MnliMain::Matched,
-            MnliMainName::MeanOfBoth => MnliMain::MeanOfBoth,
-        }
-    }
 }
 
 impl Default for TrainSection {
@@ -211,7 +195,7 @@ impl Default for TrainSection {
             eval_batch_size: 128,
             checkpoint_every: 0,
             log_every: 10,
-            mnli_main: MnliMainName::Matched,
+            mnli_main: MnliMain::Matched,
             length_group_window: 1,
             length_split: 4,
             optimizer: OptimizerKind::Adamw,
@@ -224,7 +208,7 @@ impl Default for TrainSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
     /// The GLUE task (required).
-    pub task: Option<String>,
+    pub task: Option<Task>,
     /// The GLUE folder (default: `--data-dir`, `$GLUE_DIR`, then `datasets/glue`).
     pub dir: Option<PathBuf>,
     /// Train on a seeded random subset of this many examples.
@@ -330,8 +314,8 @@ impl Recipe {
     /// The calibration source `qpeft init` gets: `quant.calib`, with `task` resolved to
     /// `data.task`.
     pub fn calibration_source(&self) -> &str {
-        match (self.quant.calib.as_str(), &self.data.task) {
-            (OWN_TASK_CALIBRATION, Some(task)) => task,
+        match (self.quant.calib.as_str(), self.data.task) {
+            (OWN_TASK_CALIBRATION, Some(task)) => task.name(),
             (calib, _) => calib,
         }
     }
@@ -342,13 +326,9 @@ impl Recipe {
 
     /// The task named by `data.task`.
     pub fn task(&self) -> Result<Task> {
-        let name = self
-            .data
+        self.data
             .task
-            .as_deref()
-            .ok_or_else(|| Error::Config("data.task is missing: name a GLUE task".into()))?;
-        name.parse()
-            .map_err(|e| Error::Config(format!("data.task: {e}")))
+            .ok_or_else(|| Error::Config("data.task is missing: name a GLUE task".into()))
     }
 
     /// Checks every value that no type can rule out; the message names the key.
@@ -474,13 +454,7 @@ impl Recipe {
                 format!("{target:?}"),
             )?;
         }
-        if !matches!(a.k_rule.as_str(), "probe" | "prerelease" | "exact") {
-            let k: usize = a.k_rule.parse().map_err(|_| {
-                format!(
-                    "adapter.k_rule = {:?}: expected probe, prerelease, exact or a number",
-                    a.k_rule
-                )
-            })?;
+        if let KRule::Fixed(k) = a.k_rule {
             check(
                 k <= a.rank,
                 "adapter.k_rule",

@@ -4,11 +4,17 @@
 
 use clap::ValueEnum;
 use qpeft::adapters::export::ExportFormat;
+use qpeft::eval::metrics::MnliMain;
+use qpeft::layers::DropoutPlacement;
+use qpeft::pipeline::bench::BenchMode;
+use qpeft::quant::bench::BenchSolver;
 use qpeft::quant::grid::GridKind;
 use qpeft::quant::solve::QuantMethod;
+use qpeft::quant::spec::{CoreqAlphaMode, RescompMode};
 use qpeft::reconstruct::init::{InitName, Initializer, KRule};
 use qpeft::reconstruct::lowrank::FactorSplit;
-use qpeft::train::optim::OptimizerKind;
+use qpeft::train::optim::{OptimizerKind, PreservedScaling, Schedule};
+use qpeft::train::trainer::GammaForm;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -33,6 +39,15 @@ fn display_serde_and_clap_agree() {
     one_name::<FactorSplit>(&["sigma-left", "sqrt", "sigma-right"]);
     one_name::<OptimizerKind>(&["adamw", "riemannian-adamw"]);
     one_name::<ExportFormat>(&["dense", "peft"]);
+    one_name::<Schedule>(&["constant", "linear", "cosine"]);
+    one_name::<PreservedScaling>(&["grad", "update", "off"]);
+    one_name::<GammaForm>(&["constant", "per-rank"]);
+    one_name::<DropoutPlacement>(&["input", "residual"]);
+    one_name::<MnliMain>(&["matched", "mean-of-both"]);
+    one_name::<CoreqAlphaMode>(&["fixed", "scheduled", "sampled", "closed", "alternate"]);
+    one_name::<RescompMode>(&["snapshot", "allw", "org"]);
+    one_name::<BenchMode>(&["train", "eval"]);
+    one_name::<BenchSolver>(&["gptq", "coreq"]);
     one_name::<QuantMethod>(&[
         "none", "rtn", "gptq", "gptaq", "rescomp", "coreq", "kcoreq", "qronos",
     ]);

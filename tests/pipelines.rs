@@ -8,6 +8,7 @@ use std::path::Path;
 use common::fixture;
 use common::toy::write_toy_glue;
 use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
+use qpeft::pipeline::glue::row_overrides;
 use qpeft::pipeline::init::{InitSpec, cached_init};
 use qpeft::recipe::Recipe;
 use qpeft::reconstruct::init::KRule;
@@ -82,4 +83,47 @@ fn the_init_cache_is_keyed_by_spec_calibration_and_model_content() {
     assert!(third != first && third != other);
     let name = first.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("srr-rtn-2b-r4-"), "{name}");
+}
+
+/// `--compare` rows name an initializer (with `qera` and `srr-<k rule>`) and `+` modifiers, each
+/// by the library's own names; anything else is refused with the names it could have been.
+#[test]
+fn compare_rows_map_to_recipe_overrides_by_the_library_names() {
+    let rows = [
+        ("lora", vec!["quant.method=none", "adapter.init=lora"]),
+        ("qera", vec!["adapter.init=qera-exact"]),
+        ("loftq", vec!["adapter.init=loftq"]),
+        (
+            "srr-exact+coreq+update",
+            vec![
+                "adapter.init=srr",
+                "adapter.k_rule=exact",
+                "quant.method=coreq",
+                "adapter.preserved_scaling=update",
+            ],
+        ),
+        (
+            "srr-3+grad",
+            vec![
+                "adapter.init=srr",
+                "adapter.k_rule=3",
+                "adapter.preserved_scaling=grad",
+            ],
+        ),
+    ];
+    for (row, expected) in rows {
+        assert_eq!(row_overrides(row).unwrap(), expected, "{row}");
+    }
+    let err = row_overrides("srrr").unwrap_err().to_string();
+    assert!(
+        err.contains("'srrr'") && err.contains("qera-exact"),
+        "{err}"
+    );
+    let err = row_overrides("qlora+fast").unwrap_err().to_string();
+    assert!(
+        err.contains("'fast'") && err.contains("grad, update, off") && err.contains("kcoreq"),
+        "{err}"
+    );
+    let err = row_overrides("srr-some").unwrap_err().to_string();
+    assert!(err.contains("srr-some") && err.contains("probe"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! `qpeft quantize` end to end on the tiny BERT: the written directory loads back through the
+//! Quantization end to end on the tiny BERT: the written directory loads back through the
 //! normal model path with weights equal to the solver's Ŵ (as f32), records its metadata, and a
 //! file of another format version is refused; an NF grid is stored with its codebook.
 
@@ -12,9 +12,13 @@ use qpeft::device::CpuBackend;
 use qpeft::formats::packed::{FORMAT_VERSION, UNIFORM_FORMAT_VERSION};
 use qpeft::model::weights::linear_weight_out_in;
 use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
+use qpeft::pipeline::calibrate::CalibrationSpec;
+use qpeft::pipeline::quantize::{QuantizeReport, QuantizeSpec, quantize};
 use qpeft::quant::codebook::nf_codebook;
 use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding};
 use qpeft::quant::layer::{Grouping, rtn};
+use qpeft::quant::solve::QuantMethod;
+use qpeft::quant::spec::QuantizerSpec;
 
 fn open(dir: &Path) -> PretrainedModel {
     let options = HubOptions {
@@ -24,23 +28,33 @@ fn open(dir: &Path) -> PretrainedModel {
     PretrainedModel::open(resolve_model(dir.to_str().unwrap(), &options).unwrap()).unwrap()
 }
 
-/// `qpeft quantize` on the tiny BERT with `flags`, into `work/q`.
-fn quantize_tiny(work: &Path, flags: &[&str]) -> std::path::PathBuf {
+/// The library's `quantize` on the tiny BERT with `quantizer`, into `work/q`; its report.json
+/// reads back as the report it returned.
+fn quantize_tiny(work: &Path, quantizer: QuantizerSpec) -> std::path::PathBuf {
     let calib = work.join("calib.txt");
     std::fs::write(&calib, "The quick brown fox.\nA man is playing a guitar.\nIs this grammatical?\nDogs run in the field.\n").unwrap();
     let out = work.join("q");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .arg("quantize")
-        .args(flags)
-        .arg("--model")
-        .arg(common::fixture("tiny-bert"))
-        .arg("--calib")
-        .arg(&calib)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let spec = QuantizeSpec {
+        quantizer,
+        calibration: CalibrationSpec {
+            source: calib.display().to_string(),
+            samples: 128,
+            max_length: 128,
+            batch_size: 16,
+            seed: 0,
+        },
+        eval: None,
+        eval_max_length: 128,
+    };
+    let model = resolve_model(
+        common::fixture("tiny-bert").to_str().unwrap(),
+        &HubOptions::from_env(),
+    )
+    .unwrap();
+    let outcome = quantize(model, &spec, work, &out, Default::default()).unwrap();
+    let written: QuantizeReport =
+        serde_json::from_str(&std::fs::read_to_string(&outcome.json).unwrap()).unwrap();
+    assert_eq!(written, outcome.report);
     out
 }
 
@@ -70,7 +84,10 @@ fn quantized_directory_round_trips_through_the_model_loader() {
     let work = tempfile::tempdir().unwrap();
     let out = quantize_tiny(
         work.path(),
-        &["--method", "gptq", "--bits", "3", "--group", "32"],
+        QuantizerSpec {
+            group: Some(32),
+            ..QuantizerSpec::new(QuantMethod::Gptq, 3)
+        },
     );
 
     let quantized = open(&out);
@@ -160,9 +177,11 @@ fn nf_grid_is_stored_with_its_codebook_and_loads_as_rtn() {
     let work = tempfile::tempdir().unwrap();
     let out = quantize_tiny(
         work.path(),
-        &[
-            "--method", "rtn", "--bits", "2", "--grid", "nf", "--group", "32",
-        ],
+        QuantizerSpec {
+            grid: Some(GridKind::NormalFloat),
+            group: Some(32),
+            ..QuantizerSpec::new(QuantMethod::Rtn, 2)
+        },
     );
     let quantized = open(&out);
     let meta = quantized.weights.quantization().expect("qpeft metadata");

@@ -7,12 +7,15 @@ use faer::{Mat, MatRef};
 use qpeft::calibration::calibrate;
 use qpeft::device::CpuBackend;
 use qpeft::model::weights::linear_weight_out_in;
+use qpeft::pipeline::calibrate::CalibrationSpec;
+use qpeft::pipeline::init::{InitReport, InitSpec, build_init};
 use qpeft::quant::gptq::GptqConfig;
 use qpeft::quant::grid::{Bits, GridKind, GridSpec};
 use qpeft::quant::layer::{Grouping, QuantizedLayer};
-use qpeft::quant::solve::{Method, solve_layer};
+use qpeft::quant::solve::{Method, QuantMethod, solve_layer};
+use qpeft::quant::spec::QuantizerSpec;
 use qpeft::quant::stats::{LayerStats, StatsNeeded};
-use qpeft::reconstruct::init::{InitConfig, Initializer, KRule, LayerInit, initialize};
+use qpeft::reconstruct::init::{InitConfig, InitName, Initializer, KRule, LayerInit, initialize};
 use qpeft::reconstruct::lowrank::{squared_norm, tail_fractions};
 use qpeft::reconstruct::scaling::{Scaling, ScalingKind};
 
@@ -382,18 +385,36 @@ fn init_checkpoint_loads_back_as_q_plus_lr() {
     )
     .unwrap();
     let out = work.path().join("init");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
-        .args([
-            "init", "--init", "srr", "--k-rule", "exact", "--bits", "2", "--rank", "4", "--model",
-        ])
-        .arg(common::fixture("tiny-bert"))
-        .arg("--calib")
-        .arg(&calib)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let spec = InitSpec {
+        init: InitName::Srr,
+        rank: 4,
+        lora_alpha: 16.0,
+        k_rule: KRule::Exact,
+        joint_refit: false,
+        loftq_iters: 5,
+        lqer_batch_max: false,
+        factor_split: None,
+        quantizer: QuantizerSpec::new(QuantMethod::Rtn, 2),
+        calibration: CalibrationSpec {
+            source: calib.display().to_string(),
+            samples: 128,
+            max_length: 128,
+            batch_size: 16,
+            seed: 0,
+        },
+    };
+    let tiny = qpeft::model::PretrainedModel::open(
+        qpeft::model::resolve_model(
+            common::fixture("tiny-bert").to_str().unwrap(),
+            &qpeft::model::HubOptions::from_env(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let outcome = build_init(&tiny, &spec, work.path(), &out, Default::default()).unwrap();
+    let written: InitReport =
+        serde_json::from_str(&std::fs::read_to_string(&outcome.json).unwrap()).unwrap();
+    assert_eq!(written, outcome.report);
     let options = qpeft::model::HubOptions {
         cache_dir: out.join("none"),
         offline: true,

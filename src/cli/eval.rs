@@ -50,7 +50,7 @@ impl BackendTask for Eval<'_> {
             task,
             &splits,
             recipe.train.eval_batch_size,
-            recipe.train.mnli_main.into(),
+            recipe.train.mnli_main,
             &device,
         )?;
         if self.args.json {

@@ -86,7 +86,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     println!(
         "wrote {} and {}",
         outcome.checkpoint.display(),
-        outcome.report.display()
+        outcome.json.display()
     );
     Ok(())
 }

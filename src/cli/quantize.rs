@@ -172,28 +172,30 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
 
 /// The summary of a quantization, its dev scores and the files it wrote.
 pub fn print_quantized(outcome: &QuantizeOutcome) {
-    let meta = &outcome.metadata;
+    let (meta, summary) = (&outcome.report.metadata, &outcome.report.summary);
     println!(
-        "{} {}-bit {}: {} modules, mean relative output error {:.4} (to full precision {:.4}), {:.3} bits/weight, {:.1} s",
+        "{} {}-bit {}: {} modules, mean relative output error {:.4}{}, {:.3} bits/weight, {:.1} s",
         meta.method,
         meta.bits,
         meta.grid,
-        outcome.modules,
-        outcome.mean_relative_output_error,
-        outcome.mean_relative_error_to_full_precision,
-        outcome.bits_per_weight,
-        outcome.seconds
+        summary.modules,
+        summary.mean_relative_output_error,
+        summary
+            .mean_relative_error_to_full_precision
+            .map_or(String::new(), |e| format!(" (to full precision {e:.4})")),
+        summary.bits_per_weight,
+        summary.seconds
     );
-    if let Some((before, after)) = &outcome.eval {
+    if let Some(eval) = &outcome.report.eval {
         println!(
             "{} dev: {:.4} before, {:.4} after quantization",
-            before.task, before.main, after.main
+            eval.task, eval.before.main, eval.after.main
         );
     }
     println!(
         "wrote {}, {} and {}",
         outcome.model.display(),
-        outcome.report.display(),
+        outcome.json.display(),
         outcome.markdown.display()
     );
 }

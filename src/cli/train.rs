@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use qpeft::data::Task;
 use qpeft::pipeline::run::{RunDir, RunStart, dump_dir, run_recipe};
 use qpeft::quant::solve::QuantMethod;
 use qpeft::recipe::Recipe;
@@ -93,7 +94,7 @@ pub fn default_run_dir(recipe: &Recipe) -> PathBuf {
     };
     PathBuf::from("runs").join(format!(
         "{}-{}-{bits}-r{}-{}",
-        recipe.data.task.as_deref().unwrap_or("task"),
+        recipe.data.task.map_or("task", Task::name),
         recipe.adapter.init,
         recipe.adapter.rank,
         now_stamp()

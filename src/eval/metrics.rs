@@ -156,7 +156,18 @@ pub struct TaskScore {
 }
 
 /// How MNLI enters the GLUE average (spec §13, "Choice: MNLI in the average").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum MnliMain {
     /// Matched accuracy (the reference's primary metric; recommended).
     #[default]
@@ -164,6 +175,8 @@ pub enum MnliMain {
     /// Mean of matched and mismatched accuracy.
     MeanOfBoth,
 }
+
+crate::named!(MnliMain);
 
 /// The task's metrics and main score: CoLA MCC; MRPC and QQP mean(accuracy, F1); STS-B
 /// mean(Pearson, Spearman); MNLI matched accuracy or mean(m, mm); the others accuracy.

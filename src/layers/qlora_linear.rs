@@ -20,7 +20,17 @@ use crate::formats::packed::FrozenWeight;
 use crate::formats::safetensors::transpose;
 
 /// Where dropout applies (§12.2 "Choice (dropout)").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DropoutPlacement {
     /// On the whole adapter input (PEFT; recommended).
@@ -29,6 +39,8 @@ pub enum DropoutPlacement {
     /// Only on the residual components `k..r` (SRR's pre-release code).
     Residual,
 }
+
+crate::named!(DropoutPlacement);
 
 /// What a layer's adapter is, besides its tensors.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use super::run::{RunDir, RunLock, RunStart, run_recipe};
@@ -16,7 +17,11 @@ use crate::data::Task;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
+use crate::quant::solve::QuantMethod;
 use crate::recipe::Recipe;
+use crate::reconstruct::init::{InitName, KRule};
+use crate::train::checkpoint::EpochRecord;
+use crate::train::optim::PreservedScaling;
 use crate::train::report::RunReport;
 
 /// A GLUE suite: the recipes folder (`<task>.toml`), the tasks, the rows (`--compare`: an
@@ -47,42 +52,65 @@ struct Suite<'a> {
     device: DeviceSpec,
 }
 
-/// The recipe overrides of a `--compare` row.
+/// The recipe overrides of a `--compare` row: an initializer (`lora`, any [`InitName`], `qera`
+/// for `qera-exact`, `srr-<k rule>`), then `+`-joined modifiers, each a [`PreservedScaling`] or a
+/// [`QuantMethod`].
 pub fn row_overrides(row: &str) -> Result<Vec<String>> {
     let mut parts = row.split('+');
     let base = parts.next().unwrap_or_default();
-    let set = |pairs: &[(&str, &str)]| -> Vec<String> {
-        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    let (init, k_rule) = match base.strip_prefix("srr-") {
+        Some(rule) => (
+            InitName::Srr,
+            Some(rule.parse::<KRule>().map_err(|e| {
+                Error::Config(format!("--compare {row}: the k rule of '{base}': {e}"))
+            })?),
+        ),
+        None if base == "qera" => (InitName::QeraExact, None),
+        None => (
+            InitName::from_str(base, false).map_err(|_| {
+                Error::Config(format!(
+                    "--compare {row}: unknown initialization '{base}' (expected {}, qera or \
+                     srr-<k rule>)",
+                    names::<InitName>()
+                ))
+            })?,
+            None,
+        ),
     };
-    let mut overrides = match base {
-        "lora" => set(&[("quant.method", "none"), ("adapter.init", "lora")]),
-        "qera" => set(&[("adapter.init", "qera-exact")]),
-        "qlora" | "loftq" | "qera-approx" | "qera-exact" | "lqer" | "zeroquant-v2" | "lqlora"
-        | "srr" => set(&[("adapter.init", base)]),
-        "srr-probe" | "srr-exact" | "srr-prerelease" => set(&[
-            ("adapter.init", "srr"),
-            ("adapter.k_rule", base.trim_start_matches("srr-")),
-        ]),
-        other => {
-            return Err(Error::Config(format!(
-                "--compare: unknown initialization '{other}' (expected lora, qlora, loftq, qera, qera-approx, lqer, zeroquant-v2, lqlora, srr, srr-probe, srr-exact or srr-prerelease)"
-            )));
-        }
-    };
+    let mut overrides = Vec::new();
+    if init == InitName::Lora {
+        overrides.push(format!("quant.method={}", QuantMethod::None));
+    }
+    overrides.push(format!("adapter.init={init}"));
+    if let Some(rule) = k_rule {
+        overrides.push(format!("adapter.k_rule={rule}"));
+    }
     for modifier in parts {
-        overrides.push(match modifier {
-            "grad" | "update" | "off" => format!("adapter.preserved_scaling={modifier}"),
-            "rtn" | "gptq" | "gptaq" | "rescomp" | "coreq" | "kcoreq" | "qronos" => {
-                format!("quant.method={modifier}")
-            }
-            other => {
+        overrides.push(
+            if let Ok(scaling) = PreservedScaling::from_str(modifier, false) {
+                format!("adapter.preserved_scaling={scaling}")
+            } else if let Ok(method) = QuantMethod::from_str(modifier, false) {
+                format!("quant.method={method}")
+            } else {
                 return Err(Error::Config(format!(
-                    "--compare {row}: unknown modifier '{other}' (expected grad, update, off or a quantizer)"
+                    "--compare {row}: unknown modifier '{modifier}' (expected a preserved scaling, \
+                 {}, or a quantizer, {})",
+                    names::<PreservedScaling>(),
+                    names::<QuantMethod>()
                 )));
-            }
-        });
+            },
+        );
     }
     Ok(overrides)
+}
+
+/// The names of a named enum, comma-separated.
+fn names<T: ValueEnum + std::fmt::Display>() -> String {
+    T::value_variants()
+        .iter()
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One training run of the suite: a (row, task) cell, at an lr and a seed when the suite has a
@@ -173,7 +201,75 @@ struct Cell {
     seeds: Vec<(Option<u64>, f64)>,
 }
 
+/// One row of `glue.json` (docs/formats.md): each task's cell and the average main score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlueRow {
+    pub row: String,
+    pub tasks: BTreeMap<String, GlueCell>,
+    pub average: f64,
+}
+
+/// A (row, task) cell of `glue.json`: the mean final score over the seeds, the first seed's
+/// run at the selected lr, and with an lr × seed grid the grid itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlueCell {
+    pub main: f64,
+    pub best: f64,
+    pub epochs: Vec<EpochRecord>,
+    pub samples_per_second: f64,
+    pub train_seconds: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<GlueGrid>,
+}
+
+/// A cell's lr × seed grid: the first seed's score at each lr, the lr selected, and every
+/// seed's score at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlueGrid {
+    pub std: f64,
+    pub selected_lr: Option<f64>,
+    pub grid: Vec<LrScore>,
+    pub seeds: Vec<SeedScore>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LrScore {
+    pub lr: Option<f64>,
+    pub main: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SeedScore {
+    pub seed: Option<u64>,
+    pub main: f64,
+}
+
 impl Cell {
+    /// The cell as `glue.json` writes it, from its first seed's run at the selected lr.
+    fn entry(&self, first: &RunReport, grid: bool) -> GlueCell {
+        GlueCell {
+            main: self.mean(),
+            best: first.best_main,
+            epochs: first.epochs.clone(),
+            samples_per_second: first.samples_per_second,
+            train_seconds: first.train_seconds,
+            grid: grid.then(|| GlueGrid {
+                std: self.std(),
+                selected_lr: self.selected,
+                grid: self
+                    .grid
+                    .iter()
+                    .map(|&(lr, main)| LrScore { lr, main })
+                    .collect(),
+                seeds: self
+                    .seeds
+                    .iter()
+                    .map(|&(seed, main)| SeedScore { seed, main })
+                    .collect(),
+            }),
+        }
+    }
+
     fn mean(&self) -> f64 {
         self.seeds.iter().map(|(_, s)| s).sum::<f64>() / self.seeds.len() as f64
     }
@@ -338,35 +434,34 @@ pub fn glue_suite(
     )?;
     let markdown = out.join("glue.md");
     std::fs::write(&markdown, &table).map_err(|e| Error::io(&markdown, e))?;
-    let json: Vec<serde_json::Value> = spec
+    let rows: Vec<GlueRow> = spec
         .compare
         .iter()
         .enumerate()
-        .map(|(i, row)| {
-            let tasks: BTreeMap<String, serde_json::Value> = spec
+        .map(|(i, row)| GlueRow {
+            row: row.clone(),
+            tasks: spec
                 .tasks
                 .iter()
-                .map(|t| {
-                    let cell = &summary[&(i, *t)];
-                    let r = report(&reports, &Job { row: i, task: *t, lr: cell.selected, seed: first_seed });
-                    let mut entry = serde_json::json!({
-                        "main": cell.mean(), "best": r.best_main, "epochs": r.epochs,
-                        "samples_per_second": r.samples_per_second, "train_seconds": r.train_seconds,
-                    });
-                    if grid {
-                        entry["std"] = cell.std().into();
-                        entry["selected_lr"] = cell.selected.into();
-                        entry["grid"] = cell.grid.iter().map(|(lr, s)| serde_json::json!({"lr": lr, "main": s})).collect();
-                        entry["seeds"] = cell.seeds.iter().map(|(seed, s)| serde_json::json!({"seed": seed, "main": s})).collect();
-                    }
-                    (t.name().to_string(), entry)
+                .map(|&task| {
+                    let cell = &summary[&(i, task)];
+                    let first = report(
+                        &reports,
+                        &Job {
+                            row: i,
+                            task,
+                            lr: cell.selected,
+                            seed: first_seed,
+                        },
+                    );
+                    (task.name().to_string(), cell.entry(first, grid))
                 })
-                .collect();
-            serde_json::json!({"row": row, "tasks": tasks, "average": average(i, &spec.tasks, &summary)})
+                .collect(),
+            average: average(i, &spec.tasks, &summary),
         })
         .collect();
     let json_path = out.join("glue.json");
-    let text = serde_json::to_string_pretty(&json)
+    let text = serde_json::to_string_pretty(&rows)
         .map_err(|e| Error::Internal(format!("glue.json: {e}")))?;
     std::fs::write(&json_path, text).map_err(|e| Error::io(&json_path, e))?;
     Ok(GlueOutcome { table, markdown })

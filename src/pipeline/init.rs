@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::calibrate::{CalibrationSpec, calibrate_model};
@@ -18,15 +17,15 @@ use crate::error::{Error, Result};
 use crate::formats::adapters::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
-use crate::formats::packed::bits_per_weight;
-use crate::model::{HubOptions, PretrainedModel, resolve_model};
+use crate::formats::packed::{QuantMetadata, bits_per_weight};
+use crate::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
 use crate::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use crate::quant::grid::GridKind;
 use crate::quant::spec::QuantizerSpec;
 use crate::recipe::Recipe;
 use crate::reconstruct::init::{InitConfig, InitName, Initializer, KRule};
 use crate::reconstruct::lowrank::FactorSplit;
-use crate::reconstruct::solver::{InitReport, InitSolver};
+use crate::reconstruct::solver::{InitSolver, ModuleInitReport};
 
 /// What `qpeft init` builds: the initializer with its settings, the adapters' rank and α, the
 /// base quantizer of Q (or of SRR's residual) and the calibration.
@@ -60,7 +59,7 @@ impl InitSpec {
             init: a.init,
             rank: a.rank,
             lora_alpha: a.alpha,
-            k_rule: a.k_rule.parse()?,
+            k_rule: a.k_rule,
             joint_refit: a.joint_refit,
             loftq_iters: a.loftq_iters,
             lqer_batch_max: false,
@@ -110,20 +109,53 @@ impl InitSpec {
 /// Calibration texts per batch when a recipe builds its init.
 pub const DEFAULT_CALIBRATION_BATCH: usize = 16;
 
-/// What an init build wrote and measured.
-#[derive(Debug, Clone)]
-pub struct InitOutcome {
-    /// The initializer with its settings, e.g. `srr (k: probe)`.
-    pub init: String,
-    pub quantizer: String,
-    pub grid: GridKind,
+/// `report.json` of an init checkpoint (docs/formats.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitReport {
+    pub quantization: QuantMetadata,
+    pub adapters: AdapterMetadata,
+    pub summary: InitSummary,
+    pub modules: Vec<ModuleInitReport>,
+}
+
+/// The initialization over all modules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitSummary {
     pub modules: usize,
     pub mean_scaled_error: f64,
     pub mean_unscaled_error: f64,
+    pub mean_quantized_scaled_error: f64,
+    /// How many modules kept each k.
     pub k_histogram: BTreeMap<usize, usize>,
+    /// The same for the probe rule's k, when every module computed it.
+    pub probe_k_histogram: Option<BTreeMap<usize, usize>>,
+    pub k_comparison: Option<KComparison>,
+    /// Calibration and initialization.
     pub seconds: f64,
+    pub init_seconds: f64,
+    pub scaling_seconds: f64,
+    pub bits_per_weight: f64,
+}
+
+/// The mean over modules of each k's scaled error (exact rule), and of the error at the probe
+/// rule's k: the comparison of qera-exact (k = 0), lqlora (k = r), srr-probe and srr-exact on
+/// the same quantizer and statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KComparison {
+    pub mean_scaled_error_by_k: Vec<f64>,
+    pub mean_scaled_error_k0: f64,
+    pub mean_scaled_error_kr: f64,
+    pub mean_scaled_error_probe: f64,
+    pub mean_scaled_error_exact: f64,
+}
+
+/// What an init build wrote and measured.
+#[derive(Debug, Clone)]
+pub struct InitOutcome {
+    pub report: InitReport,
     pub checkpoint: PathBuf,
-    pub report: PathBuf,
+    /// `report.json`.
+    pub json: PathBuf,
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
@@ -139,10 +171,7 @@ fn histogram(values: impl Iterator<Item = usize>) -> BTreeMap<usize, usize> {
     counts
 }
 
-/// The mean over modules of each k's scaled error (exact rule), and of the error at the probe
-/// rule's k: the comparison of qera-exact (k = 0), lqlora (k = r), srr-probe and srr-exact
-/// on the same quantizer and statistics.
-fn k_comparison(reports: &[InitReport]) -> Option<serde_json::Value> {
+fn k_comparison(reports: &[ModuleInitReport]) -> Option<KComparison> {
     let by_k: Vec<&Vec<f64>> = reports.iter().map(|r| &r.scaled_error_by_k).collect();
     let ks = by_k.first()?.len();
     if ks == 0 || by_k.iter().any(|e| e.len() != ks) {
@@ -152,13 +181,16 @@ fn k_comparison(reports: &[InitReport]) -> Option<serde_json::Value> {
         .iter()
         .map(|r| r.probe_k.map(|k| r.scaled_error_by_k[k]))
         .collect::<Option<Vec<f64>>>()?;
-    Some(json!({
-        "mean_scaled_error_by_k": (0..ks).map(|k| mean(by_k.iter().map(|e| e[k]))).collect::<Vec<_>>(),
-        "mean_scaled_error_k0": mean(by_k.iter().map(|e| e[0])),
-        "mean_scaled_error_kr": mean(by_k.iter().map(|e| e[ks - 1])),
-        "mean_scaled_error_probe": mean(at_probe.into_iter()),
-        "mean_scaled_error_exact": mean(by_k.iter().map(|e| e.iter().copied().fold(f64::INFINITY, f64::min))),
-    }))
+    Some(KComparison {
+        mean_scaled_error_by_k: (0..ks).map(|k| mean(by_k.iter().map(|e| e[k]))).collect(),
+        mean_scaled_error_k0: mean(by_k.iter().map(|e| e[0])),
+        mean_scaled_error_kr: mean(by_k.iter().map(|e| e[ks - 1])),
+        mean_scaled_error_probe: mean(at_probe.into_iter()),
+        mean_scaled_error_exact: mean(
+            by_k.iter()
+                .map(|e| e.iter().copied().fold(f64::INFINITY, f64::min)),
+        ),
+    })
 }
 
 /// Builds the init checkpoint of `spec` for `model` (GLUE from `data_dir`) in the folder `out`.
@@ -166,6 +198,17 @@ pub fn build_init(
     model: &PretrainedModel,
     spec: &InitSpec,
     data_dir: &Path,
+    out: &Path,
+    device: DeviceSpec,
+) -> Result<InitOutcome> {
+    build(model, spec, &spec.calibration.texts(data_dir)?, out, device)
+}
+
+/// [`build_init`] on the calibration `texts` of `spec`.
+fn build(
+    model: &PretrainedModel,
+    spec: &InitSpec,
+    texts: &[TextInput],
     out: &Path,
     device: DeviceSpec,
 ) -> Result<InitOutcome> {
@@ -188,17 +231,15 @@ pub fn build_init(
     let bits = spec.quantizer.bits;
     let mut solver = InitSolver::new(config, quantizer.method, quantizer.config);
     let needs = solver.needs();
-    let texts = spec.calibration.texts(data_dir)?;
     let calibrated = calibrate_model(
         model,
-        &texts,
+        texts,
         &spec.calibration,
         &mut solver,
         needs,
         (&quantizer, bits),
         device,
     )?;
-    let (quant_meta, seconds) = (calibrated.metadata, calibrated.seconds);
     let adapters = AdapterMetadata {
         format_version: ADAPTER_FORMAT_VERSION,
         init: init.to_string(),
@@ -224,35 +265,41 @@ pub fn build_init(
             })
             .collect(),
     };
-    let checkpoint =
-        write_init_checkpoint(out, model.source(), &solver.layers, &quant_meta, &adapters)?;
+    let checkpoint = write_init_checkpoint(
+        out,
+        model.source(),
+        &solver.layers,
+        &calibrated.metadata,
+        &adapters,
+    )?;
     let reports = &solver.reports;
-    let scaled = mean(reports.iter().map(|r| r.scaled_error));
-    let unscaled = mean(reports.iter().map(|r| r.unscaled_error));
-    let bpw = bits_per_weight(solver.layers.iter().map(|(_, l)| &l.quantized), bits);
-    let report = json!({
-        "quantization": quant_meta,
-        "adapters": adapters,
-        "summary": {
-            "modules": reports.len(),
-            "mean_scaled_error": scaled,
-            "mean_unscaled_error": unscaled,
-            "mean_quantized_scaled_error": mean(reports.iter().map(|r| r.quantized_scaled_error)),
-            "k_histogram": histogram(reports.iter().map(|r| r.k)),
-            "probe_k_histogram": reports.iter().all(|r| r.probe_k.is_some())
-                .then(|| histogram(reports.iter().filter_map(|r| r.probe_k))),
-            "k_comparison": k_comparison(reports),
-            "seconds": seconds,
-            "init_seconds": reports.iter().map(|r| r.seconds).sum::<f64>(),
-            "scaling_seconds": solver.scaling_seconds,
-            "bits_per_weight": bpw,
-        },
-        "modules": reports,
-    });
-    let report_path = out.join("report.json");
+    let summary = InitSummary {
+        modules: reports.len(),
+        mean_scaled_error: mean(reports.iter().map(|r| r.scaled_error)),
+        mean_unscaled_error: mean(reports.iter().map(|r| r.unscaled_error)),
+        mean_quantized_scaled_error: mean(reports.iter().map(|r| r.quantized_scaled_error)),
+        k_histogram: histogram(reports.iter().map(|r| r.k)),
+        probe_k_histogram: reports
+            .iter()
+            .all(|r| r.probe_k.is_some())
+            .then(|| histogram(reports.iter().filter_map(|r| r.probe_k))),
+        k_comparison: k_comparison(reports),
+        seconds: calibrated.seconds,
+        init_seconds: reports.iter().map(|r| r.seconds).sum(),
+        scaling_seconds: solver.scaling_seconds,
+        bits_per_weight: bits_per_weight(solver.layers.iter().map(|(_, l)| &l.quantized), bits),
+    };
+    let report = InitReport {
+        quantization: calibrated.metadata,
+        adapters,
+        summary,
+        modules: solver.reports,
+    };
+    let json = out.join("report.json");
     let text = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Internal(format!("report.json: {e}")))?;
-    std::fs::write(&report_path, text).map_err(|e| Error::io(&report_path, e))?;
+    std::fs::write(&json, text).map_err(|e| Error::io(&json, e))?;
+    let reports = &report.modules;
     let chart = per_module_chart(
         format!(
             "{} rank {} on {bits}-bit {}: error per module",
@@ -269,16 +316,9 @@ pub fn build_init(
     );
     write_svg(&out.join(ERRORS_CHART), &line_chart_svg(&chart)?)?;
     Ok(InitOutcome {
-        init: init.to_string(),
-        quantizer: quantizer.method.name().to_string(),
-        grid: quantizer.kind,
-        modules: reports.len(),
-        mean_scaled_error: scaled,
-        mean_unscaled_error: unscaled,
-        k_histogram: histogram(reports.iter().map(|r| r.k)),
-        seconds,
+        report,
         checkpoint,
-        report: report_path,
+        json,
     })
 }
 
@@ -297,10 +337,11 @@ pub fn cached_init(
     let serialized = serde_json::to_string(spec)
         .map_err(|e| Error::Internal(format!("serializing the init spec: {e}")))?;
     let mut key = Sha256::new().chain_update(serialized.as_bytes());
-    for text in spec.calibration.texts(data_dir)? {
+    let texts = spec.calibration.texts(data_dir)?;
+    for text in &texts {
         key.update(text.first.as_bytes());
         key.update([0]);
-        key.update(text.second.unwrap_or_default().as_bytes());
+        key.update(text.second.as_deref().unwrap_or_default().as_bytes());
         key.update([1]);
     }
     key.update(model.weights.content_digest());
@@ -322,7 +363,7 @@ pub fn cached_init(
         "building the init checkpoint {}: {serialized}",
         dir.display()
     );
-    let outcome = build_init(model, spec, data_dir, &partial, device)?;
+    let outcome = build(model, spec, &texts, &partial, device)?;
     eprintln!("{}", outcome.summary_line(spec));
     if let Err(error) = std::fs::rename(&partial, &dir) {
         if !complete(&dir) {
@@ -352,18 +393,19 @@ pub fn recipe_init(recipe: &Recipe, data_dir: &Path, device: DeviceSpec) -> Resu
 impl InitOutcome {
     /// One line for people: the initializer, the quantizer, the errors, SRR's k choices.
     pub fn summary_line(&self, spec: &InitSpec) -> String {
+        let (quantization, summary) = (&self.report.quantization, &self.report.summary);
         format!(
             "{} rank {} on {} {}-bit {}: {} modules, mean scaled error {:.4}, unscaled {:.4}, k {:?}, {:.1} s",
-            self.init,
+            self.report.adapters.init,
             spec.rank,
-            self.quantizer,
-            spec.quantizer.bits,
-            self.grid,
-            self.modules,
-            self.mean_scaled_error,
-            self.mean_unscaled_error,
-            self.k_histogram,
-            self.seconds
+            quantization.method,
+            quantization.bits,
+            quantization.grid,
+            summary.modules,
+            summary.mean_scaled_error,
+            summary.mean_unscaled_error,
+            summary.k_histogram,
+            summary.seconds
         )
     }
 }

@@ -3,11 +3,11 @@
 //! model folder (docs/formats.md) with `report.json`, `report.md` and `errors.svg`, and
 //! optionally scoring a fine-tuned classifier on a task's dev split before and after.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::calibrate::{CalibrationSpec, calibrate_model};
 use super::run::head_for;
@@ -36,19 +36,64 @@ pub struct QuantizeSpec {
     pub eval_max_length: usize,
 }
 
+/// `report.json` of a quantized model folder (docs/formats.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizeReport {
+    pub metadata: QuantMetadata,
+    pub eval: Option<DevComparison>,
+    pub summary: QuantizeSummary,
+    pub modules: Vec<ModuleReport>,
+}
+
+/// The quantization over all modules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizeSummary {
+    pub modules: usize,
+    pub mean_relative_output_error: f64,
+    /// Absent unless every module measured it.
+    pub mean_relative_error_to_full_precision: Option<f64>,
+    /// Calibration and solving.
+    pub seconds: f64,
+    pub solver_seconds: f64,
+    pub bits_per_weight: f64,
+}
+
+/// A fine-tuned classifier's dev score before and after quantization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevComparison {
+    pub task: Task,
+    pub max_length: usize,
+    pub before: Score,
+    pub after: Score,
+}
+
+/// A dev score: the task's main score and every metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub main: f64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl From<&TaskScore> for Score {
+    fn from(score: &TaskScore) -> Self {
+        Score {
+            main: score.main,
+            metrics: score
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        }
+    }
+}
+
 /// What a quantization wrote and measured.
 #[derive(Debug, Clone)]
 pub struct QuantizeOutcome {
-    pub metadata: QuantMetadata,
-    pub modules: usize,
-    pub mean_relative_output_error: f64,
-    pub mean_relative_error_to_full_precision: f64,
-    pub bits_per_weight: f64,
-    pub seconds: f64,
-    /// The dev scores before and after, with `eval`.
-    pub eval: Option<(TaskScore, TaskScore)>,
+    pub report: QuantizeReport,
     pub model: PathBuf,
-    pub report: PathBuf,
+    /// `report.json` and `report.md`.
+    pub json: PathBuf,
     pub markdown: PathBuf,
 }
 
@@ -95,22 +140,17 @@ pub fn quantize(
         (&quantizer, bits),
         device,
     )?;
-    let (meta, seconds) = (calibrated.metadata, calibrated.seconds);
     let path = write_quantized_model(
         out,
         pretrained.source(),
         solver.layers.iter().map(|(n, l)| (n.as_str(), l)),
-        &meta,
+        &calibrated.metadata,
         &[],
         &[],
     )?;
-    let bpw = bits_per_weight(solver.layers.iter().map(|(_, l)| l), bits);
     let mean = |error: fn(&ModuleReport) -> f64| {
         solver.reports.iter().map(error).sum::<f64>() / solver.reports.len() as f64
     };
-    let mean_error = mean(|r| r.relative_output_error);
-    let mean_error_to_full_precision =
-        mean(|r| r.relative_error_to_full_precision.unwrap_or(f64::NAN));
     let after = spec
         .eval
         .map(|task| {
@@ -118,55 +158,45 @@ pub fn quantize(
             dev_score(quantized, task)
         })
         .transpose()?;
-    let eval = before.zip(after);
-    let report = json!({
-        "metadata": meta,
-        "eval": eval.as_ref().map(|(before, after)| json!({
-            "task": before.task.name(),
-            "max_length": spec.eval_max_length,
-            "before": {"main": before.main, "metrics": before.metrics},
-            "after": {"main": after.main, "metrics": after.metrics},
-        })),
-        "summary": {
-            "modules": solver.reports.len(),
-            "mean_relative_output_error": mean_error,
-            "mean_relative_error_to_full_precision": mean_error_to_full_precision,
-            "seconds": seconds,
-            "solver_seconds": solver.reports.iter().map(|r| r.seconds).sum::<f64>(),
-            "bits_per_weight": bpw,
+    let report = QuantizeReport {
+        metadata: calibrated.metadata,
+        eval: before.zip(after).map(|(before, after)| DevComparison {
+            task: before.task,
+            max_length: spec.eval_max_length,
+            before: (&before).into(),
+            after: (&after).into(),
+        }),
+        summary: QuantizeSummary {
+            modules: solver.reports.len(),
+            mean_relative_output_error: mean(|r| r.relative_output_error),
+            mean_relative_error_to_full_precision: solver
+                .reports
+                .iter()
+                .map(|r| r.relative_error_to_full_precision)
+                .sum::<Option<f64>>()
+                .map(|sum| sum / solver.reports.len() as f64),
+            seconds: calibrated.seconds,
+            solver_seconds: solver.reports.iter().map(|r| r.seconds).sum(),
+            bits_per_weight: bits_per_weight(solver.layers.iter().map(|(_, l)| l), bits),
         },
-        "modules": solver.reports.iter().map(|r| json!({
-            "name": r.name,
-            "relative_output_error": r.relative_output_error,
-            "relative_error_to_full_precision": r.relative_error_to_full_precision,
-            "symmetric_objective": r.symmetric_objective,
-            "asymmetric_objective": r.asymmetric_objective,
-            "alpha": r.alpha,
-            "alpha_star": r.alpha_star,
-            "seconds": r.seconds,
-        })).collect::<Vec<_>>(),
-    });
-    let report_path = out.join("report.json");
+        modules: solver.reports,
+    };
+    let json = out.join("report.json");
     let text = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Internal(format!("report.json: {e}")))?;
-    std::fs::write(&report_path, text).map_err(|e| Error::io(&report_path, e))?;
+    std::fs::write(&json, text).map_err(|e| Error::io(&json, e))?;
+    let reports = &report.modules;
     let mut series = vec![(
         "relative output error",
-        solver
-            .reports
-            .iter()
-            .map(|r| r.relative_output_error)
-            .collect(),
+        reports.iter().map(|r| r.relative_output_error).collect(),
     )];
-    if solver
-        .reports
+    if reports
         .iter()
         .all(|r| r.relative_error_to_full_precision.is_some())
     {
         series.push((
             "error to full precision",
-            solver
-                .reports
+            reports
                 .iter()
                 .filter_map(|r| r.relative_error_to_full_precision)
                 .collect(),
@@ -178,67 +208,52 @@ pub fn quantize(
         series,
     );
     write_svg(&out.join(ERRORS_CHART), &line_chart_svg(&chart)?)?;
-    let markdown_path = out.join("report.md");
-    std::fs::write(
-        &markdown_path,
-        markdown_report(
-            &meta,
-            &solver.reports,
-            (mean_error, mean_error_to_full_precision, bpw, seconds),
-            eval.as_ref(),
-        ),
-    )
-    .map_err(|e| Error::io(&markdown_path, e))?;
+    let markdown = out.join("report.md");
+    std::fs::write(&markdown, markdown_report(&report)).map_err(|e| Error::io(&markdown, e))?;
     Ok(QuantizeOutcome {
-        metadata: meta,
-        modules: solver.reports.len(),
-        mean_relative_output_error: mean_error,
-        mean_relative_error_to_full_precision: mean_error_to_full_precision,
-        bits_per_weight: bpw,
-        seconds,
-        eval,
+        report,
         model: path,
-        report: report_path,
-        markdown: markdown_path,
+        json,
+        markdown,
     })
 }
 
 /// report.md: the header, the summary, the dev scores, one row per module.
-fn markdown_report(
-    meta: &QuantMetadata,
-    reports: &[ModuleReport],
-    (mean_error, mean_error_to_full_precision, bits_per_weight, seconds): (f64, f64, f64, f64),
-    eval: Option<&(TaskScore, TaskScore)>,
-) -> String {
+fn markdown_report(report: &QuantizeReport) -> String {
+    let optional = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
+    let (meta, summary) = (&report.metadata, &report.summary);
     let mut md = format!(
         "# qpeft quantize: {} {}-bit, {} grid, group {}\n\n\
          Calibration: {}. qpeft {}.\n\n\
          | modules | mean relative output error | to full precision | bits/weight | time |\n\
          |---|---|---|---|---|\n\
-         | {} | {mean_error:.4} | {mean_error_to_full_precision:.4} | {bits_per_weight:.3} | \
-         {seconds:.1} s |\n",
+         | {} | {:.4} | {} | {:.3} | {:.1} s |\n",
         meta.method,
         meta.bits,
         meta.grid,
         meta.group,
         meta.calibration,
         meta.qpeft_version,
-        reports.len(),
+        summary.modules,
+        summary.mean_relative_output_error,
+        optional(summary.mean_relative_error_to_full_precision),
+        summary.bits_per_weight,
+        summary.seconds,
     );
-    if let Some((before, after)) = eval {
+    if let Some(eval) = &report.eval {
         md += &format!(
             "\n## {} dev\n\n| | main |{}\n|---|---|{}\n",
-            before.task,
-            before
+            eval.task,
+            eval.before
                 .metrics
                 .keys()
                 .map(|k| format!(" {k} |"))
                 .collect::<String>(),
-            "---|".repeat(before.metrics.len()),
+            "---|".repeat(eval.before.metrics.len()),
         );
         for (label, score) in [
-            ("before quantization", before),
-            ("after quantization", after),
+            ("before quantization", &eval.before),
+            ("after quantization", &eval.after),
         ] {
             md += &format!(
                 "| {label} | {:.4} |{}\n",
@@ -258,8 +273,7 @@ fn markdown_report(
            | module | relative error | to full precision | symmetric objective | \
            asymmetric objective | α | α* | time |\n\
            |---|---|---|---|---|---|---|---|\n";
-    let optional = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
-    for r in reports {
+    for r in &report.modules {
         md += &format!(
             "| {} | {:.4} | {} | {:.4e} | {} | {} | {} | {:.2} s |\n",
             r.name,

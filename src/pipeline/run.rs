@@ -64,7 +64,7 @@ pub fn train_config(recipe: &Recipe) -> TrainConfig {
         eval_batch_size: t.eval_batch_size,
         checkpoint_every: t.checkpoint_every,
         log_every: t.log_every,
-        mnli_main: t.mnli_main.into(),
+        mnli_main: t.mnli_main,
         preserved: PreservedConfig {
             mode: a.preserved_scaling,
             gamma: a.gamma,
@@ -481,7 +481,7 @@ impl BackendTask for TrainTask<'_> {
         let state = outcome.state;
         let (best_epoch, best_main) = RunReport::best(&state.epochs);
         Ok(RunReport {
-            task: task.to_string(),
+            task,
             device: String::new(),
             final_main: state.epochs.last().map_or(f64::NAN, |e| e.main),
             best_epoch,

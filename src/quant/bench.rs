@@ -16,11 +16,16 @@ use crate::error::Result;
 use crate::seed::substream_rng;
 
 /// The solvers the benchmark times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum BenchSolver {
     Gptq,
     Coreq,
 }
+
+crate::named!(BenchSolver);
 
 /// A synthetic layer: W `[rows, cols]`, H and D `[cols, cols]` (D from inputs perturbed by
 /// 10%, the two-stream mismatch CoreQ reads).

@@ -158,7 +158,7 @@ impl Method {
 }
 
 /// What quantizing one module gave.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModuleReport {
     pub name: String,
     /// ‖(Ŵ − W)X_q‖/‖W X_q‖ over the calibration tokens, from H.

@@ -17,8 +17,8 @@ use crate::quant::solve::{Method, relative_error, solve_layer};
 use crate::quant::stats::{LayerStats, StatsNeeded};
 
 /// How one module's initialization came out.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct InitReport {
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModuleInitReport {
     pub name: String,
     /// Components preserving W·S (SRR's k; 0 for k = 0 methods, r for LQ-LoRA).
     pub k: usize,
@@ -44,7 +44,7 @@ pub struct InitSolver {
     pub method: Method,
     pub quant: GptqConfig,
     pub layers: Vec<(String, LayerInit)>,
-    pub reports: Vec<InitReport>,
+    pub reports: Vec<ModuleInitReport>,
     /// Seconds spent computing scalings (once per group).
     pub scaling_seconds: f64,
     scaling: Option<Scaling>,
@@ -106,7 +106,7 @@ impl ModuleSolver for InitSolver {
             .r_xx
             .as_ref()
             .ok_or_else(|| Error::Internal("the init report needs R_xx".into()))?;
-        self.reports.push(InitReport {
+        self.reports.push(ModuleInitReport {
             name: name.to_string(),
             k: init.k,
             probe_k: init.probe_k,

@@ -25,13 +25,15 @@ use crate::error::{Error, Result};
 use crate::layers::qlora_linear::to_vec;
 
 /// The learning-rate schedule after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     Constant,
     Linear,
     Cosine,
 }
+
+crate::named!(Schedule, PreservedScaling);
 
 /// HF's `get_{constant,linear,cosine}_schedule_with_warmup`: the learning rate of optimizer
 /// step `step` (0-based) of `total` steps, `warmup` of them warming up linearly from 0.
@@ -101,7 +103,7 @@ pub struct FactorPair {
 }
 
 /// Where a per-component factor multiplies: SRR's gradient or update scaling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PreservedScaling {
     /// Multiply the preserved components' gradients by γ (the paper; nearly a no-op under

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::EpochRecord;
+use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::files::replace_file;
 use crate::plot::{LineChart, Series, line_chart_svg, write_svg};
@@ -30,7 +31,7 @@ pub struct QuantSummary {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
-    pub task: String,
+    pub task: Task,
     pub device: String,
     pub epochs: Vec<EpochRecord>,
     /// The metric the GLUE table reports: the last epoch's main score (§13 Choice).

@@ -37,7 +37,7 @@ use crate::model::SequenceClassifier;
 use crate::seed::substream_seed;
 
 /// The shape of the per-component factor on SRR's preserved block (§12.2 "Choice (form)").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum GammaForm {
     /// γ on every preserved component (the paper).
@@ -46,6 +46,8 @@ pub enum GammaForm {
     /// 0.1 where none are stored).
     PerRank,
 }
+
+crate::named!(GammaForm);
 
 /// SRR's scaling of the preserved components.
 #[derive(Debug, Clone, Copy, PartialEq)]
