@@ -1,12 +1,11 @@
 //! `qpeft embed`: run the encoder on one input and print its sentence embedding.
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
-use qpeft::device::BackendTask;
-use qpeft::eval::similarity::{Pooling, embed_texts};
+use qpeft::eval::similarity::Pooling;
 use qpeft::model::{PretrainedModel, TextInput};
+use qpeft::pipeline::infer::embed;
 
-use super::{DeviceArg, ModelArg};
+use super::{DeviceArg, ModelArg, print_with_model};
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedArgs {
@@ -36,24 +35,24 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         Some(pair) => TextInput::pair(&args.text, pair),
         None => TextInput::single(&args.text),
     };
-    let embedded = args.device.device.run(Embed {
-        pretrained: &pretrained,
-        input: &input,
-        pooling: args.pooling,
-        max_length: args.max_length,
-    })??;
+    let embedded = embed(
+        &pretrained,
+        &input,
+        args.pooling,
+        args.max_length,
+        args.device.device,
+    )?;
     if args.json {
-        let json = serde_json::json!({
-            "model": args.model.model,
-            "tokens": embedded.tokens,
-            "embedding": embedded.embedding,
-        });
-        println!("{json}");
+        print_with_model(&args.model.model, &embedded)?;
     } else {
         let norm = embedded.embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
         println!("model      {}", args.model.model);
         println!("device     {}", args.device.device);
-        println!("tokens     {} {:?}", embedded.tokens.len(), embedded.tokens);
+        println!(
+            "tokens     {} [{}]",
+            embedded.tokens.len(),
+            embedded.tokens.join(" ")
+        );
         let head: Vec<String> = embedded
             .embedding
             .iter()
@@ -68,37 +67,4 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-struct Embedded {
-    tokens: Vec<String>,
-    embedding: Vec<f32>,
-}
-
-struct Embed<'a> {
-    pretrained: &'a PretrainedModel,
-    input: &'a TextInput,
-    pooling: Pooling,
-    max_length: usize,
-}
-
-impl BackendTask for Embed<'_> {
-    type Output = anyhow::Result<Embedded>;
-
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let tokenizer = self.pretrained.tokenizer(self.max_length)?;
-        let encoder = self.pretrained.encoder::<B>(&device)?;
-        let mut embeddings = embed_texts(
-            &encoder,
-            &tokenizer,
-            std::slice::from_ref(self.input),
-            self.pooling,
-            1,
-            &device,
-        )?;
-        Ok(Embedded {
-            tokens: tokenizer.tokens(self.input)?,
-            embedding: embeddings.pop().expect("one embedding per input"),
-        })
-    }
 }

@@ -3,13 +3,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
-use burn_autodiff::Autodiff;
-use qpeft::data::batch::{TokenizedSplit, default_cache_dir};
-use qpeft::data::glue_dir;
-use qpeft::device::BackendTask;
-use qpeft::eval::dev::evaluate_dev;
-use qpeft::pipeline::run::load_trained;
+use qpeft::pipeline::infer::evaluate_checkpoint;
 
 use super::DeviceArg;
 
@@ -27,55 +21,26 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    args.device.device.run(Eval { args: &args })?
-}
-
-struct Eval<'a> {
-    args: &'a EvalArgs,
-}
-
-impl BackendTask for Eval<'_> {
-    type Output = anyhow::Result<()>;
-
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let trained = load_trained::<Autodiff<B>>(&self.args.checkpoint, &device)?;
-        let recipe = &trained.recipe;
-        let task = recipe.task()?;
-        let dir = glue_dir(self.args.data_dir.as_deref().or(recipe.data.dir.as_deref()));
-        let tokenizer = trained.base.tokenizer(recipe.train.max_length)?;
-        let cache = default_cache_dir();
-        let splits = TokenizedSplit::dev_splits(&dir, task, &tokenizer, Some(&cache))?;
-        let score = evaluate_dev(
-            &trained.model,
-            task,
-            &splits,
-            recipe.train.eval_batch_size,
-            recipe.train.mnli_main,
-            &device,
-        )?;
-        if self.args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "checkpoint": trained.checkpoint,
-                    "task": task.name(),
-                    "main": score.main,
-                    "metrics": score.metrics,
-                })
-            );
-        } else {
-            let metrics: Vec<String> = score
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.4}"))
-                .collect();
-            println!(
-                "{task} dev {:.4} ({}) — {}",
-                score.main,
-                metrics.join(", "),
-                trained.checkpoint.display()
-            );
-        }
-        Ok(())
+    let score = evaluate_checkpoint(
+        &args.checkpoint,
+        args.data_dir.as_deref(),
+        args.device.device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&score)?);
+    } else {
+        let metrics: Vec<String> = score
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        println!(
+            "{} dev {:.4} ({}) — {}",
+            score.task,
+            score.main,
+            metrics.join(", "),
+            score.checkpoint.display()
+        );
     }
+    Ok(())
 }

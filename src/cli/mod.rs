@@ -96,3 +96,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
     }
 }
+
+/// Prints `report` as one JSON object with the model's name first.
+fn print_with_model(model: &str, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct WithModel<'a, T> {
+        model: &'a str,
+        #[serde(flatten)]
+        report: &'a T,
+    }
+    println!("{}", serde_json::to_string(&WithModel { model, report })?);
+    Ok(())
+}

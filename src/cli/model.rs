@@ -3,11 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::module::Module;
-use burn::tensor::backend::Backend;
-use qpeft::device::BackendTask;
 use qpeft::model::hub::{FetchOutcome, fetch_default_model};
-use qpeft::model::{HubOptions, PretrainedModel, SequenceClassifier};
+use qpeft::model::{HubOptions, PretrainedModel};
+use qpeft::pipeline::infer::{ModelSummary, inspect};
 
 use super::{DeviceArg, ModelArg};
 
@@ -51,70 +49,57 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Inspect { model, device } => {
             let pretrained = PretrainedModel::open(model.resolve()?)
                 .with_context(|| format!("loading model '{}'", model.model))?;
-            let report = device.device.run(Inspect {
-                pretrained: &pretrained,
-            })??;
-            print!("{report}");
+            let summary = inspect(&pretrained, device.device)?;
+            print!("{}", describe(&pretrained, &summary));
             Ok(())
         }
     }
 }
 
-struct Inspect<'a> {
-    pretrained: &'a PretrainedModel,
-}
-
-impl BackendTask for Inspect<'_> {
-    type Output = anyhow::Result<String>;
-
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        use std::fmt::Write;
-        let cfg = &self.pretrained.config;
-        let (model, fresh): (SequenceClassifier<B>, _) =
-            self.pretrained.classifier(cfg.head, &device)?;
-        let mut out = String::new();
-        let files = &self.pretrained.files;
-        writeln!(out, "weights       {}", files.weights.display())?;
-        writeln!(out, "architecture  {}", cfg.architecture.name())?;
-        writeln!(
-            out,
+/// The model's files, configuration, head, parameter counts and linear layers, for people.
+fn describe(pretrained: &PretrainedModel, summary: &ModelSummary) -> String {
+    let cfg = &pretrained.config;
+    let mut lines = vec![
+        format!("weights       {}", pretrained.files.weights.display()),
+        format!("architecture  {}", cfg.architecture.name()),
+        format!(
             "dimensions    hidden {}, layers {}, heads {} (head dim {}), intermediate {}",
             cfg.hidden_size,
             cfg.num_hidden_layers,
             cfg.num_attention_heads,
             cfg.head_dim(),
             cfg.intermediate_size
-        )?;
-        writeln!(
-            out,
+        ),
+        format!(
             "vocabulary    {} tokens, {} positions, {} token types",
             cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size
-        )?;
-        let head_note = if fresh.is_empty() {
-            "all from the checkpoint".to_string()
-        } else {
-            format!(
-                "freshly initialized (not in the checkpoint): {}",
-                fresh.join(", ")
-            )
-        };
-        writeln!(out, "head          {:?}, {head_note}", cfg.head)?;
-        let embeddings = model.encoder.embeddings.num_params();
-        let layers: usize = model.encoder.layers.iter().map(Module::num_params).sum();
-        let head = model.head.num_params();
-        writeln!(out, "parameters    {}", embeddings + layers + head)?;
-        writeln!(out, "  embeddings  {embeddings}")?;
-        writeln!(out, "  layers      {layers}")?;
-        writeln!(out, "  head        {head}")?;
-        let names = model.linear_names();
-        writeln!(out, "linear layers ({}), weights [out, in]:", names.len())?;
-        for name in names {
-            let linear = model
-                .linear(&name)
-                .context("listed linear layer is missing")?;
-            let [d_in, d_out] = linear.weight.dims();
-            writeln!(out, "  {name:<40} [{d_out}, {d_in}]")?;
-        }
-        Ok(out)
+        ),
+        format!(
+            "head          {}, {}",
+            summary.head,
+            if summary.fresh.is_empty() {
+                "all from the checkpoint".to_string()
+            } else {
+                format!(
+                    "freshly initialized (not in the checkpoint): {}",
+                    summary.fresh.join(", ")
+                )
+            }
+        ),
+        format!(
+            "parameters    {}",
+            summary.embedding_parameters + summary.layer_parameters + summary.head_parameters
+        ),
+        format!("  embeddings  {}", summary.embedding_parameters),
+        format!("  layers      {}", summary.layer_parameters),
+        format!("  head        {}", summary.head_parameters),
+        format!(
+            "linear layers ({}), weights [out, in]:",
+            summary.linears.len()
+        ),
+    ];
+    for (name, [d_out, d_in]) in &summary.linears {
+        lines.push(format!("  {name:<40} [{d_out}, {d_in}]"));
     }
+    lines.join("\n") + "\n"
 }

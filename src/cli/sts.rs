@@ -3,15 +3,13 @@
 //! how much of the model a quantized or initialized checkpoint keeps before training.
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
-use qpeft::data::{Label, Split, Task, load};
-use qpeft::device::BackendTask;
-use qpeft::eval::metrics::{pearson, spearman};
-use qpeft::eval::similarity::{Pooling, pair_cosines};
+use qpeft::data::Split;
+use qpeft::eval::similarity::Pooling;
 use qpeft::model::PretrainedModel;
+use qpeft::pipeline::infer::zero_shot_sts;
 
 use super::data::DataDirArg;
-use super::{DeviceArg, ModelArg};
+use super::{DeviceArg, ModelArg, print_with_model};
 
 #[derive(clap::Args, Debug)]
 pub struct StsArgs {
@@ -38,76 +36,27 @@ pub struct StsArgs {
 }
 
 pub fn run(args: StsArgs) -> anyhow::Result<()> {
-    let dataset = load(&args.data.dir(), Task::Stsb, args.split)?;
-    let mut pairs = Vec::with_capacity(dataset.examples.len());
-    let mut gold = Vec::with_capacity(dataset.examples.len());
-    for example in &dataset.examples {
-        let (Some(second), Some(Label::Score(score))) = (&example.text_b, example.label) else {
-            anyhow::bail!(
-                "{}:{}: an STS-B pair with a gold score was expected",
-                dataset.path.display(),
-                example.line
-            );
-        };
-        pairs.push((example.text_a.clone(), second.clone()));
-        gold.push(f64::from(score));
-    }
     let pretrained = PretrainedModel::open(args.model.resolve()?)
         .with_context(|| format!("loading model '{}'", args.model.model))?;
-    let cosines = args.device.device.run(Cosines {
-        pretrained: &pretrained,
-        pairs: &pairs,
-        pooling: args.pooling,
-        max_length: args.max_length,
-        batch_size: args.batch_size,
-    })??;
-    let (spearman, pearson) = (spearman(&cosines, &gold), pearson(&cosines, &gold));
+    let score = zero_shot_sts(
+        &pretrained,
+        args.split,
+        (args.pooling, args.max_length, args.batch_size),
+        &args.data.dir(),
+        args.device.device,
+    )?;
     if args.json {
-        let json = serde_json::json!({
-            "model": args.model.model,
-            "split": args.split.to_string(),
-            "pooling": args.pooling.name(),
-            "pairs": pairs.len(),
-            "spearman": spearman,
-            "pearson": pearson,
-            "cosines": cosines,
-        });
-        println!("{json}");
+        print_with_model(&args.model.model, &score)?;
     } else {
         println!(
             "{} STS-B {} ({} pairs), cosine of {}-pooled embeddings: Spearman {:.2}, Pearson {:.2}",
             args.model.model,
-            args.split,
-            pairs.len(),
-            args.pooling,
-            100.0 * spearman,
-            100.0 * pearson
+            score.split,
+            score.pairs,
+            score.pooling,
+            100.0 * score.spearman,
+            100.0 * score.pearson
         );
     }
     Ok(())
-}
-
-struct Cosines<'a> {
-    pretrained: &'a PretrainedModel,
-    pairs: &'a [(String, String)],
-    pooling: Pooling,
-    max_length: usize,
-    batch_size: usize,
-}
-
-impl BackendTask for Cosines<'_> {
-    type Output = anyhow::Result<Vec<f64>>;
-
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let tokenizer = self.pretrained.tokenizer(self.max_length)?;
-        let encoder = self.pretrained.encoder::<B>(&device)?;
-        Ok(pair_cosines(
-            &encoder,
-            &tokenizer,
-            self.pairs,
-            self.pooling,
-            self.batch_size,
-            &device,
-        )?)
-    }
 }

@@ -427,6 +427,16 @@ impl fmt::Display for Split {
     }
 }
 
+/// Written as its name (`dev_matched`), as flags spell it.
+impl serde::Serialize for Split {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 impl FromStr for Split {
     type Err = Error;
 

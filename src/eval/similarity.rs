@@ -4,16 +4,24 @@
 //! reads the token a sequence classifier's head reads. With no training involved it measures
 //! how much of a model's embedding geometry a quantized or initialized checkpoint keeps.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::backend::Backend;
 
 use crate::error::{Error, Result};
 use crate::model::{Encoder, TextInput, TextTokenizer, encoder_input, first_token, mean_pool};
 
 /// How a sentence embedding is read from the encoder's last hidden states.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Pooling {
     /// The mean of the token states over the attention mask (sentence-transformers).
     #[default]
@@ -22,31 +30,7 @@ pub enum Pooling {
     Cls,
 }
 
-impl Pooling {
-    pub fn name(self) -> &'static str {
-        match self {
-            Pooling::Mean => "mean",
-            Pooling::Cls => "cls",
-        }
-    }
-}
-
-impl fmt::Display for Pooling {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Pooling {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        [Pooling::Mean, Pooling::Cls]
-            .into_iter()
-            .find(|pooling| pooling.name() == s.trim())
-            .ok_or_else(|| Error::Config(format!("unknown pooling {s:?} (mean or cls)")))
-    }
-}
+crate::named!(Pooling);
 
 /// The pooled, L2-normalized embedding of each text, `batch_size` texts per forward pass.
 pub fn embed_texts<B: Backend>(

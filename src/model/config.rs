@@ -32,6 +32,18 @@ pub enum HeadKind {
     Regression,
 }
 
+/// `classification (N labels)` or `regression`.
+impl std::fmt::Display for HeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadKind::Classification { num_labels } => {
+                write!(f, "classification ({num_labels} labels)")
+            }
+            HeadKind::Regression => f.write_str("regression"),
+        }
+    }
+}
+
 impl HeadKind {
     pub fn num_outputs(self) -> usize {
         match self {
