@@ -257,6 +257,20 @@ pub fn valid_keys() -> Vec<(&'static str, &'static [&'static str])> {
     ]
 }
 
+/// The `section.key` of the `key = value` line of `text` holding byte `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..].lines().next()?.split_once('=')?;
+    let key = key.trim();
+    let section = before[..line_start].lines().rev().find_map(|line| {
+        line.trim()
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+    })?;
+    (!key.is_empty()).then(|| format!("{}.{key}", section.trim()))
+}
+
 /// A `--set` value as TOML (`2`, `1e-4`, `true`, `["a", "b"]`), or else as a bare string.
 fn parse_value(text: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {text}"))
@@ -298,9 +312,15 @@ impl Recipe {
             path: origin.to_path_buf(),
             message,
         };
-        // Parsing the file as the typed recipe first gives errors with line and column.
-        toml::from_str::<Recipe>(text)
-            .map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        // Parsing the file as the typed recipe first gives errors with line and column, and
+        // the `section.key` they are in.
+        toml::from_str::<Recipe>(text).map_err(|e| {
+            let message = e.to_string().trim_end().to_string();
+            match e.span().and_then(|span| key_at(text, span.start)) {
+                Some(key) => invalid(format!("{key}: {message}")),
+                None => invalid(message),
+            }
+        })?;
         let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         for assignment in overrides {
             apply_override(&mut table, assignment)?;
