@@ -7,6 +7,7 @@ use qpeft::adapters::export::ExportFormat;
 use qpeft::eval::metrics::MnliMain;
 use qpeft::layers::DropoutPlacement;
 use qpeft::pipeline::bench::BenchMode;
+use qpeft::pipeline::glue::LrSelection;
 use qpeft::quant::bench::BenchSolver;
 use qpeft::quant::grid::GridKind;
 use qpeft::quant::solve::QuantMethod;
@@ -48,6 +49,7 @@ fn display_serde_and_clap_agree() {
     one_name::<RescompMode>(&["snapshot", "allw", "org"]);
     one_name::<BenchMode>(&["train", "eval"]);
     one_name::<BenchSolver>(&["gptq", "coreq"]);
+    one_name::<LrSelection>(&["mean", "first-seed"]);
     one_name::<QuantMethod>(&[
         "none", "rtn", "gptq", "gptaq", "rescomp", "coreq", "kcoreq", "qronos",
     ]);

@@ -801,15 +801,22 @@ fn glue_command_tables_and_continues_a_suite() {
     );
 }
 
-/// `qpeft glue --lrs … --seeds …`: every lr runs with the first seed, the best final score
-/// selects each cell's lr, only that lr runs with the other seeds, and the table reports their
+/// `qpeft glue --lrs … --seeds … --select first-seed`: every lr runs with the first seed, the
+/// best final score selects each cell's lr, only that lr runs with the other seeds, and the table reports their
 /// mean ± standard deviation, with the grid and the per-seed scores beside it.
 #[test]
 fn glue_selects_each_cells_lr_and_reports_the_seeds() {
     let suite = ToySuite::new();
     let output = suite
         .glue("grid", "lora")
-        .args(["--lrs", "1e-4,3e-3", "--seeds", "42,1,2"])
+        .args([
+            "--lrs",
+            "1e-4,3e-3",
+            "--seeds",
+            "42,1,2",
+            "--select",
+            "first-seed",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -867,6 +874,54 @@ fn glue_selects_each_cells_lr_and_reports_the_seeds() {
     let lines = common::svg_elements_by_colour(&chart, "polyline", "stroke");
     assert_eq!(lines.get(&whisker).map(Vec::len), Some(1));
     assert!(table.contains("](glue.svg)"));
+}
+
+/// `qpeft glue --lrs … --seeds …` (`--select mean`, the default): every lr runs with every
+/// seed, the best mean final score selects each cell's lr, and the grid shows each lr's mean.
+#[test]
+fn glue_selects_the_lr_with_the_best_mean_over_the_seeds() {
+    let suite = ToySuite::new();
+    let output = suite
+        .glue("mean", "lora")
+        .args(["--lrs", "1e-4,3e-3", "--seeds", "42,1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cell = suite.path("mean/lora/sst2");
+    let score = |lr: &str, seed: u64| -> f64 {
+        let path = cell.join(format!("lr-{lr}-seed-{seed}/report.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["final_main"]
+            .as_f64()
+            .unwrap()
+    };
+    let mean = |lr: &str| (score(lr, 42) + score(lr, 1)) / 2.0;
+    let (low, high) = (mean("1e-4"), mean("3e-3"));
+    let selected = if high > low { "3e-3" } else { "1e-4" };
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(suite.path("mean/glue.json")).unwrap())
+            .unwrap();
+    let entry = &json[0]["tasks"]["sst2"];
+    assert_eq!(
+        entry["selected_lr"].as_f64().unwrap(),
+        selected.parse::<f64>().unwrap()
+    );
+    assert_eq!(entry["grid"][0]["main"].as_f64().unwrap(), low);
+    assert_eq!(entry["grid"][1]["main"].as_f64().unwrap(), high);
+    assert_eq!(entry["main"].as_f64().unwrap(), mean(selected));
+    let table = std::fs::read_to_string(suite.path("mean/glue.md")).unwrap();
+    let grid = format!(
+        "| lora | sst2 | {:.2} | {:.2} | {selected} | {:.2} | {:.2} |",
+        100.0 * low,
+        100.0 * high,
+        100.0 * score(selected, 42),
+        100.0 * score(selected, 1),
+    );
+    assert!(table.contains(&grid), "{grid} not in\n{table}");
 }
 
 /// Two `qpeft glue` commands on one folder share the runs: each run is trained by one of them,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use qpeft::data::Task;
-use qpeft::pipeline::glue::{GlueSpec, glue_suite};
+use qpeft::pipeline::glue::{GlueSpec, LrSelection, glue_suite};
 
 use super::DeviceArg;
 
@@ -29,10 +29,14 @@ pub struct GlueArgs {
     /// Override a field of every recipe (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Learning rates to select from for each (row, task), the papers' way: each runs with the
-    /// first seed, the best final-epoch dev score selects the lr, and the other seeds run at it.
+    /// Learning rates to select from for each (row, task), the papers' way: the best mean
+    /// final-epoch dev score over the seeds selects the lr (see --select).
     #[arg(long, value_delimiter = ',', value_name = "LR,…")]
     pub lrs: Vec<f64>,
+    /// mean: every lr runs with every seed, the best mean selects; first-seed: every lr runs
+    /// with the first seed, whose best score selects, and only that lr runs with the others.
+    #[arg(long, default_value_t = LrSelection::Mean)]
+    pub select: LrSelection,
     /// Seeds; the table reports each (row, task)'s mean ± standard deviation over them at the
     /// selected lr.
     #[arg(long, value_delimiter = ',', value_name = "SEED,…")]
@@ -57,6 +61,7 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
         overrides: args.overrides,
         lrs: args.lrs,
         seeds: args.seeds,
+        select: args.select,
     };
     let outcome = glue_suite(&spec, &out, args.data_dir.as_deref(), args.device.device)?;
     println!("{}", outcome.table);

@@ -1,6 +1,6 @@
 //! The GLUE comparison of the papers as a library call ([`GlueSpec`] → [`glue_suite`]): one
 //! training run per (row, task) from the task recipes — per (row, task, lr, seed) with a grid,
-//! the lr selected per cell by the first seed's score — then a table with one row per
+//! the lr selected per cell by its seeds' mean score (or the first seed's) — then a table with one row per
 //! initialization, one column per task's main score and the average. Finished runs are reused
 //! and killed ones continued, so the same call continues an interrupted suite; a run of another
 //! recipe is refused; runs held by another process are waited for, so suites share the work.
@@ -36,7 +36,25 @@ pub struct GlueSpec {
     pub overrides: Vec<String>,
     pub lrs: Vec<f64>,
     pub seeds: Vec<u64>,
+    /// How each cell's lr is selected from `lrs`.
+    #[serde(default)]
+    pub select: LrSelection,
 }
+
+/// How a GLUE suite with an lr grid selects each (row, task)'s lr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSelection {
+    /// Every lr runs with every seed; the best mean final dev score over the seeds selects
+    /// (the papers': QERA averages 3 seeds at each method's best lr).
+    #[default]
+    Mean,
+    /// Every lr runs with the first seed, whose best final score selects; only the selected lr
+    /// runs with the other seeds (a third of the runs with 3 lrs).
+    FirstSeed,
+}
+
+crate::named!(LrSelection);
 
 /// What a suite wrote: the table (as in `glue.md`) and `glue.md`'s path.
 #[derive(Debug, Clone)]
@@ -192,9 +210,10 @@ fn run_jobs(suite: &Suite<'_>, out: &Path, jobs: &[Job]) -> Result<Reports> {
     Ok(reports)
 }
 
-/// A (row, task) cell of a grid suite: the lr its first seed selected and its seeds' scores.
+/// A (row, task) cell of a grid suite: the lr selected and its seeds' scores.
 struct Cell {
-    /// The first seed's final-epoch score at each lr (`None`: the recipe's lr).
+    /// Each lr's selection score: the mean final-epoch score of the selecting seeds (`None`:
+    /// the recipe's lr).
     grid: Vec<(Option<f64>, f64)>,
     selected: Option<f64>,
     /// Final-epoch score per seed at the selected lr.
@@ -222,8 +241,8 @@ pub struct GlueCell {
     pub grid: Option<GlueGrid>,
 }
 
-/// A cell's lr × seed grid: the first seed's score at each lr, the lr selected, and every
-/// seed's score at it.
+/// A cell's lr × seed grid: each lr's selection score (the selecting seeds' mean), the lr
+/// selected, and every seed's score at it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GlueGrid {
     pub std: f64,
@@ -317,35 +336,52 @@ pub fn glue_suite(
     let cells: Vec<(usize, Task)> = (0..spec.compare.len())
         .flat_map(|row| spec.tasks.iter().map(move |&task| (row, task)))
         .collect();
-    // Every lr with the first seed, then the other seeds at each cell's selected lr.
+    // Every lr with the seeds that select (all, or the first), then the other seeds at each
+    // cell's selected lr.
     let first_seed = seeds[0];
+    let selecting = match spec.select {
+        LrSelection::Mean => &seeds[..],
+        LrSelection::FirstSeed => &seeds[..1],
+    };
     let first: Vec<Job> = cells
         .iter()
         .flat_map(|&(row, task)| {
-            lrs.iter().map(move |&lr| Job {
-                row,
-                task,
-                lr,
-                seed: first_seed,
+            lrs.iter().flat_map(move |&lr| {
+                selecting.iter().map(move |&seed| Job {
+                    row,
+                    task,
+                    lr,
+                    seed,
+                })
             })
         })
         .collect();
     let mut reports = run_jobs(&suite, out, &first)?;
+    // Each lr's selection score: the mean final score over the selecting seeds.
+    let lr_score = |reports: &Reports, row: usize, task: Task, lr: Option<f64>| {
+        selecting
+            .iter()
+            .map(|&seed| {
+                report(
+                    reports,
+                    &Job {
+                        row,
+                        task,
+                        lr,
+                        seed,
+                    },
+                )
+                .final_main
+            })
+            .sum::<f64>()
+            / selecting.len() as f64
+    };
     let selected: Vec<Option<f64>> = cells
         .iter()
         .map(|&(row, task)| {
             // A NaN score (a diverged run) ranks lowest.
             let score = |lr: &Option<f64>| {
-                let main = report(
-                    &reports,
-                    &Job {
-                        row,
-                        task,
-                        lr: *lr,
-                        seed: first_seed,
-                    },
-                )
-                .final_main;
+                let main = lr_score(&reports, row, task, *lr);
                 if main.is_nan() {
                     f64::NEG_INFINITY
                 } else {
@@ -363,7 +399,7 @@ pub fn glue_suite(
         .iter()
         .zip(&selected)
         .flat_map(|(&(row, task), &lr)| {
-            seeds[1..].iter().map(move |&seed| Job {
+            seeds[selecting.len()..].iter().map(move |&seed| Job {
                 row,
                 task,
                 lr,
@@ -379,21 +415,7 @@ pub fn glue_suite(
             let cell = Cell {
                 grid: lrs
                     .iter()
-                    .map(|&l| {
-                        (
-                            l,
-                            report(
-                                &reports,
-                                &Job {
-                                    row,
-                                    task,
-                                    lr: l,
-                                    seed: first_seed,
-                                },
-                            )
-                            .final_main,
-                        )
-                    })
+                    .map(|&l| (l, lr_score(&reports, row, task, l)))
                     .collect(),
                 selected: lr,
                 seeds: seeds
@@ -608,7 +630,7 @@ fn lr_name(lr: Option<f64>) -> String {
     lr.map_or("recipe".into(), |lr| format!("{lr:e}"))
 }
 
-/// Per (row, task): the first seed's score at each lr, the selected lr, and every seed's score
+/// Per (row, task): each lr's selection score, the selected lr, and every seed's score
 /// at it.
 fn grid_table(rows: &[String], tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) -> String {
     let Some(any) = summary.values().next() else {
