@@ -11,6 +11,13 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
     })
 }
 
+/// Writes `value` as pretty JSON to `path`, through [`replace_file`].
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    replace_file(path, text.as_bytes())
+}
+
 /// Lets `write` fill `path` + `.partial-<pid>`, then renames it to `path`: `path` appears only
 /// complete. The process id keeps two processes writing the same file (two `qpeft glue` on one
 /// suite) from renaming each other's partial file away.

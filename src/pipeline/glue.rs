@@ -16,6 +16,7 @@ use super::run::{RunDir, RunLock, RunStart, run_recipe};
 use crate::data::Task;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
+use crate::files::write_json;
 use crate::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
 use crate::quant::solve::QuantMethod;
 use crate::recipe::Recipe;
@@ -482,10 +483,7 @@ pub fn glue_suite(
             average: average(i, &spec.tasks, &summary),
         })
         .collect();
-    let json_path = out.join("glue.json");
-    let text = serde_json::to_string_pretty(&rows)
-        .map_err(|e| Error::Internal(format!("glue.json: {e}")))?;
-    std::fs::write(&json_path, text).map_err(|e| Error::io(&json_path, e))?;
+    write_json(&out.join("glue.json"), &rows)?;
     Ok(GlueOutcome { table, markdown })
 }
 

@@ -14,6 +14,7 @@ use super::calibrate::{CalibrationSpec, calibrate_model};
 use crate::data::batch::default_cache_dir;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
+use crate::files::write_json;
 use crate::formats::adapters::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
@@ -296,9 +297,7 @@ fn build(
         modules: solver.reports,
     };
     let json = out.join("report.json");
-    let text = serde_json::to_string_pretty(&report)
-        .map_err(|e| Error::Internal(format!("report.json: {e}")))?;
-    std::fs::write(&json, text).map_err(|e| Error::io(&json, e))?;
+    write_json(&json, &report)?;
     let reports = &report.modules;
     let chart = per_module_chart(
         format!(

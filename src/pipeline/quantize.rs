@@ -17,6 +17,7 @@ use crate::device::{BackendTask, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::eval::dev::evaluate_dev;
 use crate::eval::metrics::{MnliMain, TaskScore};
+use crate::files::write_json;
 use crate::formats::packed::{QuantMetadata, bits_per_weight, write_quantized_model};
 use crate::model::{HubOptions, ModelFiles, PretrainedModel, resolve_model};
 use crate::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
@@ -182,9 +183,7 @@ pub fn quantize(
         modules: solver.reports,
     };
     let json = out.join("report.json");
-    let text = serde_json::to_string_pretty(&report)
-        .map_err(|e| Error::Internal(format!("report.json: {e}")))?;
-    std::fs::write(&json, text).map_err(|e| Error::io(&json, e))?;
+    write_json(&json, &report)?;
     let reports = &report.modules;
     let mut series = vec![(
         "relative output error",
