@@ -4,7 +4,7 @@
 //! output are solved in turn, each on statistics collected with the earlier groups already
 //! quantized (true-sequential). Only layer-boundary states are kept, never per-module inputs.
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 use burn::tensor::{Int, Tensor};
 use faer::Mat;
 use indicatif::{ProgressBar, ProgressStyle};

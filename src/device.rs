@@ -60,7 +60,7 @@ impl fmt::Display for DeviceSpec {
 pub trait BackendTask {
     type Output;
 
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Self::Output;
+    fn run<B: crate::kernels::Backend>(self, device: B::Device) -> Self::Output;
 }
 
 impl DeviceSpec {

@@ -2,7 +2,8 @@
 //!
 //! Modules form layers, and each imports only from the layers below it (checked by
 //! `tests/repository.rs`), from the bottom:
-//! 1. [`error`], [`files`], [`names`], [`seed`], [`device`], [`plot`]: shared utilities;
+//! 1. [`error`], [`files`], [`names`], [`seed`], [`kernels`], [`device`], [`plot`]: shared
+//!    utilities and the backend's fused operations;
 //! 2. [`quant`], then [`reconstruct`]: the numerics, pure functions on faer matrices;
 //! 3. [`formats`]: safetensors, the packed-weight and adapter checkpoint formats;
 //! 4. [`layers`], then [`model`]: Burn layers and the encoders built from them;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod eval;
 pub mod files;
 pub mod formats;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod names;

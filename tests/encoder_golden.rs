@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use common::{Golden, fixture, max_abs_diff};
 use qpeft::eval::similarity::{Pooling, embed_texts, pair_cosines};
+use qpeft::kernels::Backend;
 use qpeft::model::{
     DEFAULT_MODEL, HubOptions, PretrainedModel, TextInput, encoder_input, resolve_model,
 };

@@ -4,9 +4,9 @@
 //! parameters train: the adapters and the task head always, biases, LayerNorms and BERT's
 //! pooler as configured; everything else is frozen.
 
+use crate::kernels::Backend;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use rand::Rng;
 
 use crate::error::{Error, Result};

@@ -1,6 +1,6 @@
 //! Scoring a classifier on a task's dev split(s) with the task's GLUE metrics.
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 
 use super::metrics::{MnliMain, TaskPredictions, TaskScore, task_score};
 use super::predict::{Prediction, predict_split};

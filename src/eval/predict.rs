@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::batch::TokenizedSplit;

@@ -4,7 +4,7 @@
 //! reads the token a sequence classifier's head reads. With no training involved it measures
 //! how much of a model's embedding geometry a quantized or initialized checkpoint keeps.
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 
 use crate::error::{Error, Result};
 use crate::model::{Encoder, TextInput, TextTokenizer, encoder_input, first_token, mean_pool};

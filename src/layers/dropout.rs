@@ -10,7 +10,7 @@ use std::sync::{Mutex, PoisonError};
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Shape, Tensor, TensorData};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -56,13 +56,24 @@ impl Dropout {
     }
 
     pub fn forward<B: Backend, const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let device = input.device();
-        if self.prob == 0.0 || !B::ad_enabled(&device) {
-            return input;
+        match self.keep_mask(input.shape(), &input.device()) {
+            Some(mask) => input * mask,
+            None => input,
         }
-        let shape = input.shape();
+    }
+
+    /// The mask [`Dropout::forward`] multiplies by (0 or `1/(1 − prob)` per element), for
+    /// operations that apply it themselves; `None` when dropout is off.
+    pub fn keep_mask<B: Backend, const D: usize>(
+        &self,
+        shape: Shape,
+        device: &B::Device,
+    ) -> Option<Tensor<B, D>> {
+        if self.prob == 0.0 || !B::ad_enabled(device) {
+            return None;
+        }
         let mask = scaled_keep_mask(shape.num_elements(), self.prob);
-        input * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device)
+        Some(Tensor::from_data(TensorData::new(mask, shape), device))
     }
 }
 

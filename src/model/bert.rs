@@ -8,14 +8,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, Linear};
-
-use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use super::config::{Architecture, EncoderConfig, HeadKind};
 use super::weights::WeightScope;
 use crate::error::Result;
 use crate::formats::checkpoint::WeightFile;
+use crate::kernels::{Backend, add_layer_norm, attention_probs, gelu};
 use crate::layers::TargetLinear;
 use crate::layers::dropout::Dropout;
 
@@ -103,10 +102,14 @@ impl<B: Backend> Embeddings<B> {
             input.token_type_ids.clone()
         };
         let x = self.word_embeddings.forward(input.input_ids.clone())
-            + self.position_embeddings.forward(positions)
-            + self.token_type_embeddings.forward(token_types);
-        self.dropout
-            .forward(layer_norm(x, &self.layer_norm, self.layer_norm_eps))
+            + self.position_embeddings.forward(positions);
+        let token_types = self.token_type_embeddings.forward(token_types);
+        self.dropout.forward(add_layer_norm(
+            x,
+            token_types,
+            &self.layer_norm,
+            self.layer_norm_eps,
+        ))
     }
 }
 
@@ -143,8 +146,9 @@ impl<B: Backend> DenseLayerNorm<B> {
 
     /// `LayerNorm(dropout(dense(x)) + residual)`: HF's BertSelfOutput / BertOutput.
     fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        layer_norm(
-            self.dropout.forward(self.dense.forward(x)) + residual,
+        add_layer_norm(
+            self.dropout.forward(self.dense.forward(x)),
+            residual,
             &self.layer_norm,
             self.layer_norm_eps,
         )
@@ -192,8 +196,10 @@ impl<B: Backend> SelfAttention<B> {
         let q = split_heads(self.query.forward(x.clone()));
         let k = split_heads(self.key.forward(x.clone()));
         let v = split_heads(self.value.forward(x));
-        let scores = q.matmul(k.transpose()) * (1.0 / (head_dim as f64).sqrt()) + mask_bias;
-        let probs = self.dropout.forward(softmax(scores, 3));
+        let scores = q.matmul(k.transpose());
+        let keep = self.dropout.keep_mask(scores.shape(), &scores.device());
+        let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
+        let probs = attention_probs(scores, mask_bias, scale, keep);
         probs
             .matmul(v)
             .swap_dims(1, 2)
@@ -228,7 +234,7 @@ impl<B: Backend> EncoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let context = self.attention.self_attention.forward(x.clone(), mask_bias);
         let attended = self.attention.output.forward(context, x);
-        let inner = exact_gelu(self.intermediate.dense.forward(attended.clone()));
+        let inner = gelu(self.intermediate.dense.forward(attended.clone()));
         self.output.forward(inner, attended)
     }
 
@@ -309,7 +315,7 @@ impl<B: Backend> LayerStages<B> {
                 self.attended = Some(attended.clone());
                 attended
             }
-            2 => exact_gelu(layer.intermediate.dense.forward(current)),
+            2 => gelu(layer.intermediate.dense.forward(current)),
             _ => layer.output.forward(
                 current,
                 self.attended
@@ -611,46 +617,4 @@ pub fn encoder_input<B: Backend>(
         attention_mask: int(&batch.attention_mask),
         token_type_ids: int(&batch.token_type_ids),
     }
-}
-
-// Why LayerNorm and softmax are written here instead of using Burn's: burn-autodiff 0.21
-// differentiates a division a/b with respect to a as grad·recip(b), and burn-ndarray computes an
-// f32 `recip` with the SIMD approximate reciprocal (relative error 5.4e-5, against 6e-8 for a
-// division). Burn's LayerNorm divides by the standard deviation and its softmax by the sum, so
-// every gradient through them was 100× less precise than torch's (2e-5 and 4e-5 relative, against
-// 2e-7), which showed as qpeft's adapters drifting from PyTorch's step by step (docs/results.md).
-// Below, the division's left side is a constant or the divisor enters through `powf`, whose
-// derivative is exact to f32; the forward values stay within an ulp of Burn's.
-
-/// LayerNorm over the last dimension with `norm`'s γ and β: (x − μ)·(σ² + ε)^(−1/2)·γ + β.
-pub fn layer_norm<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    norm: &LayerNorm<B>,
-    eps: f64,
-) -> Tensor<B, D> {
-    let centered = x.clone() - x.mean_dim(D - 1);
-    let variance = (centered.clone() * centered.clone()).mean_dim(D - 1);
-    let normalized = centered * (variance + eps).powf_scalar(-0.5);
-    let scaled = normalized * norm.gamma.val().unsqueeze::<D>();
-    match &norm.beta {
-        Some(beta) => scaled + beta.val().unsqueeze::<D>(),
-        None => scaled,
-    }
-}
-
-/// Softmax along `dim`: exp(x − max) · (1 / Σ exp(x − max)), the max shift detached.
-pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    let max = x.clone().detach().max_dim(dim);
-    let exp = (x - max).exp();
-    let sum = exp.clone().sum_dim(dim);
-    exp * (sum.ones_like() / sum)
-}
-
-/// GELU with erf, x·(1 + erf(x/√2))/2, built from tensor operations so that autodiff takes
-/// the exact derivative Φ(x) + x·φ(x): Burn's fused `gelu` differentiates the tanh
-/// approximation instead (burn-backend 0.21 `gelu_backward`), which is not what torch trains
-/// with. The forward operations are Burn's, in the same order, so values are unchanged.
-pub fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let cdf = (x.clone() / std::f64::consts::SQRT_2).erf() + 1.0;
-    (x * cdf) / 2.0
 }

@@ -6,7 +6,7 @@ pub mod hub;
 pub mod tokenizer;
 pub mod weights;
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 
 pub use bert::{Encoder, EncoderInput, SequenceClassifier, encoder_input, first_token, mean_pool};
 pub use config::{Architecture, EncoderConfig, HeadKind};

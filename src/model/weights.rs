@@ -5,9 +5,9 @@
 //! This is the one boundary where HF's `[out, in]` linear weights become Burn's `[in, out]`
 //! (see [`WeightScope::linear`]); everywhere else qpeft keeps `[out, in]`.
 
+use crate::kernels::Backend;
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};

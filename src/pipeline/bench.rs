@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 use burn_autodiff::Autodiff;
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 use burn_autodiff::Autodiff;
 
 use super::calibrate::CalibrationSpec;

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::kernels::Backend;
 use burn::module::Module;
-use burn::tensor::backend::Backend;
 use burn_autodiff::Autodiff;
 use serde::Serialize;
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::calibrate::{CalibrationSpec, calibrate_model};

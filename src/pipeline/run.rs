@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use crate::kernels::{AutodiffBackend, Backend};
 use burn_autodiff::Autodiff;
 
 use crate::adapters::export::adapter_and_head_tensors;

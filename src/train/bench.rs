@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::kernels::AutodiffBackend;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use rand::Rng;
 use serde::Serialize;
 

@@ -14,9 +14,9 @@ use std::collections::{HashMap, HashSet};
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 
+use crate::kernels::{AutodiffBackend, Backend};
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,8 @@
 //! One optimizer step — forward, loss and backward over each micro-batch, gradients summed,
 //! one AdamW update — shared by the training loop and the throughput benchmark.
 
+use crate::kernels::{AutodiffBackend, Backend};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement;
 use burn::tensor::{Int, Tensor, TensorData};
 
