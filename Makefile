@@ -40,8 +40,11 @@ test: model data
 	$(CARGO) test --release
 
 # qpeft vs PyTorch side by side on CPU: training step and evaluation pass (bench/run.py), GPTQ
-# (bench/solver_run.py); the references run in their own virtual environment, made on first use.
+# (bench/solver_run.py), fine-tuning STS-B end to end against HF Trainer + peft (bench/e2e.py;
+# E2E_ARGS="" for the whole training set, about an hour); the references run in their own
+# virtual environment, made on first use.
 BENCH_VENV ?= $(HOME)/.cache/qpeft-bench-venv
+E2E_ARGS ?= --max-train-samples 1000
 bench: model data
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
@@ -49,6 +52,8 @@ bench: model data
 		--python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python bench/solver_run.py --qpeft $(CARGO_TARGET_DIR)/release/qpeft \
 		--python $(BENCH_VENV)/bin/python
+	$(BENCH_VENV)/bin/python bench/e2e.py --qpeft $(CARGO_TARGET_DIR)/release/qpeft \
+		--python $(BENCH_VENV)/bin/python $(E2E_ARGS)
 
 # The CUDA backend builds offline on a machine without a GPU; cudarc loads the driver at run time.
 cuda-build:

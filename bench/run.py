@@ -43,6 +43,7 @@ def main():
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--modes", default="train,eval")
     parser.add_argument("--json-out", help="also write every measurement here")
+    parser.add_argument("--device", default="cpu", help="qpeft's --device (cpu, ndarray)")
     args = parser.parse_args()
 
     threads = str(args.threads)
@@ -52,7 +53,7 @@ def main():
              "--steps", str(args.steps), "--warmup", str(args.warmup)]
     # The recipe's QLoRA init is the reference's set-up: MXINT-2 RTN base, B = 0, rank 8, α 16.
     qpeft_set = ["recipes/sst2.toml", "--set", "adapter.init=qlora", "--set", "quant.bits=2",
-                 "--set", "adapter.rank=8"] + shape
+                 "--set", "adapter.rank=8", "--device", args.device] + shape
     torch_base = [args.python, str(ROOT / "bench/reference.py"), "--bits", "2", "--rank", "8",
                   "--threads", threads] + shape
 

@@ -218,6 +218,31 @@ mod cpu {
     }
 }
 
+/// The same goldens on the other CPU backend (`--device ndarray`).
+mod ndarray {
+    use qpeft::device::NdArrayBackend;
+
+    #[test]
+    fn minilm_sentence_embeddings_match_transformers() {
+        super::minilm_sentence_embeddings::<NdArrayBackend>(&Default::default());
+    }
+
+    #[test]
+    fn tiny_bert_matches_transformers() {
+        super::tiny::<NdArrayBackend>("tiny-bert", &Default::default());
+    }
+
+    #[test]
+    fn tiny_roberta_matches_transformers() {
+        super::tiny::<NdArrayBackend>("tiny-roberta", &Default::default());
+    }
+
+    #[test]
+    fn minilm_matches_transformers() {
+        super::minilm::<NdArrayBackend>(&Default::default());
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use qpeft::device::CudaBackend;

@@ -75,7 +75,7 @@ impl ModelArg {
 /// `--device`, shared by every command that computes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArg {
-    /// Where to compute: cpu, cuda or cuda:N.
+    /// Where to compute: cpu (burn-flex), ndarray (the CPU with burn-ndarray), cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

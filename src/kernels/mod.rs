@@ -4,8 +4,8 @@
 //!
 //! [`Backend`] extends Burn's backend trait. Its default bodies ([`composed`]) are the Burn-op
 //! compositions the model used before, so a backend without its own kernels (CUDA) computes
-//! exactly what it did. The CPU backend overrides them with one-pass, row-parallel slice
-//! kernels ([`cpu`]); [`Autodiff`] records each as one node whose backward is the backend's
+//! exactly what it did. The CPU backends (ndarray, flex) override them with one-pass,
+//! row-parallel slice kernels ([`cpu`]); [`Autodiff`] records each as one node whose backward is the backend's
 //! own backward operation, not the autodiff of the composition.
 //!
 //! Shapes: GELU works on any shape; LayerNorm on `[rows, hidden]` with `gamma`/`beta` `[hidden]`;
@@ -15,7 +15,7 @@
 mod autodiff;
 pub mod composed;
 pub mod cpu;
-mod ndarray_backend;
+mod host;
 
 use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend as BurnBackend;
