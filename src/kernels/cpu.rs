@@ -1,5 +1,7 @@
 //! One-pass CPU kernels of the fused operations on row-major `f32` slices: rows split over
-//! rayon's pool, each chunk compiled for the machine's widest SIMD (pulp's runtime dispatch).
+//! rayon's pool, each task's loop compiled for AVX-512, AVX2 and the baseline and picked at run
+//! time ([`multiversion!`]). Every reduction has a fixed order (`LANES` partial sums), so the
+//! three compilations give the same bits.
 //! `exp` and `erf` are branch-free f32 approximations so that the loops vectorize; Burn's
 //! ndarray backend computes both through scalar libm calls, erf in f64.
 
@@ -9,10 +11,43 @@ use rayon::prelude::*;
 /// threads, large enough that scheduling stays invisible.
 const CHUNK: usize = 1 << 14;
 
-/// Runs `f` compiled with the CPU's widest instruction set.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+/// Defines a function whose body is compiled three times (AVX-512, AVX2 + FMA, the baseline),
+/// the widest the CPU has chosen at each call. The body is `#[inline(always)]` into each
+/// `#[target_feature]` copy, so that its loops are vectorized for those instructions (a closure
+/// handed to a dispatcher is compiled for the baseline when the optimizer declines to inline
+/// it, which is what happened to these kernels under pulp's `dispatch`).
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v4($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v3($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has every feature `v4` is compiled with.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has every feature `v3` is compiled with.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
 }
 
 /// eˣ in f32, relative error below 2·10⁻⁷ (Cephes `expf`: x = n·ln 2 + r, |r| ≤ ln2/2, a
@@ -52,43 +87,40 @@ pub fn erf(x: f32) -> f32 {
     (1.0 - poly * exp(-a * a)).copysign(x)
 }
 
-/// `out[i] = f(x[i])` over the pool.
-fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(out, x)| {
-            simd(|| {
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = f(v);
-                }
-            })
-        });
-    out
+multiversion! {
+    fn gelu_chunk(out: &mut [f32], x: &[f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+multiversion! {
+    fn gelu_backward_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) {
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
+            let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = exp(-0.5 * v * v) * INV_SQRT_2PI;
+            *o = g * (cdf + v * pdf);
+        }
+    }
 }
 
 /// x·(1 + erf(x/√2))/2 elementwise.
 pub fn gelu_erf(x: &[f32]) -> Vec<f32> {
-    map(x, |v| {
-        0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
-    })
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(out, x)| gelu_chunk(out, x));
+    out
 }
 
 /// grad·(Φ(x) + x·φ(x)) elementwise.
 pub fn gelu_erf_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
     let mut out = vec![0.0; x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .for_each(|(out, (x, grad))| {
-            simd(|| {
-                for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
-                    let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = exp(-0.5 * v * v) * INV_SQRT_2PI;
-                    *o = g * (cdf + v * pdf);
-                }
-            })
-        });
+        .for_each(|(out, (x, grad))| gelu_backward_chunk(out, x, grad));
     out
 }
 
@@ -172,6 +204,33 @@ fn softmax_row(scores: &[f32], mask: &[f32], scale: f32, probs: &mut [f32]) {
     }
 }
 
+multiversion! {
+    /// Rows of `probs` (and of `dropped` when `keep` is given) from the rows of `scores`, the
+    /// first being row `first_row` of the whole tensor.
+    fn softmax_rows(
+        probs: &mut [f32],
+        dropped: &mut [f32],
+        scores: &[f32],
+        keep: Option<&[f32]>,
+        mask: &[f32],
+        first_row: usize,
+        shape: AttentionShape,
+        scale: f32,
+    ) {
+        let keys = shape.keys;
+        for (i, p) in probs.chunks_exact_mut(keys).enumerate() {
+            let batch = (first_row + i) / shape.rows_per_batch;
+            let row = i * keys..(i + 1) * keys;
+            softmax_row(&scores[row.clone()], &mask[batch * keys..][..keys], scale, p);
+            if let Some(keep) = keep {
+                for ((d, &p), &k) in dropped[row.clone()].iter_mut().zip(p.iter()).zip(&keep[row]) {
+                    *d = p * k;
+                }
+            }
+        }
+    }
+}
+
 /// softmax(scores·scale + mask) over each row of keys; with `keep`, also probs ⊙ keep.
 pub fn attention_probs(
     scores: &[f32],
@@ -180,52 +239,67 @@ pub fn attention_probs(
     scale: f32,
     keep: Option<&[f32]>,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
-    let AttentionShape {
-        keys,
-        rows_per_batch,
-    } = shape;
-    let step = rows_per_task(keys) * keys;
+    let rows_per = rows_per_task(shape.keys);
+    let step = rows_per * shape.keys;
     let mut probs = vec![0.0; scores.len()];
-    let mask_row = |row: usize| &mask[(row / rows_per_batch) * keys..][..keys];
+    let task_keep = |t: usize| keep.map(|k| &k[t * step..(t * step + step).min(k.len())]);
+    let task_scores = |t: usize| &scores[t * step..(t * step + step).min(scores.len())];
     match keep {
         None => {
-            probs
-                .par_chunks_mut(step)
-                .enumerate()
-                .for_each(|(task, probs)| {
-                    simd(|| {
-                        let first = task * step;
-                        for (i, p) in probs.chunks_exact_mut(keys).enumerate() {
-                            let at = first + i * keys;
-                            softmax_row(&scores[at..at + keys], mask_row(at / keys), scale, p);
-                        }
-                    })
-                });
+            probs.par_chunks_mut(step).enumerate().for_each(|(t, p)| {
+                softmax_rows(
+                    p,
+                    &mut [],
+                    task_scores(t),
+                    None,
+                    mask,
+                    t * rows_per,
+                    shape,
+                    scale,
+                )
+            });
             (probs, None)
         }
-        Some(keep) => {
+        Some(_) => {
             let mut dropped = vec![0.0; scores.len()];
             probs
                 .par_chunks_mut(step)
                 .zip(dropped.par_chunks_mut(step))
                 .enumerate()
-                .for_each(|(task, (probs, dropped))| {
-                    simd(|| {
-                        let first = task * step;
-                        for (i, (p, d)) in probs
-                            .chunks_exact_mut(keys)
-                            .zip(dropped.chunks_exact_mut(keys))
-                            .enumerate()
-                        {
-                            let at = first + i * keys;
-                            softmax_row(&scores[at..at + keys], mask_row(at / keys), scale, p);
-                            for ((d, &p), &k) in d.iter_mut().zip(p.iter()).zip(&keep[at..]) {
-                                *d = p * k;
-                            }
-                        }
-                    })
+                .for_each(|(t, (p, d))| {
+                    let (s, k) = (task_scores(t), task_keep(t));
+                    softmax_rows(p, d, s, k, mask, t * rows_per, shape, scale)
                 });
             (probs, Some(dropped))
+        }
+    }
+}
+
+multiversion! {
+    fn softmax_backward_rows(
+        out: &mut [f32],
+        probs: &[f32],
+        grad: &[f32],
+        keep: Option<&[f32]>,
+        keys: usize,
+        scale: f32,
+    ) {
+        for (i, o) in out.chunks_exact_mut(keys).enumerate() {
+            let row = i * keys..(i + 1) * keys;
+            let p = &probs[row.clone()];
+            // o holds g ⊙ keep until the dot product is known.
+            match keep {
+                Some(keep) => {
+                    for ((o, &g), &k) in o.iter_mut().zip(&grad[row.clone()]).zip(&keep[row]) {
+                        *o = g * k;
+                    }
+                }
+                None => o.copy_from_slice(&grad[row]),
+            }
+            let dot = dot(o, p);
+            for (o, &p) in o.iter_mut().zip(p) {
+                *o = scale * p * (*o - dot);
+            }
         }
     }
 }
@@ -240,31 +314,14 @@ pub fn attention_probs_backward(
 ) -> Vec<f32> {
     let step = rows_per_task(keys) * keys;
     let mut out = vec![0.0; probs.len()];
-    out.par_chunks_mut(step)
-        .enumerate()
-        .for_each(|(task, out)| {
-            simd(|| {
-                let first = task * step;
-                for (i, o) in out.chunks_exact_mut(keys).enumerate() {
-                    let at = first + i * keys;
-                    let p = &probs[at..at + keys];
-                    let g = &grad[at..at + keys];
-                    // o holds g ⊙ keep until the dot product is known.
-                    match keep {
-                        Some(keep) => {
-                            for ((o, &g), &k) in o.iter_mut().zip(g).zip(&keep[at..]) {
-                                *o = g * k;
-                            }
-                        }
-                        None => o.copy_from_slice(g),
-                    }
-                    let dot = dot(o, p);
-                    for (o, &p) in o.iter_mut().zip(p) {
-                        *o = scale * p * (*o - dot);
-                    }
-                }
-            })
-        });
+    let part = |x: &'_ [f32], t: usize| -> std::ops::Range<usize> {
+        t * step..(t * step + step).min(x.len())
+    };
+    out.par_chunks_mut(step).enumerate().for_each(|(t, o)| {
+        let range = part(probs, t);
+        let k = keep.map(|k| &k[range.clone()]);
+        softmax_backward_rows(o, &probs[range.clone()], &grad[range], k, keys, scale)
+    });
     out
 }
 
@@ -308,6 +365,35 @@ fn layer_norm_row(
     inv_std
 }
 
+multiversion! {
+    /// Rows of LayerNorm; `normalized` and `inv_std` are filled when not empty.
+    fn layer_norm_rows(
+        out: &mut [f32],
+        normalized: &mut [f32],
+        inv_std: &mut [f32],
+        x: &[f32],
+        residual: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        let hidden = gamma.len();
+        let mut scratch = vec![0.0; if normalized.is_empty() { hidden } else { 0 }];
+        for (i, out) in out.chunks_exact_mut(hidden).enumerate() {
+            let row = i * hidden..(i + 1) * hidden;
+            let n = if normalized.is_empty() {
+                &mut scratch[..]
+            } else {
+                &mut normalized[row.clone()]
+            };
+            let s = layer_norm_row(&x[row.clone()], &residual[row], gamma, beta, eps, n, out);
+            if let Some(slot) = inv_std.get_mut(i) {
+                *slot = s;
+            }
+        }
+    }
+}
+
 /// LayerNorm(x + residual)·gamma + beta over rows of `gamma.len()`.
 pub fn add_layer_norm(
     x: &[f32],
@@ -325,30 +411,17 @@ pub fn add_layer_norm(
     let mut normalized = vec![0.0; if keep_stats { x.len() } else { 0 }];
     let mut inv_std = vec![0.0; if keep_stats { rows } else { 0 }];
     let task = |t: usize, out: &mut [f32], normalized: &mut [f32], inv_std: &mut [f32]| {
-        simd(|| {
-            let mut scratch = vec![0.0; hidden];
-            let first = t * step;
-            for (i, out) in out.chunks_exact_mut(hidden).enumerate() {
-                let at = first + i * hidden;
-                let n = if normalized.is_empty() {
-                    &mut scratch[..]
-                } else {
-                    &mut normalized[i * hidden..(i + 1) * hidden]
-                };
-                let s = layer_norm_row(
-                    &x[at..at + hidden],
-                    &residual[at..at + hidden],
-                    gamma,
-                    beta,
-                    eps,
-                    n,
-                    out,
-                );
-                if let Some(slot) = inv_std.get_mut(i) {
-                    *slot = s;
-                }
-            }
-        })
+        let range = t * step..t * step + out.len();
+        layer_norm_rows(
+            out,
+            normalized,
+            inv_std,
+            &x[range.clone()],
+            &residual[range],
+            gamma,
+            beta,
+            eps,
+        )
     };
     if keep_stats {
         output
@@ -373,6 +446,45 @@ pub fn add_layer_norm(
     }
 }
 
+multiversion! {
+    /// Rows of the LayerNorm backward; adds each row's terms to `gamma_grad` and `beta_grad`.
+    fn layer_norm_backward_rows(
+        input: &mut [f32],
+        gamma_grad: &mut [f32],
+        beta_grad: &mut [f32],
+        grad: &[f32],
+        normalized: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+    ) {
+        let hidden = gamma.len();
+        for (i, input) in input.chunks_exact_mut(hidden).enumerate() {
+            let row = i * hidden..(i + 1) * hidden;
+            let dy = &grad[row.clone()];
+            let n = &normalized[row];
+            for (((d, &dy), &n), (gg, bg)) in input
+                .iter_mut()
+                .zip(dy)
+                .zip(n)
+                .zip(gamma_grad.iter_mut().zip(beta_grad.iter_mut()))
+            {
+                *gg += dy * n;
+                *bg += dy;
+                *d = dy;
+            }
+            for (d, &g) in input.iter_mut().zip(gamma) {
+                *d *= g;
+            }
+            let mean_g = sum(input) / hidden as f32;
+            let mean_gn = dot(input, n) / hidden as f32;
+            let s = inv_std[i];
+            for (d, &n) in input.iter_mut().zip(n) {
+                *d = (*d - mean_g - n * mean_gn) * s;
+            }
+        }
+    }
+}
+
 /// The gradients of LayerNorm(x + residual): (d input, d gamma, d beta); see
 /// [`super::composed::add_layer_norm_backward`] for the formulas.
 pub fn add_layer_norm_backward(
@@ -389,38 +501,19 @@ pub fn add_layer_norm_backward(
         .par_chunks_mut(step)
         .enumerate()
         .map(|(t, input)| {
-            simd(|| {
-                let mut gamma_grad = vec![0.0f32; hidden];
-                let mut beta_grad = vec![0.0f32; hidden];
-                let first = t * step;
-                for (i, input) in input.chunks_exact_mut(hidden).enumerate() {
-                    let at = first + i * hidden;
-                    let dy = &grad[at..at + hidden];
-                    let n = &normalized[at..at + hidden];
-                    for (((d, &dy), &n), (gg, bg)) in input
-                        .iter_mut()
-                        .zip(dy)
-                        .zip(n)
-                        .zip(gamma_grad.iter_mut().zip(beta_grad.iter_mut()))
-                    {
-                        *gg += dy * n;
-                        *bg += dy;
-                        *d = dy;
-                    }
-                    for (d, &g) in input.iter_mut().zip(gamma) {
-                        *d *= g;
-                    }
-                    let sum_g = sum(input);
-                    let sum_gn = dot(input, n);
-                    let mean_g = sum_g / hidden as f32;
-                    let mean_gn = sum_gn / hidden as f32;
-                    let s = inv_std[at / hidden];
-                    for (d, &n) in input.iter_mut().zip(n) {
-                        *d = (*d - mean_g - n * mean_gn) * s;
-                    }
-                }
-                (gamma_grad, beta_grad)
-            })
+            let mut gamma_grad = vec![0.0f32; hidden];
+            let mut beta_grad = vec![0.0f32; hidden];
+            let range = t * step..t * step + input.len();
+            layer_norm_backward_rows(
+                input,
+                &mut gamma_grad,
+                &mut beta_grad,
+                &grad[range.clone()],
+                &normalized[range],
+                &inv_std[t * rows_per..],
+                gamma,
+            );
+            (gamma_grad, beta_grad)
         })
         .reduce(
             || (vec![0.0; hidden], vec![0.0; hidden]),

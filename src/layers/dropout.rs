@@ -11,7 +11,7 @@ use std::sync::{Mutex, PoisonError};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor, TensorData};
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 static STREAM: Mutex<Option<ChaCha8Rng>> = Mutex::new(None);
@@ -21,15 +21,22 @@ pub fn seed_dropout(seed: u64) {
     *STREAM.lock().unwrap_or_else(PoisonError::into_inner) = Some(ChaCha8Rng::seed_from_u64(seed));
 }
 
-/// `len` mask values: 0 with probability `prob`, else `1/(1 − prob)` (inverted dropout).
+/// `len` mask values: 0 with probability `prob`, else `1/(1 − prob)` (inverted dropout). The
+/// stream's words are drawn in one `fill` (the same words, in the same order, as one
+/// `next_u32` per element) and compared in a loop that vectorizes.
 fn scaled_keep_mask(len: usize, prob: f64) -> Vec<f32> {
     let threshold = (prob * 2f64.powi(32)).round() as u64;
     let scale = (1.0 / (1.0 - prob)) as f32;
-    let mut stream = STREAM.lock().unwrap_or_else(PoisonError::into_inner);
-    let rng = stream.get_or_insert_with(|| ChaCha8Rng::seed_from_u64(0));
-    (0..len)
-        .map(|_| {
-            if u64::from(rng.next_u32()) < threshold {
+    let mut words = vec![0u32; len];
+    {
+        let mut stream = STREAM.lock().unwrap_or_else(PoisonError::into_inner);
+        let rng = stream.get_or_insert_with(|| ChaCha8Rng::seed_from_u64(0));
+        rng.fill(&mut words[..]);
+    }
+    words
+        .into_iter()
+        .map(|word| {
+            if u64::from(word) < threshold {
                 0.0
             } else {
                 scale
@@ -95,6 +102,25 @@ mod tests {
         );
         seed_dropout(7);
         assert_eq!(first, scaled_keep_mask(200_000, 0.1));
+        // The masks of the per-element draws they replace: one next_u32 each, in order, here
+        // after a draw of odd length so that the stream is not at a block boundary.
+        seed_dropout(9);
+        let _ = scaled_keep_mask(3, 0.1);
+        let bulk = scaled_keep_mask(1000, 0.1);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let threshold = (0.1 * 2f64.powi(32)).round() as u64;
+        let per_element: Vec<f32> = (0..1003)
+            .map(|_| rand::RngCore::next_u32(&mut rng))
+            .skip(3)
+            .map(|w| {
+                if u64::from(w) < threshold {
+                    0.0
+                } else {
+                    (1.0f64 / 0.9) as f32
+                }
+            })
+            .collect();
+        assert_eq!(bulk, per_element);
         assert!(scaled_keep_mask(1000, 0.0).iter().all(|&v| v == 1.0));
     }
 }
