@@ -806,6 +806,14 @@ fn glue_command_tables_and_continues_a_suite() {
     );
 }
 
+/// The final dev score in a `qpeft glue` run's `report.json` (`<cell>/lr-<lr>-seed-<seed>`),
+/// `None` when that run did not happen.
+fn final_main(cell: &std::path::Path, lr: &str, seed: u64) -> Option<f64> {
+    let path = cell.join(format!("lr-{lr}-seed-{seed}/report.json"));
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["final_main"].as_f64()
+}
+
 /// `qpeft glue --lrs … --seeds … --select first-seed`: every lr runs with the first seed, the
 /// best final score selects each cell's lr, only that lr runs with the other seeds, and the table reports their
 /// mean ± standard deviation, with the grid and the per-seed scores beside it.
@@ -830,11 +838,7 @@ fn glue_selects_each_cells_lr_and_reports_the_seeds() {
         String::from_utf8_lossy(&output.stderr)
     );
     let cell = suite.path("grid/lora/sst2");
-    let score = |lr: &str, seed: u64| -> Option<f64> {
-        let path = cell.join(format!("lr-{lr}-seed-{seed}/report.json"));
-        let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()["final_main"].as_f64()
-    };
+    let score = |lr: &str, seed: u64| final_main(&cell, lr, seed);
     let (low, high) = (score("1e-4", 42).unwrap(), score("3e-3", 42).unwrap());
     let (selected, other) = if high > low {
         ("3e-3", "1e-4")
@@ -897,12 +901,8 @@ fn glue_selects_the_lr_with_the_best_mean_over_the_seeds() {
         String::from_utf8_lossy(&output.stderr)
     );
     let cell = suite.path("mean/lora/sst2");
-    let score = |lr: &str, seed: u64| -> f64 {
-        let path = cell.join(format!("lr-{lr}-seed-{seed}/report.json"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()["final_main"]
-            .as_f64()
-            .unwrap()
+    let score = |lr: &str, seed: u64| {
+        final_main(&cell, lr, seed).unwrap_or_else(|| panic!("no report for lr {lr} seed {seed}"))
     };
     let mean = |lr: &str| (score(lr, 42) + score(lr, 1)) / 2.0;
     let (low, high) = (mean("1e-4"), mean("3e-3"));

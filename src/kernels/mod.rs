@@ -5,8 +5,9 @@
 //! [`Backend`] extends Burn's backend trait. Its default bodies ([`composed`]) are the Burn-op
 //! compositions the model used before, so a backend without its own kernels (CUDA) computes
 //! exactly what it did. The CPU backends (ndarray, flex) override them with one-pass,
-//! row-parallel slice kernels ([`cpu`]); [`Autodiff`] records each as one node whose backward is the backend's
-//! own backward operation, not the autodiff of the composition.
+//! row-parallel slice kernels ([`cpu`]); `burn_autodiff::Autodiff` records each as one node
+//! whose backward is the backend's own backward operation, not the autodiff of the
+//! composition.
 //!
 //! Shapes: GELU works on any shape; LayerNorm on `[rows, hidden]` with `gamma`/`beta` `[hidden]`;
 //! attention on scores `[batch, heads, queries, keys]` with the mask bias `[batch, 1, 1, keys]`.
