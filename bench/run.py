@@ -44,6 +44,10 @@ def main():
     parser.add_argument("--modes", default="train,eval")
     parser.add_argument("--json-out", help="also write every measurement here")
     parser.add_argument("--device", default="cpu", help="qpeft's --device (cpu, ndarray)")
+    parser.add_argument("--embeddings", type=int, default=8,
+                        help="bits of qpeft's stored embedding tables (quant.embeddings; 0: f32). "
+                             "The timed computation is the same either way: the tables are "
+                             "dequantized when the model loads")
     args = parser.parse_args()
 
     threads = str(args.threads)
@@ -54,6 +58,8 @@ def main():
     # The recipe's QLoRA init is the reference's set-up: MXINT-2 RTN base, B = 0, rank 8, α 16.
     qpeft_set = ["recipes/sst2.toml", "--set", "adapter.init=qlora", "--set", "quant.bits=2",
                  "--set", "adapter.rank=8", "--device", args.device] + shape
+    if args.embeddings:
+        qpeft_set[1:1] = ["--set", f"quant.embeddings={args.embeddings}"]
     torch_base = [args.python, str(ROOT / "bench/reference.py"), "--bits", "2", "--rank", "8",
                   "--threads", threads] + shape
 

@@ -53,13 +53,30 @@ def unpack(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
     return (stream << np.arange(bits)).sum(axis=2)
 
 
-def dequantize(f, base: str, bits: int) -> np.ndarray:
+def dequantize(f, base: str, bits: int, cols: int, group_width: int) -> np.ndarray:
     """scale · (level(code) − zero) per (row, group of the column), `[out, in]` f32; level is
-    the code itself on uniform grids and the `.qlevels` codebook on NF grids."""
-    scale = f.get_tensor(f"{base}.qscale")
-    zero = f.get_tensor(f"{base}.qzero")
-    group = f.get_tensor(f"{base}.qgroup").astype(np.int64)
-    codes = unpack(f.get_tensor(f"{base}.qcodes"), bits, group.shape[0])
+    the code itself on uniform grids and the `.qlevels` codebook on NF grids (docs/formats.md).
+    Format version 3 stores an MXINT block's step as an E8M0 byte `.qexp` (step 2^(byte − 127 −
+    (bits − 2)), zero 2^(bits−1) − 1), zeros as U8, no zero on NF grids, and `.qgroup` only
+    where a column's group is not column // group_width; versions 1 and 2 store F32 scales and
+    zeros and every `.qgroup`."""
+    keys = set(f.keys())
+    if f"{base}.qexp" in keys:
+        exponent = f.get_tensor(f"{base}.qexp").astype(np.int64) - 127 - (bits - 2)
+        scale = np.ldexp(np.float32(1), exponent).astype(np.float32)
+        zero = np.full(scale.shape, 2 ** (bits - 1) - 1, dtype=np.float32)
+    else:
+        scale = f.get_tensor(f"{base}.qscale").astype(np.float32)
+        zero = (
+            f.get_tensor(f"{base}.qzero").astype(np.float32)
+            if f"{base}.qzero" in keys
+            else np.zeros_like(scale)
+        )
+    if f"{base}.qgroup" in keys:
+        group = f.get_tensor(f"{base}.qgroup").astype(np.int64)
+    else:
+        group = np.arange(cols) // group_width
+    codes = unpack(f.get_tensor(f"{base}.qcodes"), bits, cols)
     levels = codes.astype(np.float32)
     if f"{base}.qlevels" in f.keys():
         levels = f.get_tensor(f"{base}.qlevels")[codes]
@@ -108,8 +125,14 @@ def build(run: Path, recipe: dict, initial: dict):
             key = name[len("bert.") :] if name.startswith("bert.") else name
             if key.endswith(".qcodes"):
                 base = name[: -len(".qcodes")]
-                state[key[: -len(".qcodes")] + ".weight"] = dequantize(f, base, quant["bits"])
-            elif key.endswith((".qscale", ".qzero", ".qgroup", ".qlevels")) or key.startswith("classifier."):
+                module = model.bert.get_submodule(key[: -len(".qcodes")])
+                if isinstance(module, torch.nn.Embedding):  # one grid per row
+                    bits, cols, width = quant["embedding_bits"], module.embedding_dim, module.embedding_dim
+                else:
+                    bits, cols = quant["bits"], module.in_features
+                    width = quant["group"] or cols
+                state[key[: -len(".qcodes")] + ".weight"] = dequantize(f, base, bits, cols, width)
+            elif key.endswith((".qexp", ".qscale", ".qzero", ".qgroup", ".qlevels")) or key.startswith("classifier."):
                 continue  # the head's start is qpeft's (initial.safetensors)
             elif key.endswith((".lora_A", ".lora_B")):
                 lora[key] = f.get_tensor(name)

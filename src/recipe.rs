@@ -70,6 +70,9 @@ pub struct QuantSection {
     pub calib_samples: usize,
     pub calib_max_length: usize,
     pub calib_seed: u64,
+    /// Quantize the embedding tables too, per row at these bits (e.g. 8); absent: full precision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<u8>,
 }
 
 /// `quant.calib`'s value for the recipe's own task: on STS-B it calibrates QERA's init 27 points
@@ -87,6 +90,7 @@ impl Default for QuantSection {
             calib_samples: 128,
             calib_max_length: 128,
             calib_seed: 0,
+            embeddings: None,
         }
     }
 }
@@ -391,6 +395,18 @@ impl Recipe {
                 "at least 1",
                 q.calib_samples.to_string(),
             )?;
+            if let Some(bits) = q.embeddings {
+                check(
+                    (2..=8).contains(&bits),
+                    "quant.embeddings",
+                    "2 to 8 bits",
+                    bits.to_string(),
+                )?;
+            }
+        } else if let Some(bits) = q.embeddings {
+            return Err(format!(
+                "quant.embeddings = {bits}: expected no value with quant.method = \"none\" (full-precision LoRA keeps every weight in full precision)"
+            ));
         }
         match (q.method, a.init) {
             (QuantMethod::None, InitName::Lora) => {}

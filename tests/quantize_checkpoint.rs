@@ -1,6 +1,8 @@
 //! Quantization end to end on the tiny BERT: the written directory loads back through the
 //! normal model path with weights equal to the solver's Ŵ (as f32), records its metadata, and a
-//! file of another format version is refused; an NF grid is stored with its codebook.
+//! file of another format version is refused; an NF grid is stored with its codebook; MXINT is
+//! stored at 2.25 bits per weight and 8-bit embedding tables load as their per-row RTN; files of
+//! format version 1 still load.
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::path::Path;
 use faer::Mat;
 
 use qpeft::device::CpuBackend;
-use qpeft::formats::packed::{FORMAT_VERSION, UNIFORM_FORMAT_VERSION};
+use qpeft::formats::checkpoint::WeightFile;
+use qpeft::formats::packed::FORMAT_VERSION;
 use qpeft::model::weights::linear_weight_out_in;
 use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
 use qpeft::pipeline::calibrate::CalibrationSpec;
@@ -94,8 +97,7 @@ fn quantized_directory_round_trips_through_the_model_loader() {
     let meta = quantized.weights.quantization().expect("qpeft metadata");
     assert_eq!(
         (meta.bits, meta.group, meta.format_version),
-        (3, 32, UNIFORM_FORMAT_VERSION),
-        "a file without codebooks keeps the version older builds read"
+        (3, 32, FORMAT_VERSION)
     );
     assert!(
         !quantized
@@ -111,15 +113,15 @@ fn quantized_directory_round_trips_through_the_model_loader() {
         let target = name.starts_with("encoder.");
         if target {
             // 3 bits: at most 8 distinct values per row and group (groups follow act-order,
-            // so each column's group comes from the file's `.qgroup`).
-            let (_, _, raw) = quantized
-                .weights
-                .raw(&format!("bert.{name}.qgroup"))
-                .unwrap();
-            let group: Vec<i32> = raw
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            // so each column's group comes from the file's `.qgroup` where the order is not
+            // the columns' own).
+            let group: Vec<i32> = match quantized.weights.raw(&format!("bert.{name}.qgroup")) {
+                Ok((_, _, raw)) => raw
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                Err(_) => (0..q.ncols() as i32).map(|c| c / 32).collect(),
+            };
             for r in 0..q.nrows() {
                 for g in 0..=*group.iter().max().unwrap() {
                     let mut levels: Vec<f64> = (0..q.ncols())
@@ -153,7 +155,7 @@ fn quantized_directory_round_trips_through_the_model_loader() {
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
     // The qpeft entry is a JSON string inside the header, so its quotes are escaped.
-    let from = r#"\"format_version\":1"#;
+    let from = r#"\"format_version\":3"#;
     assert!(header.contains(from), "{header}");
     let patched = header.replacen(from, r#"\"format_version\":9"#, 1);
     bytes[8..8 + header_len].copy_from_slice(patched.as_bytes());
@@ -217,4 +219,129 @@ fn nf_grid_is_stored_with_its_codebook_and_loads_as_rtn() {
         checked += 1;
     }
     assert_eq!(checked, 12);
+}
+
+/// The tensors of `name` (a linear or an embedding table) in a written file.
+fn stored_suffixes(file: &WeightFile, name: &str) -> Vec<String> {
+    let mut suffixes: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(&format!("{name}.")).map(str::to_string))
+        .collect();
+    suffixes.sort();
+    suffixes
+}
+
+/// MXINT-2 in blocks of 32 is stored as 2-bit codes and one E8M0 exponent per block: exactly
+/// 2.25 bits per weight, no scale, zero or group tensors, and the weights load as the library's
+/// RTN exactly (the steps are powers of two). `--embeddings 8` stores the embedding tables as
+/// 8-bit codes with one scale and zero per row, and they load as symmetric per-row RTN computed
+/// here.
+#[test]
+fn mxint_is_stored_at_two_and_a_quarter_bits_and_embeddings_at_eight() {
+    let work = tempfile::tempdir().unwrap();
+    let out = quantize_tiny(
+        work.path(),
+        QuantizerSpec {
+            grid: Some(GridKind::MxInt),
+            group: Some(32),
+            embeddings: Some(8),
+            ..QuantizerSpec::new(QuantMethod::Rtn, 2)
+        },
+    );
+    let quantized = open(&out);
+    let meta = quantized.weights.quantization().expect("qpeft metadata");
+    assert_eq!(
+        (meta.bits, meta.embedding_bits, meta.format_version),
+        (2, Some(8), FORMAT_VERSION)
+    );
+    let file = &quantized.weights;
+    assert_eq!(
+        stored_suffixes(file, "bert.encoder.layer.0.intermediate.dense"),
+        ["bias", "qcodes", "qexp"]
+    );
+    assert_eq!(
+        stored_suffixes(file, "bert.embeddings.word_embeddings"),
+        ["qcodes", "qscale", "qzero"]
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["bits_per_weight"].as_f64().unwrap(), 2.25);
+
+    let spec = GridSpec::new(Bits::new(2).unwrap(), GridKind::MxInt);
+    for (name, q, f) in linears_beside_the_original(&quantized)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("encoder."))
+    {
+        let reference = rtn(f.as_ref(), &spec, Grouping::Static(32), Rounding::Nearest).unwrap();
+        let same = (0..q.nrows()).all(|r| {
+            (0..q.ncols()).all(|c| q[(r, c)] == reference.dequantized[(r, c)] as f32 as f64)
+        });
+        assert!(same, "{name}: the loaded weight is the RTN Ŵ");
+    }
+
+    let original = WeightFile::open(&common::fixture("tiny-bert/model.safetensors")).unwrap();
+    for table in ["word", "position", "token_type"] {
+        let prefix = format!("bert.embeddings.{table}_embeddings.");
+        let shape = original.shape(&format!("{prefix}weight")).unwrap();
+        let (rows, cols) = (shape[0], shape[1]);
+        let w = original
+            .read_f32(&format!("{prefix}weight"), &shape)
+            .unwrap();
+        let loaded = file.embedding_table(&prefix, rows, cols).unwrap();
+        for r in 0..rows {
+            let row = &w[r * cols..(r + 1) * cols];
+            let absmax = row.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+            let s = (absmax / 127.0).max(1e-5);
+            for c in 0..cols {
+                // The file's formula in f32: qscale · (code − qzero).
+                let level = (f64::from(row[c]) / s).round_ties_even() as f32;
+                let want = s as f32 * level;
+                assert_eq!(loaded[r * cols + c], want, "{table} ({r}, {c})");
+            }
+        }
+    }
+}
+
+/// Files of format version 1 (F32 scale and zero per group, I32 group of every column) still
+/// load: each packed layer reads as `scale·(code − zero)` of its stored tensors. The fixture is
+/// a QERA init checkpoint of the tiny BERT written by a version-1 build (the one the committed
+/// step-by-step training cases also start from).
+#[test]
+fn format_version_1_files_still_load() {
+    let path = common::fixture("format-v1/model.safetensors");
+    let file = WeightFile::open(&path).unwrap();
+    assert_eq!(file.quantization().unwrap().format_version, 1);
+    let name = "bert.encoder.layer.1.output.dense.";
+    let f32s = |suffix: &str| {
+        let (_, _, raw) = file.raw(&format!("{name}{suffix}")).unwrap();
+        raw.chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect::<Vec<f32>>()
+    };
+    let (scale, zero) = (f32s("qscale"), f32s("qzero"));
+    let (_, _, group) = file.raw(&format!("{name}qgroup")).unwrap();
+    let group: Vec<usize> = group
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    let (_, shape, codes) = file.raw(&format!("{name}qcodes")).unwrap();
+    let (rows, cols) = (shape[0], group.len());
+    let groups = scale.len() / rows;
+    let bits = 8 * shape[1] / cols;
+    let frozen = file.frozen_weight(name, cols, rows).unwrap();
+    let loaded = frozen.dequantize().unwrap();
+    for r in 0..rows {
+        for c in 0..cols {
+            let bit = c * bits;
+            let code = (codes[r * shape[1] + bit / 8] >> (bit % 8)) & ((1 << bits) - 1);
+            let k = r * groups + group[c];
+            let want = scale[k] * (f32::from(code) - zero[k]);
+            assert_eq!(loaded[r * cols + c], want, "({r}, {c})");
+        }
+    }
+    assert_eq!(
+        frozen.stored_bytes(),
+        codes.len() + 4 * (2 * scale.len() + cols)
+    );
 }

@@ -225,6 +225,7 @@ fn packed_layer() -> (FrozenWeight, Vec<f32>) {
             zero,
             group_of_column: vec![0; cols],
             levels: None,
+            stored_bytes: 0,
         },
         dense,
     )

@@ -58,6 +58,12 @@ fn check_case(case: &Path, tmp: &Path) -> CaseResult {
     let recipe_text = std::fs::read_to_string(case.join("recipe.toml")).unwrap();
     let recipe: toml::Table = toml::from_str(&recipe_text).unwrap();
     let init = recipe["adapter"]["init"].as_str().unwrap();
+    // The init folder: the recipe's `model.init_checkpoint` names one, else the initializer's.
+    let init_dir = recipe
+        .get("model")
+        .and_then(|m| m.get("init_checkpoint"))
+        .and_then(|c| c.as_str())
+        .unwrap_or(init);
     let run = tmp.join(&name);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
         .arg("train")
@@ -71,7 +77,7 @@ fn check_case(case: &Path, tmp: &Path) -> CaseResult {
         .arg(format!(
             "model.init_checkpoint={:?}",
             fixture("train-equiv/inits")
-                .join(init)
+                .join(init_dir)
                 .display()
                 .to_string()
         ))

@@ -8,7 +8,9 @@ use std::path::Path;
 use safetensors::tensor::Dtype;
 
 use super::adapters::{ADAPTER_METADATA_KEY, AdapterMetadata, add_low_rank};
-use super::packed::{FrozenWeight, METADATA_KEY, QuantMetadata};
+use super::packed::{
+    FrozenWeight, METADATA_KEY, PACKED_SUFFIXES, QuantMetadata, mxint_step, mxint_zero,
+};
 use super::safetensors::TensorFile;
 use crate::error::Result;
 use crate::quant::grid::Bits;
@@ -66,49 +68,125 @@ impl WeightFile {
     }
 
     /// The frozen weight of the linear whose tensors are named `prefix` + `weight`, …, as
-    /// stored: packed codes and grids (`.qcodes`, `.qscale`, `.qzero`, `.qgroup`, and
-    /// `.qlevels` on NF grids, written by `qpeft quantize`/`init`) or a dense `weight [out, in]`.
+    /// stored: packed codes and grids (written by `qpeft quantize`/`init`, docs/formats.md)
+    /// or a dense `weight [out, in]`.
     pub fn frozen_weight(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<FrozenWeight> {
-        let key = |name: &str| format!("{prefix}{name}");
-        if self.contains(&key("weight")) || !self.contains(&key("qcodes")) {
-            return Ok(FrozenWeight::Dense {
-                rows: d_out,
-                cols: d_in,
-                values: self.read_f32(&key("weight"), &[d_out, d_in])?,
-            });
+        let packed =
+            !self.contains(&format!("{prefix}weight")) && self.contains(&format!("{prefix}qcodes"));
+        if !packed {
+            return self.dense(prefix, d_out, d_in);
         }
         let meta = self.quantization().ok_or_else(|| {
             self.invalid(format!(
-                "'{}' has packed codes but the file has no `{METADATA_KEY}` metadata",
-                key("qcodes")
+                "'{prefix}qcodes' has packed codes but the file has no `{METADATA_KEY}` metadata"
             ))
         })?;
-        let bits = Bits::new(meta.bits)?;
-        let groups = self.shape(&key("qscale"))?.get(1).copied().unwrap_or(0);
-        let codes = self
-            .read_raw(
-                &key("qcodes"),
-                Dtype::U8,
-                &[d_out, (d_in * usize::from(meta.bits)).div_ceil(8)],
-            )?
-            .to_vec();
-        let group_of_column: Vec<i32> = self
-            .read_raw(&key("qgroup"), Dtype::I32, &[d_in])?
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        self.packed(prefix, (d_out, d_in), Bits::new(meta.bits)?, meta.group)
+    }
+
+    /// The `[rows, cols]` embedding table named `prefix` + `weight`: dequantized when the file
+    /// stores it quantized (`quant.embeddings`, one grid per row), else as stored.
+    pub fn embedding_table(&self, prefix: &str, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        let bits = self.quantization().and_then(|m| m.embedding_bits);
+        match bits {
+            Some(bits) if !self.contains(&format!("{prefix}weight")) => self
+                .packed(prefix, (rows, cols), Bits::new(bits)?, 0)?
+                .into_dequantized()
+                .map_err(|e| self.invalid(format!("{prefix}qcodes: {e}"))),
+            _ => self.read_f32(&format!("{prefix}weight"), &[rows, cols]),
+        }
+    }
+
+    fn dense(&self, prefix: &str, rows: usize, cols: usize) -> Result<FrozenWeight> {
+        Ok(FrozenWeight::Dense {
+            rows,
+            cols,
+            values: self.read_f32(&format!("{prefix}weight"), &[rows, cols])?,
+        })
+    }
+
+    /// A packed layer in any format version this build reads. Version 3 stores MXINT blocks as
+    /// `.qexp`, zeros as U8 and `.qgroup` only under act-order; versions 1 and 2 store F32
+    /// scales and zeros and every column's group. `group` is the width a missing `.qgroup`
+    /// implies (0: one grid per row).
+    fn packed(
+        &self,
+        prefix: &str,
+        (rows, cols): (usize, usize),
+        bits: Bits,
+        group: usize,
+    ) -> Result<FrozenWeight> {
+        let key = |name: &str| format!("{prefix}{name}");
+        let raw = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
+            Ok(self.read_raw(&key(name), dtype, shape)?.to_vec())
+        };
+        let codes = raw(
+            "qcodes",
+            Dtype::U8,
+            &[rows, (cols * usize::from(bits.get())).div_ceil(8)],
+        )?;
+        let grids_of = |name: &str| -> Result<usize> {
+            Ok(self.shape(&key(name))?.get(1).copied().unwrap_or(0))
+        };
+        let (scale, zero, groups) = if self.contains(&key("qexp")) {
+            let groups = grids_of("qexp")?;
+            let exponents = raw("qexp", Dtype::U8, &[rows, groups])?;
+            let scale = exponents.iter().map(|&e| mxint_step(e, bits)).collect();
+            (scale, vec![mxint_zero(bits); rows * groups], groups)
+        } else {
+            let groups = grids_of("qscale")?;
+            let scale: Vec<f32> = self.read_f32(&key("qscale"), &[rows, groups])?;
+            let zero_key = key("qzero");
+            let zero = if !self.contains(&zero_key) {
+                // NF grids have no zero (format version 3).
+                vec![0.0; scale.len()]
+            } else if self.raw(&zero_key)?.0 == Dtype::U8 {
+                raw("qzero", Dtype::U8, &[rows, groups])?
+                    .into_iter()
+                    .map(f32::from)
+                    .collect()
+            } else {
+                self.read_f32(&zero_key, &[rows, groups])?
+            };
+            (scale, zero, groups)
+        };
+        let group_of_column: Vec<i32> = if self.contains(&key("qgroup")) {
+            raw("qgroup", Dtype::I32, &[cols])?
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        } else {
+            let width = if group == 0 { cols.max(1) } else { group };
+            if groups != cols.div_ceil(width) {
+                return Err(self.invalid(format!(
+                    "'{}' holds {groups} groups per row, but {cols} columns in groups of {width} make {} (and there is no '{}')",
+                    key("qcodes"),
+                    cols.div_ceil(width),
+                    key("qgroup")
+                )));
+            }
+            (0..cols).map(|c| (c / width) as i32).collect()
+        };
+        let levels = self
+            .contains(&key("qlevels"))
+            .then(|| self.read_f32(&key("qlevels"), &[1 << bits.get()]))
+            .transpose()?;
+        let mut stored_bytes = 0;
+        for suffix in PACKED_SUFFIXES {
+            if self.contains(&key(suffix)) {
+                stored_bytes += self.raw(&key(suffix))?.2.len();
+            }
+        }
         Ok(FrozenWeight::Packed {
             bits,
-            rows: d_out,
-            cols: d_in,
+            rows,
+            cols,
             codes,
-            scale: self.read_f32(&key("qscale"), &[d_out, groups])?,
-            zero: self.read_f32(&key("qzero"), &[d_out, groups])?,
+            scale,
+            zero,
             group_of_column,
-            levels: self
-                .contains(&key("qlevels"))
-                .then(|| self.read_f32(&key("qlevels"), &[1 << meta.bits]))
-                .transpose()?,
+            levels,
+            stored_bytes,
         })
     }
 

@@ -1,41 +1,41 @@
 //! The packed-weight format: the quantized model directory `qpeft quantize` writes
-//! (docs/formats.md), one
-//! safetensors file where each quantized linear `<name>` has `<name>.qcodes` (U8
-//! `[rows, packed row bytes]`, each row packed on its own), `<name>.qscale` and `<name>.qzero`
-//! (F32 `[rows, groups]`), `<name>.qgroup` (I32 `[cols]`, each column's group) and, on a
-//! codebook grid (NF), `<name>.qlevels` (F32 `[2^bits]`) instead of `<name>.weight`; every
-//! other tensor is kept as stored. The header's metadata holds a
-//! `qpeft` JSON entry with the format version, method, bits, grid and calibration.
-//! [`FrozenWeight`] is one linear's weight as stored, and
-//! [`crate::formats::checkpoint::WeightFile::frozen_weight`] reads it back.
+//! (docs/formats.md), one safetensors file where each quantized linear `<name>` has
+//! `<name>.qcodes` (U8 `[rows, packed row bytes]`, each row packed on its own) and its grids
+//! instead of `<name>.weight`, stored at their real size (format version 3): MXINT as one E8M0
+//! exponent per block (`.qexp`, U8), other uniform grids as an F32 scale and a U8 zero per group,
+//! NF grids as an F32 scale per group and the codebook (`.qlevels`); `.qgroup` (I32 `[cols]`)
+//! only where act-order makes the column → group map other than `column / group`. With
+//! `quant.embeddings` the embedding tables are stored the same way, per row. Every other tensor
+//! is kept as stored. The header's metadata holds a `qpeft` JSON entry with the format version,
+//! method, bits, grid and calibration. [`FrozenWeight`] is one linear's weight as stored, and
+//! [`crate::formats::checkpoint::WeightFile::frozen_weight`] reads it back, from this version
+//! and from versions 1 and 2 (F32 scale and zero per group, I32 group of every column).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use faer::Mat;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::safetensors::{TensorFile, parse_header_entry, write_error};
 use crate::error::{Error, Result};
-use crate::quant::grid::{Bits, GridKind};
-use crate::quant::layer::QuantizedLayer;
+use crate::quant::grid::{Bits, GridKind, GridSpec, Rounding};
+use crate::quant::layer::{Grouping, QuantizedLayer, rtn};
 use crate::quant::pack::{pack, unpack};
 
-/// The newest format version this build reads and writes: version 2 added `.qlevels`.
-pub const FORMAT_VERSION: u32 = 2;
-/// The version of files without codebooks, which builds that read only version 1 still load.
-pub const UNIFORM_FORMAT_VERSION: u32 = 1;
-
-/// The version a file quantized on `kind` is written with: the oldest that can hold it, so a
-/// reader that ignored `.qlevels` could never load a codebook file as a uniform one.
-pub fn format_version(kind: GridKind) -> u32 {
-    match kind {
-        GridKind::NormalFloat => FORMAT_VERSION,
-        _ => UNIFORM_FORMAT_VERSION,
-    }
-}
+/// The format version this build writes: 3 stores grids at their real size (`.qexp`, U8
+/// zeros, `.qgroup` only under act-order) and may quantize the embedding tables.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version this build reads: 1 (uniform grids, F32 scale and zero, I32 `.qgroup`);
+/// 2 added `.qlevels`.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The key of qpeft's entry in the safetensors metadata.
 pub const METADATA_KEY: &str = "qpeft";
+/// The tensors a packed layer `<name>` may have, `<name>.<suffix>` (docs/formats.md).
+pub const PACKED_SUFFIXES: [&str; 6] = ["qcodes", "qexp", "qscale", "qzero", "qgroup", "qlevels"];
+/// E8M0's bias: an MXINT block's shared exponent E is stored as E + 127 (OCP MX v1.0).
+const E8M0_BIAS: i32 = 127;
 
 /// What the header records about the quantization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub struct QuantMetadata {
     pub grid: String,
     /// 0 for per-row grids.
     pub group: usize,
+    /// Bits of the embedding tables, quantized per row on the symmetric grid (§1.3); absent when
+    /// they are kept in full precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_bits: Option<u8>,
     pub calibration: String,
     pub qpeft_version: String,
 }
@@ -55,66 +59,209 @@ impl QuantMetadata {
     /// Parses the metadata entry, rejecting format versions this build does not read.
     pub fn parse(json: &str, path: &Path) -> Result<Self> {
         let meta: QuantMetadata = parse_header_entry(json, METADATA_KEY, path)?;
-        if !(UNIFORM_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
             return Err(Error::InvalidWeights {
                 path: path.to_path_buf(),
                 message: format!(
-                    "quantized format version {} is not supported (this qpeft reads versions {UNIFORM_FORMAT_VERSION} to {FORMAT_VERSION})",
+                    "quantized format version {} is not supported (this qpeft reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                     meta.format_version
                 ),
             });
         }
-        Bits::new(meta.bits).map_err(|e| Error::InvalidWeights {
-            path: path.to_path_buf(),
-            message: format!("`{METADATA_KEY}` metadata: {e}"),
-        })?;
+        for bits in std::iter::once(meta.bits).chain(meta.embedding_bits) {
+            Bits::new(bits).map_err(|e| Error::InvalidWeights {
+                path: path.to_path_buf(),
+                message: format!("`{METADATA_KEY}` metadata: {e}"),
+            })?;
+        }
         Ok(meta)
+    }
+
+    /// The grid kind the `grid` entry names.
+    pub fn grid_kind(&self) -> Result<GridKind> {
+        <GridKind as clap::ValueEnum>::from_str(&self.grid, false)
+            .map_err(|_| Error::Internal(format!("unknown grid {:?}", self.grid)))
     }
 }
 
-/// Packed storage of one layer, row by row.
-pub struct PackedLayer {
-    pub codes: Vec<u8>,
-    pub row_bytes: usize,
-    pub scale: Vec<f32>,
-    pub zero: Vec<f32>,
-    pub group_of_column: Vec<i32>,
-    /// The codebook of a codebook grid, `[2^bits]`.
-    pub levels: Option<Vec<f32>>,
+/// One stored tensor of a packed layer: the suffix after `<name>.`, dtype, shape, bytes.
+pub struct StoredTensor {
+    pub suffix: &'static str,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
 }
 
-pub fn pack_layer(layer: &QuantizedLayer, bits: Bits) -> Result<PackedLayer> {
+/// A layer's tensors as format version 3 stores them.
+pub struct PackedLayer {
+    pub tensors: Vec<StoredTensor>,
+}
+
+impl PackedLayer {
+    /// Bytes the layer takes in the file.
+    pub fn stored_bytes(&self) -> usize {
+        self.tensors.iter().map(|t| t.bytes.len()).sum()
+    }
+}
+
+/// The group width a reader assumes without `.qgroup`: `group`, or the whole row for 0.
+fn group_width(group: usize, cols: usize) -> usize {
+    if group == 0 { cols.max(1) } else { group }
+}
+
+/// An MXINT step `2^(E − (b − 2))` as its stored E8M0 byte `E + 127`.
+fn mxint_exponent_byte(step: f64, bits: Bits) -> Option<u8> {
+    let e = step.log2().round() as i32;
+    let exact = 2f64.powi(e) == step;
+    let stored = e + i32::from(bits.get()) - 2 + E8M0_BIAS;
+    // 255 is E8M0's NaN.
+    exact.then(|| u8::try_from(stored).ok().filter(|&b| b != u8::MAX))?
+}
+
+/// The step `2^(E − (b − 2))` of a stored E8M0 byte.
+pub(crate) fn mxint_step(byte: u8, bits: Bits) -> f32 {
+    2f32.powi(i32::from(byte) - E8M0_BIAS - (i32::from(bits.get()) - 2))
+}
+
+/// The stored zero of MXINT-b, `2^{b−1} − 1` (§1.6).
+pub(crate) fn mxint_zero(bits: Bits) -> f32 {
+    ((1u32 << (bits.get() - 1)) - 1) as f32
+}
+
+/// Packs `layer` (quantized at `bits` on grids of `kind`, `group` as the spec gave it: 0 for
+/// one grid per row) into format version 3's tensors.
+pub fn pack_layer(
+    layer: &QuantizedLayer,
+    bits: Bits,
+    kind: GridKind,
+    group: usize,
+) -> Result<PackedLayer> {
+    let (rows, groups) = (layer.rows, layer.groups);
     let row_bytes = (layer.cols * usize::from(bits.get())).div_ceil(8);
-    let mut codes = Vec::with_capacity(row_bytes * layer.rows);
+    let mut codes = Vec::with_capacity(row_bytes * rows);
     for row in layer.codes.chunks(layer.cols) {
         codes.extend(pack(row, bits)?);
     }
-    Ok(PackedLayer {
-        codes,
-        row_bytes,
-        scale: layer.grids.iter().map(|g| g.scale as f32).collect(),
-        zero: layer.grids.iter().map(|g| g.zero as f32).collect(),
-        group_of_column: layer.group_of_column.iter().map(|&g| g as i32).collect(),
-        levels: layer
-            .codebook()
-            .map(|levels| levels.iter().map(|&v| v as f32).collect()),
-    })
+    let unrepresentable = |what: &str, value: f64| {
+        Error::Internal(format!(
+            "a {kind} grid's {what} {value} cannot be stored in format version {FORMAT_VERSION}"
+        ))
+    };
+    let mut tensors = vec![StoredTensor {
+        suffix: "qcodes",
+        dtype: Dtype::U8,
+        shape: vec![rows, row_bytes],
+        bytes: codes,
+    }];
+    let grid_tensor = |suffix, dtype, bytes| StoredTensor {
+        suffix,
+        dtype,
+        shape: vec![rows, groups],
+        bytes,
+    };
+    let scales = || le_bytes(&layer.grids, |g| (g.scale as f32).to_le_bytes());
+    match kind {
+        GridKind::MxInt => {
+            let half = f64::from(mxint_zero(bits));
+            let exponents = layer
+                .grids
+                .iter()
+                .map(|g| {
+                    if g.zero != half {
+                        return Err(unrepresentable("zero", g.zero));
+                    }
+                    mxint_exponent_byte(g.scale, bits)
+                        .ok_or_else(|| unrepresentable("step", g.scale))
+                })
+                .collect::<Result<Vec<u8>>>()?;
+            tensors.push(grid_tensor("qexp", Dtype::U8, exponents));
+        }
+        GridKind::NormalFloat => {
+            if let Some(g) = layer.grids.iter().find(|g| g.zero != 0.0) {
+                return Err(unrepresentable("zero", g.zero));
+            }
+            let levels = layer
+                .codebook()
+                .ok_or_else(|| Error::Internal("an NF layer without its codebook".into()))?;
+            tensors.push(grid_tensor("qscale", Dtype::F32, scales()));
+            tensors.push(StoredTensor {
+                suffix: "qlevels",
+                dtype: Dtype::F32,
+                shape: vec![levels.len()],
+                bytes: le_bytes(levels, |v| (v as f32).to_le_bytes()),
+            });
+        }
+        GridKind::Asymmetric | GridKind::SymmetricGptq | GridKind::SymmetricQuarot => {
+            let zeros = layer
+                .grids
+                .iter()
+                .map(|g| {
+                    (g.zero.fract() == 0.0 && (0.0..=255.0).contains(&g.zero))
+                        .then_some(g.zero as u8)
+                        .ok_or_else(|| unrepresentable("zero", g.zero))
+                })
+                .collect::<Result<Vec<u8>>>()?;
+            tensors.push(grid_tensor("qscale", Dtype::F32, scales()));
+            tensors.push(grid_tensor("qzero", Dtype::U8, zeros));
+        }
+    }
+    let width = group_width(group, layer.cols);
+    let in_order = layer
+        .group_of_column
+        .iter()
+        .enumerate()
+        .all(|(c, &g)| g == c / width);
+    if !in_order {
+        tensors.push(StoredTensor {
+            suffix: "qgroup",
+            dtype: Dtype::I32,
+            shape: vec![layer.cols],
+            bytes: le_bytes(&layer.group_of_column, |g| (g as i32).to_le_bytes()),
+        });
+    }
+    Ok(PackedLayer { tensors })
 }
 
-/// Bits per weight of packed layers, counting the stored metadata: f32 scale and zero per
-/// group and row, an i32 group index per column.
-pub fn bits_per_weight<'a>(layers: impl Iterator<Item = &'a QuantizedLayer>, bits: u8) -> f64 {
+/// Bits per weight of the packed layers as `meta` describes them, counting every stored tensor.
+pub fn bits_per_weight<'a>(
+    layers: impl Iterator<Item = &'a QuantizedLayer>,
+    meta: &QuantMetadata,
+) -> Result<f64> {
+    let (bits, kind) = (Bits::new(meta.bits)?, meta.grid_kind()?);
     let (mut stored, mut weights) = (0usize, 0usize);
     for layer in layers {
-        let row_bytes = (layer.cols * usize::from(bits)).div_ceil(8);
-        let codebook = layer.codebook().map_or(0, <[f64]>::len);
-        stored += layer.rows * row_bytes * 8
-            + 64 * layer.rows * layer.groups
-            + 32 * layer.cols
-            + 32 * codebook;
+        stored += 8 * pack_layer(layer, bits, kind, meta.group)?.stored_bytes();
         weights += layer.rows * layer.cols;
     }
-    stored as f64 / weights.max(1) as f64
+    Ok(stored as f64 / weights.max(1) as f64)
+}
+
+/// The embedding tables' names below the base model (word, position, token type).
+pub fn is_embedding_table(name: &str) -> bool {
+    name.strip_prefix("embeddings.")
+        .and_then(|n| n.strip_suffix("_embeddings"))
+        .is_some_and(|n| !n.contains('.'))
+}
+
+/// The grid of a quantized embedding table: one symmetric grid per row (§1.3),
+/// `s = max|w|/(2^{b−1} − 1)`, `z = 2^{b−1}`.
+pub fn embedding_grid(bits: Bits) -> GridSpec {
+    GridSpec::new(bits, GridKind::SymmetricQuarot)
+}
+
+/// Round-to-nearest quantization of an embedding table `[rows, cols]` at `bits`.
+pub fn quantize_embedding(
+    values: &[f32],
+    (rows, cols): (usize, usize),
+    bits: Bits,
+) -> Result<QuantizedLayer> {
+    let table = Mat::from_fn(rows, cols, |r, c| f64::from(values[r * cols + c]));
+    rtn(
+        table.as_ref(),
+        &embedding_grid(bits),
+        Grouping::PerRow,
+        Rounding::Nearest,
+    )
 }
 
 /// A packed layer's grids, as stored: `[rows, groups]` scales and zeros, each column's group,
@@ -193,6 +340,8 @@ pub enum FrozenWeight {
         group_of_column: Vec<i32>,
         /// The codebook of an NF grid, `[2^bits]`; `None` on uniform grids.
         levels: Option<Vec<f32>>,
+        /// Bytes the layer's tensors take in the file it was read from.
+        stored_bytes: usize,
     },
     Dense {
         rows: usize,
@@ -224,6 +373,7 @@ impl FrozenWeight {
                 zero,
                 group_of_column,
                 levels,
+                ..
             } => dequantize_packed(
                 codes,
                 *bits,
@@ -250,20 +400,7 @@ impl FrozenWeight {
     /// Bytes the frozen weight takes as stored.
     pub fn stored_bytes(&self) -> usize {
         match self {
-            FrozenWeight::Packed {
-                codes,
-                scale,
-                zero,
-                group_of_column,
-                levels,
-                ..
-            } => {
-                codes.len()
-                    + 4 * (scale.len()
-                        + zero.len()
-                        + group_of_column.len()
-                        + levels.as_ref().map_or(0, Vec::len))
-            }
+            FrozenWeight::Packed { stored_bytes, .. } => *stored_bytes,
             FrozenWeight::Dense { values, .. } => 4 * values.len(),
         }
     }
@@ -297,6 +434,13 @@ pub fn write_quantized_model<'a>(
     extra_metadata: &[(&str, String)],
 ) -> Result<PathBuf> {
     let bits = Bits::new(meta.bits)?;
+    let kind = meta.grid_kind()?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(Error::Internal(format!(
+            "this build writes format version {FORMAT_VERSION}, the metadata says {}",
+            meta.format_version
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let prefix = source.weights.base_model_prefix()?;
     let quantized: HashMap<String, &QuantizedLayer> = layers
@@ -304,55 +448,52 @@ pub fn write_quantized_model<'a>(
         .map(|(n, l)| (format!("{prefix}{n}"), l))
         .collect();
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let push_packed = |buffers: &mut Vec<_>, base: &str, packed: PackedLayer| {
+        for t in packed.tensors {
+            buffers.push((format!("{base}.{}", t.suffix), t.dtype, t.shape, t.bytes));
+        }
+    };
+    let embedding_bits = meta.embedding_bits.map(Bits::new).transpose()?;
     for name in source.weights.names() {
-        if let Some(base) = name.strip_suffix(".weight")
-            && quantized.contains_key(base)
-        {
+        let Some(base) = name.strip_suffix(".weight") else {
+            let (dtype, shape, bytes) = source.weights.raw(&name)?;
+            buffers.push((name, dtype, shape, bytes.to_vec()));
+            continue;
+        };
+        if let Some(layer) = quantized.get(base) {
+            push_packed(
+                &mut buffers,
+                base,
+                pack_layer(layer, bits, kind, meta.group)?,
+            );
             continue;
         }
-        let (dtype, shape, bytes) = source.weights.raw(&name)?;
-        buffers.push((name, dtype, shape, bytes.to_vec()));
-    }
-    for (base, layer) in &quantized {
-        let packed = pack_layer(layer, bits)?;
-        buffers.push((
-            format!("{base}.qcodes"),
-            Dtype::U8,
-            vec![layer.rows, packed.row_bytes],
-            packed.codes,
-        ));
-        buffers.push((
-            format!("{base}.qscale"),
-            Dtype::F32,
-            vec![layer.rows, layer.groups],
-            le_bytes(&packed.scale, f32::to_le_bytes),
-        ));
-        buffers.push((
-            format!("{base}.qzero"),
-            Dtype::F32,
-            vec![layer.rows, layer.groups],
-            le_bytes(&packed.zero, f32::to_le_bytes),
-        ));
-        buffers.push((
-            format!("{base}.qgroup"),
-            Dtype::I32,
-            vec![layer.cols],
-            le_bytes(&packed.group_of_column, i32::to_le_bytes),
-        ));
-        if let Some(levels) = &packed.levels {
-            if meta.format_version < FORMAT_VERSION {
-                return Err(Error::Internal(format!(
-                    "{base}: a codebook grid needs format version {FORMAT_VERSION}, the metadata says {}",
-                    meta.format_version
-                )));
+        match embedding_bits {
+            Some(table_bits) if base.strip_prefix(&prefix).is_some_and(is_embedding_table) => {
+                let shape = source.weights.shape(&name)?;
+                let [rows, cols] = shape[..] else {
+                    return Err(Error::Internal(format!(
+                        "{name}: an embedding table of shape {shape:?}"
+                    )));
+                };
+                let values = source.weights.read_f32(&name, &shape)?;
+                let table = quantize_embedding(&values, (rows, cols), table_bits)?;
+                let packed = pack_layer(&table, table_bits, GridKind::SymmetricQuarot, 0)?;
+                push_packed(&mut buffers, base, packed);
             }
-            buffers.push((
-                format!("{base}.qlevels"),
-                Dtype::F32,
-                vec![levels.len()],
-                le_bytes(levels, f32::to_le_bytes),
-            ));
+            _ => {
+                let (dtype, shape, bytes) = source.weights.raw(&name)?;
+                buffers.push((name, dtype, shape, bytes.to_vec()));
+            }
         }
+    }
+    if let Some(missing) = quantized
+        .keys()
+        .find(|base| !source.weights.contains(&format!("{base}.weight")))
+    {
+        return Err(Error::Internal(format!(
+            "{missing}.weight is not in the source model"
+        )));
     }
     for extra in extras {
         buffers.push((

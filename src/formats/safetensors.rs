@@ -130,12 +130,18 @@ impl TensorFile {
         Ok(values)
     }
 
-    /// The prefix in front of `embeddings.word_embeddings.weight`: `""`, `"bert."`, `"roberta."`…
+    /// The prefix in front of `embeddings.word_embeddings.weight` (or `.qcodes` where the table
+    /// is stored quantized): `""`, `"bert."`, `"roberta."`…
     pub fn base_model_prefix(&self) -> Result<String> {
         const ANCHOR: &str = "embeddings.word_embeddings.weight";
+        const PACKED_ANCHOR: &str = "embeddings.word_embeddings.qcodes";
         self.names()
             .into_iter()
-            .filter_map(|name| name.strip_suffix(ANCHOR).map(str::to_string))
+            .filter_map(|name| {
+                name.strip_suffix(ANCHOR)
+                    .or_else(|| name.strip_suffix(PACKED_ANCHOR))
+                    .map(str::to_string)
+            })
             .min_by_key(String::len)
             .ok_or_else(|| {
                 self.invalid(format!(

@@ -99,14 +99,17 @@ impl<'a> WeightScope<'a> {
         })
     }
 
+    /// An embedding table `[n, d]`, dequantized if the file stores it quantized.
     pub fn embedding<B: Backend>(
         &self,
         n: usize,
         d: usize,
         device: &B::Device,
     ) -> Result<Embedding<B>> {
+        let values = self.file.embedding_table(&self.prefix, n, d)?;
+        let weight = Tensor::from_data(TensorData::new(values, [n, d]), device);
         Ok(Embedding {
-            weight: Param::from_tensor(self.tensor("weight", [n, d], device)?),
+            weight: Param::from_tensor(weight),
         })
     }
 

@@ -13,8 +13,9 @@ use crate::calibration::calibrate;
 use crate::data::{Split, Task, load};
 use crate::device::{BackendTask, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::formats::packed::{QuantMetadata, format_version};
+use crate::formats::packed::{FORMAT_VERSION, QuantMetadata};
 use crate::model::{PretrainedModel, TextInput, encoder_input};
+use crate::quant::grid::Bits;
 use crate::quant::solve::ModuleSolver;
 use crate::quant::spec::Quantizer;
 use crate::quant::stats::StatsNeeded;
@@ -114,11 +115,12 @@ pub fn calibrate_model<S: ModuleSolver>(
     })??;
     Ok(Calibrated {
         metadata: QuantMetadata {
-            format_version: format_version(quantizer.kind),
+            format_version: FORMAT_VERSION,
             method: quantizer.method.name().to_string(),
             bits,
             grid: quantizer.kind.to_string(),
             group: quantizer.group,
+            embedding_bits: quantizer.embedding_bits.map(Bits::get),
             calibration: spec.describe(texts.len()),
             qpeft_version: env!("CARGO_PKG_VERSION").to_string(),
         },

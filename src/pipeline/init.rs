@@ -68,6 +68,7 @@ impl InitSpec {
             quantizer: QuantizerSpec {
                 grid: Some(q.grid),
                 group: Some(q.group),
+                embeddings: q.embeddings,
                 ..QuantizerSpec::new(q.method, q.bits)
             },
             calibration: CalibrationSpec {
@@ -288,7 +289,10 @@ fn build(
         seconds: calibrated.seconds,
         init_seconds: reports.iter().map(|r| r.seconds).sum(),
         scaling_seconds: solver.scaling_seconds,
-        bits_per_weight: bits_per_weight(solver.layers.iter().map(|(_, l)| &l.quantized), bits),
+        bits_per_weight: bits_per_weight(
+            solver.layers.iter().map(|(_, l)| &l.quantized),
+            &calibrated.metadata,
+        )?,
     };
     let report = InitReport {
         quantization: calibrated.metadata,

@@ -159,6 +159,8 @@ pub fn quantize(
             dev_score(quantized, task)
         })
         .transpose()?;
+    let bits_per_weight =
+        bits_per_weight(solver.layers.iter().map(|(_, l)| l), &calibrated.metadata)?;
     let report = QuantizeReport {
         metadata: calibrated.metadata,
         eval: before.zip(after).map(|(before, after)| DevComparison {
@@ -178,7 +180,7 @@ pub fn quantize(
                 .map(|sum| sum / solver.reports.len() as f64),
             seconds: calibrated.seconds,
             solver_seconds: solver.reports.iter().map(|r| r.seconds).sum(),
-            bits_per_weight: bits_per_weight(solver.layers.iter().map(|(_, l)| l), bits),
+            bits_per_weight,
         },
         modules: solver.reports,
     };

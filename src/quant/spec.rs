@@ -80,6 +80,10 @@ pub struct QuantizerSpec {
     pub qronos_lambda: Option<f64>,
     /// Qronos' ridge λ as a fraction of mean(diag H).
     pub qronos_damp: Option<f64>,
+    /// Quantize the embedding tables too, per row at these bits (LoftQ's GLUE scripts quantize
+    /// them); `None` keeps them in full precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<u8>,
 }
 
 impl QuantizerSpec {
@@ -102,6 +106,7 @@ impl QuantizerSpec {
             rescomp_mode: None,
             qronos_lambda: None,
             qronos_damp: None,
+            embeddings: None,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Quantizer {
     pub config: GptqConfig,
     pub kind: GridKind,
     pub group: usize,
+    /// Bits of the embedding tables; `None` keeps them in full precision.
+    pub embedding_bits: Option<Bits>,
 }
 
 impl QuantizerSpec {
@@ -266,6 +273,7 @@ impl QuantizerSpec {
             config,
             kind,
             group,
+            embedding_bits: self.embeddings.map(Bits::new).transpose()?,
         })
     }
 }
