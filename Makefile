@@ -9,7 +9,7 @@ QPEFT = $(CARGO) run --release --quiet --bin qpeft --
 # A folder in the glue_data layout to copy GLUE from; on these machines, ../shared/glue.
 GLUE_MIRROR ?= $(wildcard ../shared/glue)
 
-.PHONY: build model data demo finetune test bench cuda-build fmt lint
+.PHONY: build model data demo finetune test bench cuda-build openblas fmt lint
 
 build:
 	$(CARGO) build --release
@@ -54,6 +54,13 @@ bench: model data
 		--python $(BENCH_VENV)/bin/python
 	$(BENCH_VENV)/bin/python bench/e2e.py --qpeft $(CARGO_TARGET_DIR)/release/qpeft \
 		--python $(BENCH_VENV)/bin/python $(E2E_ARGS)
+
+# `--device ndarray` with its matrix products in Debian's OpenBLAS (installed here; needs root),
+# built into its own target folder so that `make bench` keeps timing the default build. burn-flex
+# (`--device cpu`) stays faster on the machines measured (docs/performance.md).
+openblas:
+	dpkg -s libopenblas-dev >/dev/null 2>&1 || apt-get install -y libopenblas-dev
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)-openblas $(CARGO) build --release --features openblas
 
 # The CUDA backend builds offline on a machine without a GPU; cudarc loads the driver at run time.
 cuda-build:
