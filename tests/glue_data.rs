@@ -432,3 +432,28 @@ fn predict_writes_the_submission_file_transformers_predicts() {
     assert_eq!(written.lines().count(), 1105);
     assert_eq!(written, expected);
 }
+
+/// The majority-class baseline on the real data, against the label counts of the TSV files
+/// (counted by Python's csv module): SST-2's training majority is positive (37,569 of 67,349),
+/// 444 of its 872 dev sentences; MRPC's is "paraphrase" (279 of 408 dev pairs: F1 558/687);
+/// CoLA's "acceptable" (721 of 1,043, MCC 0); RTE's "entailment" by 1,249 to 1,241 (146 of 277);
+/// WNLI's class 0 (40 of 71). STS-B has none.
+#[test]
+fn majority_class_baseline_scores_the_training_majority_on_dev() {
+    use qpeft::eval::baseline::majority_class;
+    use qpeft::eval::metrics::MnliMain;
+    let dir = common::glue_dir();
+    let score = |task| majority_class(task, &dir, MnliMain::Matched).unwrap();
+    let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    close(score(Task::Sst2).unwrap().main, 444.0 / 872.0);
+    let mrpc = score(Task::Mrpc).unwrap();
+    close(mrpc.metrics["accuracy"], 279.0 / 408.0);
+    close(mrpc.metrics["f1"], 558.0 / 687.0);
+    close(mrpc.main, (279.0 / 408.0 + 558.0 / 687.0) / 2.0);
+    let cola = score(Task::Cola).unwrap();
+    close(cola.main, 0.0);
+    close(cola.metrics["accuracy"], 721.0 / 1043.0);
+    close(score(Task::Rte).unwrap().main, 146.0 / 277.0);
+    close(score(Task::Wnli).unwrap().main, 40.0 / 71.0);
+    assert!(score(Task::Stsb).is_none());
+}

@@ -713,6 +713,23 @@ fn glue_command_tables_and_continues_a_suite() {
         let line = format!("| {row} | {score:.2} | {score:.2} |");
         assert!(table.contains(&line), "{line} not in\n{table}");
     }
+    // The majority-class line: the toy training split's most frequent label (ties: 0), as a
+    // share of the toy dev split, counted here from the TSV files.
+    let labels = |split: &str| -> Vec<String> {
+        std::fs::read_to_string(suite.path(&format!("glue/SST-2/{split}.tsv")))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect()
+    };
+    let train = labels("train");
+    let ones = train.iter().filter(|l| *l == "1").count();
+    let majority = if 2 * ones > train.len() { "1" } else { "0" };
+    let dev = labels("dev");
+    let share = 100.0 * dev.iter().filter(|l| *l == majority).count() as f64 / dev.len() as f64;
+    let line = format!("| majority class | {share:.2} | {share:.2} |");
+    assert!(table.contains(&line), "{line} not in\n{table}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("glue.json")).unwrap()).unwrap();
     assert_eq!(json[1]["tasks"]["sst2"]["main"], srr["final_main"]);

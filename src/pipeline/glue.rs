@@ -13,9 +13,10 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use super::run::{RunDir, RunLock, RunStart, run_recipe};
-use crate::data::Task;
+use crate::data::{Task, glue_dir};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
+use crate::eval::baseline::majority_class;
 use crate::files::write_json;
 use crate::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
 use crate::quant::solve::QuantMethod;
@@ -442,7 +443,18 @@ pub fn glue_suite(
         })
         .collect();
     let with_std = seeds.len() > 1;
+    let baselines = spec
+        .tasks
+        .iter()
+        .map(|&task| {
+            let path = spec.recipes.join(format!("{}.toml", task.name()));
+            let recipe = Recipe::load(&path, &spec.overrides)?;
+            let dir = glue_dir(data_dir.or(recipe.data.dir.as_deref()));
+            Ok(majority_class(task, &dir, recipe.train.mnli_main)?.map(|s| s.main))
+        })
+        .collect::<Result<Vec<Option<f64>>>>()?;
     let mut table = markdown_table(&spec.compare, &spec.tasks, &summary, with_std);
+    table.push_str(&baseline_row(&baselines));
     table.push_str(&format!("\n![dev scores, rows × tasks]({GLUE_CHART})\n"));
     if grid {
         table.push('\n');
@@ -620,6 +632,26 @@ fn markdown_table(
             }
         }
         md.push_str(&format!(" {:.2} |\n", average(i, tasks, summary)));
+    }
+    md
+}
+
+/// The table's last line: each task's majority-class score (STS-B: –), averaged where every
+/// task has one.
+fn baseline_row(baselines: &[Option<f64>]) -> String {
+    let mut md = String::from("| majority class |");
+    for score in baselines {
+        match score {
+            Some(s) => md.push_str(&format!(" {:.2} |", 100.0 * s)),
+            None => md.push_str(" – |"),
+        }
+    }
+    match baselines.iter().copied().collect::<Option<Vec<f64>>>() {
+        Some(all) => md.push_str(&format!(
+            " {:.2} |\n",
+            100.0 * all.iter().sum::<f64>() / all.len().max(1) as f64
+        )),
+        None => md.push_str(" – |\n"),
     }
     md
 }
