@@ -19,8 +19,22 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Rust ignores SIGPIPE, so `qpeft … | head` made every later `println!` panic ("failed
+/// printing to stdout: Broken pipe"). A command-line tool ends quietly instead, as `cat` does.
+#[cfg(unix)]
+fn end_quietly_on_closed_pipes() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_closed_pipes() {}
+
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
+    end_quietly_on_closed_pipes();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -55,3 +55,28 @@ fn a_context_keeps_the_kind_underneath() {
     let source = err.source().expect("the cause is the source");
     assert_eq!(source.to_string(), "bits must be 2 to 8, got 1");
 }
+
+/// `qpeft … | head`: output into a pipe whose reader has gone ends the process by SIGPIPE, as
+/// for any Unix tool, instead of a panic ("failed printing to stdout").
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qpeft"))
+        .args(["model", "inspect", "--model"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-bert"
+        ))
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
