@@ -9,7 +9,7 @@ use safetensors::tensor::Dtype;
 
 use super::adapters::{ADAPTER_METADATA_KEY, AdapterMetadata, add_low_rank};
 use super::packed::{
-    FrozenWeight, METADATA_KEY, PACKED_SUFFIXES, QuantMetadata, mxint_step, mxint_zero,
+    FrozenWeight, METADATA_KEY, PACKED_SUFFIXES, QuantMetadata, group_width, mxint_step, mxint_zero,
 };
 use super::safetensors::TensorFile;
 use crate::error::Result;
@@ -138,7 +138,15 @@ impl WeightFile {
             let scale: Vec<f32> = self.read_f32(&key("qscale"), &[rows, groups])?;
             let zero_key = key("qzero");
             let zero = if !self.contains(&zero_key) {
-                // NF grids have no zero (format version 3).
+                // NF grids have no zero (format version 3); a uniform grid without one is
+                // a damaged file.
+                if !self.contains(&key("qlevels")) {
+                    return Err(self.invalid(format!(
+                        "'{}' has neither a '{zero_key}' nor a '{}'",
+                        key("qscale"),
+                        key("qlevels")
+                    )));
+                }
                 vec![0.0; scale.len()]
             } else if self.raw(&zero_key)?.0 == Dtype::U8 {
                 raw("qzero", Dtype::U8, &[rows, groups])?
@@ -156,7 +164,7 @@ impl WeightFile {
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
         } else {
-            let width = if group == 0 { cols.max(1) } else { group };
+            let width = group_width(group, cols);
             if groups != cols.div_ceil(width) {
                 return Err(self.invalid(format!(
                     "'{}' holds {groups} groups per row, but {cols} columns in groups of {width} make {} (and there is no '{}')",

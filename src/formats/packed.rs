@@ -105,7 +105,7 @@ impl PackedLayer {
 }
 
 /// The group width a reader assumes without `.qgroup`: `group`, or the whole row for 0.
-fn group_width(group: usize, cols: usize) -> usize {
+pub(crate) fn group_width(group: usize, cols: usize) -> usize {
     if group == 0 { cols.max(1) } else { group }
 }
 
@@ -237,7 +237,7 @@ pub fn bits_per_weight<'a>(
 }
 
 /// The embedding tables' names below the base model (word, position, token type).
-pub fn is_embedding_table(name: &str) -> bool {
+fn is_embedding_table(name: &str) -> bool {
     name.strip_prefix("embeddings.")
         .and_then(|n| n.strip_suffix("_embeddings"))
         .is_some_and(|n| !n.contains('.'))
@@ -245,12 +245,12 @@ pub fn is_embedding_table(name: &str) -> bool {
 
 /// The grid of a quantized embedding table: one symmetric grid per row (§1.3),
 /// `s = max|w|/(2^{b−1} − 1)`, `z = 2^{b−1}`.
-pub fn embedding_grid(bits: Bits) -> GridSpec {
+fn embedding_grid(bits: Bits) -> GridSpec {
     GridSpec::new(bits, GridKind::SymmetricQuarot)
 }
 
 /// Round-to-nearest quantization of an embedding table `[rows, cols]` at `bits`.
-pub fn quantize_embedding(
+fn quantize_embedding(
     values: &[f32],
     (rows, cols): (usize, usize),
     bits: Bits,
