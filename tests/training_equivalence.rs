@@ -187,7 +187,7 @@ fn training_steps_match_pytorch() {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 13,
+        cases.len() >= 14,
         "{} cases in {}",
         cases.len(),
         root.display()
