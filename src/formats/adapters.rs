@@ -7,11 +7,11 @@
 //! it fresh (normal std 0.02, §12.1).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::packed::{ExtraTensor, ModelSource, QuantMetadata, write_quantized_model};
+use super::packed::{ExtraTensor, ModelSource, QuantMetadata, WrittenModel, write_quantized_model};
 use super::safetensors::parse_header_entry;
 use crate::error::{Error, Result};
 use crate::reconstruct::init::LayerInit;
@@ -108,7 +108,7 @@ pub fn write_init_checkpoint(
     layers: &[(String, LayerInit)],
     quant: &QuantMetadata,
     adapters: &AdapterMetadata,
-) -> Result<PathBuf> {
+) -> Result<WrittenModel> {
     let scale = adapters.scale();
     let mut extras = Vec::with_capacity(2 * layers.len());
     for (name, init) in layers {

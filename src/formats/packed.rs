@@ -222,20 +222,6 @@ pub fn pack_layer(
     Ok(PackedLayer { tensors })
 }
 
-/// Bits per weight of the packed layers as `meta` describes them, counting every stored tensor.
-pub fn bits_per_weight<'a>(
-    layers: impl Iterator<Item = &'a QuantizedLayer>,
-    meta: &QuantMetadata,
-) -> Result<f64> {
-    let (bits, kind) = (Bits::new(meta.bits)?, meta.grid_kind()?);
-    let (mut stored, mut weights) = (0usize, 0usize);
-    for layer in layers {
-        stored += 8 * pack_layer(layer, bits, kind, meta.group)?.stored_bytes();
-        weights += layer.rows * layer.cols;
-    }
-    Ok(stored as f64 / weights.max(1) as f64)
-}
-
 /// The embedding tables' names below the base model (word, position, token type).
 fn is_embedding_table(name: &str) -> bool {
     name.strip_prefix("embeddings.")
@@ -422,6 +408,14 @@ pub struct ModelSource<'a> {
     pub tokenizer: &'a Path,
 }
 
+/// What [`write_quantized_model`] wrote.
+pub struct WrittenModel {
+    /// `model.safetensors`.
+    pub path: PathBuf,
+    /// The quantized linears' bits per weight as written, every tensor of theirs counted.
+    pub bits_per_weight: f64,
+}
+
 /// Writes `out/model.safetensors` (with `layers` quantized, HF names relative to the base
 /// model, plus `extras` and the `extra_metadata` header entries), `config.json` and
 /// `tokenizer.json` copied from `source`. The file appears only once complete.
@@ -432,7 +426,7 @@ pub fn write_quantized_model<'a>(
     meta: &QuantMetadata,
     extras: &[ExtraTensor],
     extra_metadata: &[(&str, String)],
-) -> Result<PathBuf> {
+) -> Result<WrittenModel> {
     let bits = Bits::new(meta.bits)?;
     let kind = meta.grid_kind()?;
     if meta.format_version != FORMAT_VERSION {
@@ -454,6 +448,7 @@ pub fn write_quantized_model<'a>(
         }
     };
     let embedding_bits = meta.embedding_bits.map(Bits::new).transpose()?;
+    let (mut linear_bytes, mut linear_weights) = (0usize, 0usize);
     for name in source.weights.names() {
         let Some(base) = name.strip_suffix(".weight") else {
             let (dtype, shape, bytes) = source.weights.raw(&name)?;
@@ -461,11 +456,10 @@ pub fn write_quantized_model<'a>(
             continue;
         };
         if let Some(layer) = quantized.get(base) {
-            push_packed(
-                &mut buffers,
-                base,
-                pack_layer(layer, bits, kind, meta.group)?,
-            );
+            let packed = pack_layer(layer, bits, kind, meta.group)?;
+            linear_bytes += packed.stored_bytes();
+            linear_weights += layer.rows * layer.cols;
+            push_packed(&mut buffers, base, packed);
             continue;
         }
         match embedding_bits {
@@ -529,5 +523,8 @@ pub fn write_quantized_model<'a>(
     ] {
         std::fs::copy(from, out.join(name)).map_err(|e| Error::io(from, e))?;
     }
-    Ok(path)
+    Ok(WrittenModel {
+        path,
+        bits_per_weight: 8.0 * linear_bytes as f64 / linear_weights.max(1) as f64,
+    })
 }

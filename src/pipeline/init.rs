@@ -18,7 +18,7 @@ use crate::files::write_json;
 use crate::formats::adapters::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
-use crate::formats::packed::{QuantMetadata, bits_per_weight};
+use crate::formats::packed::QuantMetadata;
 use crate::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
 use crate::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use crate::quant::grid::GridKind;
@@ -267,7 +267,7 @@ fn build(
             })
             .collect(),
     };
-    let checkpoint = write_init_checkpoint(
+    let written = write_init_checkpoint(
         out,
         model.source(),
         &solver.layers,
@@ -289,10 +289,7 @@ fn build(
         seconds: calibrated.seconds,
         init_seconds: reports.iter().map(|r| r.seconds).sum(),
         scaling_seconds: solver.scaling_seconds,
-        bits_per_weight: bits_per_weight(
-            solver.layers.iter().map(|(_, l)| &l.quantized),
-            &calibrated.metadata,
-        )?,
+        bits_per_weight: written.bits_per_weight,
     };
     let report = InitReport {
         quantization: calibrated.metadata,
@@ -320,7 +317,7 @@ fn build(
     write_svg(&out.join(ERRORS_CHART), &line_chart_svg(&chart)?)?;
     Ok(InitOutcome {
         report,
-        checkpoint,
+        checkpoint: written.path,
         json,
     })
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::dev::evaluate_dev;
 use crate::eval::metrics::{MnliMain, TaskScore};
 use crate::files::write_json;
-use crate::formats::packed::{QuantMetadata, bits_per_weight, write_quantized_model};
+use crate::formats::packed::{QuantMetadata, write_quantized_model};
 use crate::model::{HubOptions, ModelFiles, PretrainedModel, resolve_model};
 use crate::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use crate::quant::grid::GridKind;
@@ -141,7 +141,7 @@ pub fn quantize(
         (&quantizer, bits),
         device,
     )?;
-    let path = write_quantized_model(
+    let written = write_quantized_model(
         out,
         pretrained.source(),
         solver.layers.iter().map(|(n, l)| (n.as_str(), l)),
@@ -159,8 +159,6 @@ pub fn quantize(
             dev_score(quantized, task)
         })
         .transpose()?;
-    let bits_per_weight =
-        bits_per_weight(solver.layers.iter().map(|(_, l)| l), &calibrated.metadata)?;
     let report = QuantizeReport {
         metadata: calibrated.metadata,
         eval: before.zip(after).map(|(before, after)| DevComparison {
@@ -180,7 +178,7 @@ pub fn quantize(
                 .map(|sum| sum / solver.reports.len() as f64),
             seconds: calibrated.seconds,
             solver_seconds: solver.reports.iter().map(|r| r.seconds).sum(),
-            bits_per_weight,
+            bits_per_weight: written.bits_per_weight,
         },
         modules: solver.reports,
     };
@@ -213,7 +211,7 @@ pub fn quantize(
     std::fs::write(&markdown, markdown_report(&report)).map_err(|e| Error::io(&markdown, e))?;
     Ok(QuantizeOutcome {
         report,
-        model: path,
+        model: written.path,
         json,
         markdown,
     })
