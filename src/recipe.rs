@@ -15,7 +15,7 @@ use crate::eval::metrics::MnliMain;
 use crate::layers::DropoutPlacement;
 use crate::model::DEFAULT_MODEL;
 use crate::model::bert::LAYER_LINEARS;
-use crate::quant::grid::GridKind;
+use crate::quant::grid::{GridKind, ScaleDtype};
 use crate::quant::solve::QuantMethod;
 use crate::reconstruct::init::{InitName, KRule};
 use crate::reconstruct::lowrank::FactorSplit;
@@ -73,6 +73,9 @@ pub struct QuantSection {
     /// Quantize the embedding tables too, per row at these bits (e.g. 8); absent: full precision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<u8>,
+    /// The grids' scale precision, `f32` or `f16` (uniform and NF grids; absent: f32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_dtype: Option<ScaleDtype>,
 }
 
 /// `quant.calib`'s value for the recipe's own task: on STS-B it calibrates QERA's init 27 points
@@ -91,6 +94,7 @@ impl Default for QuantSection {
             calib_max_length: 128,
             calib_seed: 0,
             embeddings: None,
+            scale_dtype: None,
         }
     }
 }
@@ -389,6 +393,14 @@ impl Recipe {
                     q.group.to_string(),
                 )?;
             }
+            if let Some(dtype) = q.scale_dtype {
+                check(
+                    q.grid != GridKind::MxInt || dtype == ScaleDtype::F32,
+                    "quant.scale_dtype",
+                    "f32 or no value with quant.grid = \"mxint\" (its blocks store an 8-bit exponent, not a scale)",
+                    dtype.to_string(),
+                )?;
+            }
             check(
                 q.calib_samples > 0,
                 "quant.calib_samples",
@@ -406,6 +418,10 @@ impl Recipe {
         } else if let Some(bits) = q.embeddings {
             return Err(format!(
                 "quant.embeddings = {bits}: expected no value with quant.method = \"none\" (full-precision LoRA keeps every weight in full precision)"
+            ));
+        } else if let Some(dtype) = q.scale_dtype {
+            return Err(format!(
+                "quant.scale_dtype = \"{dtype}\": expected no value with quant.method = \"none\" (nothing is quantized)"
             ));
         }
         match (q.method, a.init) {
@@ -661,6 +677,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.calibration_source(), "rte");
+    }
+
+    #[test]
+    fn f16_scales_are_refused_where_there_is_no_scale() {
+        let origin = Path::new("r.toml");
+        let parse = |quant: &str| {
+            Recipe::parse(
+                &format!("[data]\ntask = \"rte\"\n[quant]\n{quant}"),
+                origin,
+                &[],
+            )
+        };
+        let nf = parse("grid = \"nf\"\ngroup = 64\nscale_dtype = \"f16\"\n").unwrap();
+        assert_eq!(nf.quant.scale_dtype, Some(ScaleDtype::F16));
+        let err = parse("scale_dtype = \"f16\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("r.toml")
+                && err.contains("quant.scale_dtype = f16")
+                && err.contains("mxint"),
+            "{err}"
+        );
+        let err = Recipe::parse(
+            "[data]\ntask = \"rte\"\n[quant]\nmethod = \"none\"\nscale_dtype = \"f16\"\n[adapter]\ninit = \"lora\"\n",
+            origin,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("quant.scale_dtype"), "{err}");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Quantization end to end on the tiny BERT: the written directory loads back through the
 //! normal model path with weights equal to the solver's Ŵ (as f32), records its metadata, and a
 //! file of another format version is refused; an NF grid is stored with its codebook; MXINT is
-//! stored at 2.25 bits per weight and 8-bit embedding tables load as their per-row RTN; files of
-//! format version 1 still load.
+//! stored at 2.25 bits per weight and 8-bit embedding tables load as their per-row RTN; f16
+//! scales are fitted and stored in f16; files of format version 1 still load.
 
 mod common;
 
 use std::path::Path;
 
 use faer::Mat;
+use safetensors::Dtype;
 
 use qpeft::device::CpuBackend;
 use qpeft::formats::checkpoint::WeightFile;
@@ -18,7 +19,7 @@ use qpeft::model::{HubOptions, PretrainedModel, resolve_model};
 use qpeft::pipeline::calibrate::CalibrationSpec;
 use qpeft::pipeline::quantize::{QuantizeReport, QuantizeSpec, quantize};
 use qpeft::quant::codebook::nf_codebook;
-use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding};
+use qpeft::quant::grid::{Bits, GridKind, GridSpec, Rounding, ScaleDtype};
 use qpeft::quant::layer::{Grouping, rtn};
 use qpeft::quant::solve::QuantMethod;
 use qpeft::quant::spec::QuantizerSpec;
@@ -344,4 +345,93 @@ fn format_version_1_files_still_load() {
         frozen.stored_bytes(),
         codes.len() + 4 * (2 * scale.len() + cols)
     );
+}
+
+/// `scale_dtype = f16` fits every grid's scale in f16 and stores it as F16: NF2 and asymmetric
+/// 2-bit grids in groups of 32 take 2 + 16/32 and 2 + 24/32 bits per weight (NF adds its 4-level
+/// codebook per layer), and the loaded weights equal RTN computed here from the f16-rounded
+/// scale (`half`'s conversion of the group's f32 absmax or range): nearest NF level, or
+/// `z = round(−xmin/s)` and `s·(clamp(round(w/s) + z) − z)`.
+#[test]
+fn f16_scales_are_fitted_and_stored_in_f16() {
+    for kind in [GridKind::NormalFloat, GridKind::Asymmetric] {
+        let work = tempfile::tempdir().unwrap();
+        let out = quantize_tiny(
+            work.path(),
+            QuantizerSpec {
+                grid: Some(kind),
+                group: Some(32),
+                scale_dtype: Some(ScaleDtype::F16),
+                ..QuantizerSpec::new(QuantMethod::Rtn, 2)
+            },
+        );
+        let quantized = open(&out);
+        let file = &quantized.weights;
+        let name = "bert.encoder.layer.0.intermediate.dense";
+        let (dtype, shape, _) = file.raw(&format!("{name}.qscale")).unwrap();
+        assert_eq!((dtype, shape), (Dtype::F16, vec![64, 1]), "{kind}");
+        let expected_suffixes: &[&str] = match kind {
+            GridKind::NormalFloat => &["bias", "qcodes", "qlevels", "qscale"],
+            _ => &["bias", "qcodes", "qscale", "qzero"],
+        };
+        assert_eq!(stored_suffixes(file, name), expected_suffixes, "{kind}");
+
+        let (mut weights, mut bits) = (0usize, 0usize);
+        for (layer, q, f) in linears_beside_the_original(&quantized)
+            .into_iter()
+            .filter(|(n, _, _)| n.starts_with("encoder."))
+        {
+            let (rows, cols) = (f.nrows(), f.ncols());
+            weights += rows * cols;
+            bits += rows * cols * 2 + rows * (cols / 32) * 16;
+            bits += match kind {
+                GridKind::NormalFloat => 4 * 32,
+                _ => rows * (cols / 32) * 8,
+            };
+            for r in 0..rows {
+                for g in 0..cols / 32 {
+                    let w: Vec<f32> = (0..32).map(|c| f[(r, g * 32 + c)] as f32).collect();
+                    let xmin = w.iter().fold(0f32, |m, &v| m.min(v));
+                    let xmax = w.iter().fold(0f32, |m, &v| m.max(v));
+                    let want: Vec<f32> = match kind {
+                        GridKind::NormalFloat => {
+                            let s = half::f16::from_f32(xmax.max(-xmin)).to_f32();
+                            let levels = nf_codebook(2);
+                            w.iter()
+                                .map(|&v| {
+                                    let u = f64::from(v) / f64::from(s);
+                                    let nearest = levels
+                                        .iter()
+                                        .copied()
+                                        .min_by(|a, b| (a - u).abs().total_cmp(&(b - u).abs()))
+                                        .unwrap();
+                                    s * nearest as f32
+                                })
+                                .collect()
+                        }
+                        _ => {
+                            let s = half::f16::from_f64(f64::from(xmax - xmin) / 3.0).to_f64();
+                            let z = (-f64::from(xmin) / s).round_ties_even();
+                            w.iter()
+                                .map(|&v| {
+                                    let code =
+                                        ((f64::from(v) / s).round_ties_even() + z).clamp(0.0, 3.0);
+                                    s as f32 * (code - z) as f32
+                                })
+                                .collect()
+                        }
+                    };
+                    for c in 0..32 {
+                        let got = q[(r, g * 32 + c)] as f32;
+                        assert_eq!(got, want[c], "{kind} {layer} ({r}, {})", g * 32 + c);
+                    }
+                }
+            }
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let reported = report["summary"]["bits_per_weight"].as_f64().unwrap();
+        assert_eq!(reported, bits as f64 / weights as f64, "{kind}");
+    }
 }

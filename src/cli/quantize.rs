@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use qpeft::data::Task;
 use qpeft::pipeline::calibrate::CalibrationSpec;
 use qpeft::pipeline::quantize::{QuantizeOutcome, QuantizeSpec, quantize};
-use qpeft::quant::grid::GridKind;
+use qpeft::quant::grid::{GridKind, ScaleDtype};
 use qpeft::quant::solve::QuantMethod;
 use qpeft::quant::spec::{CoreqAlphaMode, QuantizerSpec, RescompMode};
 
@@ -66,6 +66,10 @@ pub struct QuantizerArgs {
     /// a 2-bit MiniLM file about a sixth of the fp32 one; default: kept in full precision).
     #[arg(long, value_name = "BITS")]
     pub embeddings: Option<u8>,
+    /// The precision of the uniform and NF grids' scales, fitted and stored (f16: NF2 in blocks
+    /// of 64 at 2.25 bits per weight; default f32; not for mxint).
+    #[arg(long)]
+    pub scale_dtype: Option<ScaleDtype>,
 }
 
 impl QuantizerArgs {
@@ -89,6 +93,7 @@ impl QuantizerArgs {
             qronos_lambda: self.qronos_lambda,
             qronos_damp: self.qronos_damp,
             embeddings: self.embeddings,
+            scale_dtype: self.scale_dtype,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! (docs/formats.md), one safetensors file where each quantized linear `<name>` has
 //! `<name>.qcodes` (U8 `[rows, packed row bytes]`, each row packed on its own) and its grids
 //! instead of `<name>.weight`, stored at their real size (format version 3): MXINT as one E8M0
-//! exponent per block (`.qexp`, U8), other uniform grids as an F32 scale and a U8 zero per group,
-//! NF grids as an F32 scale per group and the codebook (`.qlevels`); `.qgroup` (I32 `[cols]`)
+//! exponent per block (`.qexp`, U8), other uniform grids as a scale (F32, or F16 where the grids
+//! were fitted with f16 scales) and a U8 zero per group, NF grids as a scale per group and the
+//! codebook (`.qlevels`); `.qgroup` (I32 `[cols]`)
 //! only where act-order makes the column → group map other than `column / group`. With
 //! `quant.embeddings` the embedding tables are stored the same way, per row. Every other tensor
 //! is kept as stored. The header's metadata holds a `qpeft` JSON entry with the format version,
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::safetensors::{TensorFile, parse_header_entry, write_error};
 use crate::error::{Error, Result};
-use crate::quant::grid::{Bits, GridKind, GridSpec, Rounding};
+use crate::quant::grid::{Bits, Grid, GridKind, GridSpec, Rounding};
 use crate::quant::layer::{Grouping, QuantizedLayer, rtn};
 use crate::quant::pack::{pack, unpack};
 
@@ -159,7 +160,24 @@ pub fn pack_layer(
         shape: vec![rows, groups],
         bytes,
     };
-    let scales = || le_bytes(&layer.grids, |g| (g.scale as f32).to_le_bytes());
+    // F16 when every scale is one (`quant.scale_dtype = "f16"` fitted them so), which loses
+    // nothing; else F32, as the fit in f64 has always been stored.
+    let scale_tensor = || {
+        let f16 = |g: &Grid| half::f16::from_f64(g.scale);
+        if layer.grids.iter().all(|g| f16(g).to_f64() == g.scale) {
+            grid_tensor(
+                "qscale",
+                Dtype::F16,
+                le_bytes(&layer.grids, |g| f16(&g).to_le_bytes()),
+            )
+        } else {
+            grid_tensor(
+                "qscale",
+                Dtype::F32,
+                le_bytes(&layer.grids, |g| (g.scale as f32).to_le_bytes()),
+            )
+        }
+    };
     match kind {
         GridKind::MxInt => {
             let half = f64::from(mxint_zero(bits));
@@ -183,7 +201,7 @@ pub fn pack_layer(
             let levels = layer
                 .codebook()
                 .ok_or_else(|| Error::Internal("an NF layer without its codebook".into()))?;
-            tensors.push(grid_tensor("qscale", Dtype::F32, scales()));
+            tensors.push(scale_tensor());
             tensors.push(StoredTensor {
                 suffix: "qlevels",
                 dtype: Dtype::F32,
@@ -201,7 +219,7 @@ pub fn pack_layer(
                         .ok_or_else(|| unrepresentable("zero", g.zero))
                 })
                 .collect::<Result<Vec<u8>>>()?;
-            tensors.push(grid_tensor("qscale", Dtype::F32, scales()));
+            tensors.push(scale_tensor());
             tensors.push(grid_tensor("qzero", Dtype::U8, zeros));
         }
     }
@@ -306,7 +324,7 @@ pub fn dequantize_packed(
     Ok(out)
 }
 
-fn le_bytes<T: Copy>(values: &[T], to: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to: impl Fn(T) -> [u8; N]) -> Vec<u8> {
     values.iter().flat_map(|&v| to(v)).collect()
 }
 

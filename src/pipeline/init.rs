@@ -69,6 +69,7 @@ impl InitSpec {
                 grid: Some(q.grid),
                 group: Some(q.group),
                 embeddings: q.embeddings,
+                scale_dtype: q.scale_dtype,
                 ..QuantizerSpec::new(q.method, q.bits)
             },
             calibration: CalibrationSpec {

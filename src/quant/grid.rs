@@ -62,7 +62,53 @@ pub enum GridKind {
     NormalFloat,
 }
 
-crate::named!(GridKind);
+/// The precision a grid's scale is fitted and stored in; named `f32`, `f16`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScaleDtype {
+    /// Fitted in f64, stored as F32 (32 bits per group).
+    #[default]
+    F32,
+    /// Rounded to the nearest f16 inside the fit, so that the codes, every solver's and
+    /// initializer's Q and the stored F16 scale agree exactly (16 bits per group: NF2 in blocks
+    /// of 64 at 2.25 bits per weight).
+    F16,
+}
+
+crate::named!(GridKind, ScaleDtype);
+
+/// f16's largest finite value and smallest positive (subnormal) value.
+const F16_MAX: f64 = 65504.0;
+const F16_MIN_POSITIVE_SUBNORMAL: f64 = 5.960_464_477_539_063e-8; // 2^-24
+
+/// `x > 0` rounded to the nearest f16 (ties to even), saturating to f16's positive range so a
+/// scale never becomes 0 or ∞. Exact: the quantum `2^(e−10)` of x's binade (at least f16's
+/// subnormal step 2^-24) divides and multiplies without rounding.
+pub fn round_to_f16(x: f64) -> f64 {
+    let binade = ((x.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    let quantum = 2f64.powi(binade.max(-14) - 10);
+    ((x / quantum).round_ties_even() * quantum).clamp(F16_MIN_POSITIVE_SUBNORMAL, F16_MAX)
+}
+
+impl ScaleDtype {
+    /// `scale` in this precision.
+    fn round(self, scale: f64) -> f64 {
+        match self {
+            ScaleDtype::F32 => scale,
+            ScaleDtype::F16 => round_to_f16(scale),
+        }
+    }
+}
 
 /// Rounding onto the grid (§1.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +143,8 @@ pub struct GridSpec {
     /// GPTQ reference quirk (§1.2 Choice): a symmetric group without negative entries keeps
     /// `xmin = 0`, so `s = xmax/(2^b − 1)` and positives clip near `xmax/2`.
     pub sym_nonneg_quirk: bool,
+    /// The scale's precision (not MXINT's, whose step is a power of two stored as its exponent).
+    pub scale_dtype: ScaleDtype,
 }
 
 impl GridSpec {
@@ -106,6 +154,7 @@ impl GridSpec {
             kind,
             mse: None,
             sym_nonneg_quirk: false,
+            scale_dtype: ScaleDtype::F32,
         }
     }
 }
@@ -209,25 +258,29 @@ fn unit_uniform(seed: u64, element: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The grid of `kind` for the range `[xmin, xmax]` (already including 0, §1.1 step 1).
+/// The grid of `kind` for the range `[xmin, xmax]` (already including 0, §1.1 step 1), its
+/// scale in `spec.scale_dtype` before the zero is fitted to it.
 fn grid_for_range(spec: &GridSpec, xmin: f64, xmax: f64) -> Grid {
     let max_code = spec.bits.max_code();
     let half = f64::from(1u32 << (spec.bits.get() - 1));
+    let scale = |s: f64| spec.scale_dtype.round(s);
     match spec.kind {
         GridKind::Asymmetric => {
-            let scale = (xmax - xmin) / f64::from(max_code);
+            let scale = scale((xmax - xmin) / f64::from(max_code));
             Grid::uniform(scale, (-xmin / scale).round_ties_even(), max_code)
         }
         GridKind::SymmetricGptq => {
-            Grid::uniform((xmax - xmin) / f64::from(max_code), half, max_code)
+            Grid::uniform(scale((xmax - xmin) / f64::from(max_code)), half, max_code)
         }
-        GridKind::SymmetricQuarot => {
-            Grid::uniform((xmax.max(-xmin) / (half - 1.0)).max(1e-5), half, max_code)
-        }
+        GridKind::SymmetricQuarot => Grid::uniform(
+            scale((xmax.max(-xmin) / (half - 1.0)).max(1e-5)),
+            half,
+            max_code,
+        ),
         // §1.7: the levels span [−1, 1], so the scale is the absmax.
         GridKind::NormalFloat => Grid {
             levels: Some(nf_codebook(spec.bits.get())),
-            ..Grid::uniform(xmax.max(-xmin), 0.0, max_code)
+            ..Grid::uniform(scale(xmax.max(-xmin)), 0.0, max_code)
         },
         GridKind::MxInt => unreachable!("MXINT grids are fitted by mxint_grid"),
     }
@@ -366,6 +419,59 @@ mod tests {
         );
         let zero = fit_grid(&[0.0, 1e-40], &spec(3, GridKind::MxInt));
         assert_eq!(zero.round(1e-40, Rounding::Nearest, 0), 0.0);
+    }
+
+    #[test]
+    fn f16_rounding_matches_half_and_saturates() {
+        // Correctly rounded f32 → f16 conversion (`half`) as the reference, over the binades
+        // a scale can take, subnormals included.
+        let mut rng = crate::seed::substream_rng(5, "f16-test");
+        for _ in 0..20_000 {
+            use rand::Rng;
+            let x = 2f32.powf(rng.random_range(-30.0..15.0f32));
+            let want = half::f16::from_f32(x).to_f64();
+            assert_eq!(
+                round_to_f16(f64::from(x)),
+                want.max(2f64.powi(-24)),
+                "{x:e}"
+            );
+        }
+        // Ties to even: 1 + 2^-11 lies halfway between 1 and 1 + 2^-10.
+        assert_eq!(round_to_f16(1.0 + 2f64.powi(-11)), 1.0);
+        assert_eq!(
+            round_to_f16(1.0 + 3.0 * 2f64.powi(-11)),
+            1.0 + 2f64.powi(-9)
+        );
+        assert_eq!(round_to_f16(3.0 * 2f64.powi(-25)), 2f64.powi(-23));
+        assert_eq!(round_to_f16(1e-30), 2f64.powi(-24));
+        assert_eq!(round_to_f16(1e9), 65504.0);
+    }
+
+    #[test]
+    fn f16_scales_are_fitted_before_the_zero() {
+        let values = [0.3, -1.1, 2.5, 0.7];
+        let f16 = GridSpec {
+            scale_dtype: ScaleDtype::F16,
+            ..spec(3, GridKind::Asymmetric)
+        };
+        let grid = fit_grid(&values, &f16);
+        let s = half::f16::from_f64(3.6 / 7.0).to_f64();
+        assert_eq!((grid.scale, grid.zero), (s, (1.1 / s).round_ties_even()));
+        assert_ne!(grid.scale, 3.6 / 7.0);
+        let nf = fit_grid(
+            &values,
+            &GridSpec {
+                scale_dtype: ScaleDtype::F16,
+                ..spec(2, GridKind::NormalFloat)
+            },
+        );
+        assert_eq!(nf.scale, 2.5, "2.5 is an f16");
+        // MXINT's step is a power of two whatever the scale dtype says.
+        let mx = GridSpec {
+            scale_dtype: ScaleDtype::F16,
+            ..spec(2, GridKind::MxInt)
+        };
+        assert_eq!(fit_grid(&values, &mx).scale, 2.0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::coreq::AlphaMode;
 use super::gptq::{GptaqFlush, GptqConfig};
-use super::grid::{Bits, GridKind, GridSpec, MseSearch, Rounding};
+use super::grid::{Bits, GridKind, GridSpec, MseSearch, Rounding, ScaleDtype};
 use super::layer::Grouping;
 use super::qronos::QronosLambda;
 use super::solve::{CoreqAlpha, Method, QuantMethod};
@@ -84,6 +84,9 @@ pub struct QuantizerSpec {
     /// them); `None` keeps them in full precision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings: Option<u8>,
+    /// The grids' scale precision; `None` is f32. Not for MXINT, whose blocks store an exponent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_dtype: Option<ScaleDtype>,
 }
 
 impl QuantizerSpec {
@@ -107,6 +110,7 @@ impl QuantizerSpec {
             qronos_lambda: None,
             qronos_damp: None,
             embeddings: None,
+            scale_dtype: None,
         }
     }
 }
@@ -243,8 +247,15 @@ impl QuantizerSpec {
                 beams: self.beams.unwrap_or(4),
             },
         };
+        let scale_dtype = self.scale_dtype.unwrap_or_default();
+        if kind == GridKind::MxInt && scale_dtype != ScaleDtype::F32 {
+            return Err(Error::Config(format!(
+                "scale dtype {scale_dtype} does not apply to the mxint grid: its blocks store a power-of-two step as one 8-bit exponent"
+            )));
+        }
         let grid = GridSpec {
             mse: self.mse.then(MseSearch::default),
+            scale_dtype,
             ..GridSpec::new(bits, kind)
         };
         let group = self.group.unwrap_or(default_group);
