@@ -86,6 +86,20 @@ def build_model(model: str, bits: int, rank: int, alpha: float, dropout: float):
     return net
 
 
+def merge_adapters(net):
+    """Replaces every LoraLinear by one nn.Linear with weight W + s·B·A."""
+    for layer in net.bert.encoder.layer:
+        for target in TARGETS:
+            parent_path, name = target.rsplit(".", 1)
+            parent = layer.get_submodule(parent_path)
+            adapted = getattr(parent, name)
+            with torch.no_grad():
+                adapted.base.weight += adapted.scaling * (
+                    adapted.lora_B.weight @ adapted.lora_A.weight
+                )
+            setattr(parent, name, adapted.base)
+
+
 def synthetic_batch(vocab: int, batch: int, seq_len: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, seq_len), generator=g)
@@ -123,6 +137,9 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--merge", action="store_true",
+                        help="eval: merge each adapter into its base weight first (peft's "
+                             "merge_and_unload), as qpeft's evaluation does")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -156,6 +173,8 @@ def main():
                 seconds.append(time.perf_counter() - started)
     else:
         net.eval()
+        if args.merge:
+            merge_adapters(net)
         with torch.inference_mode():
             for step in range(args.warmup + args.steps):
                 started = time.perf_counter()

@@ -4,7 +4,10 @@ Runs, alternately and `--rounds` times each, qpeft's QPEFT training step and eva
 (`qpeft bench train|eval`) and the same in PyTorch, on the default model at 2-bit MXINT, rank 8, batch 32,
 sequence length 128, with the same thread count; prints samples/s (median, min, max over the
 rounds), the qpeft/PyTorch ratio, each process's peak resident memory and the sizes on disk of
-the saved checkpoint and of the model file. `make bench` installs what it needs and runs this.
+the saved checkpoint and of the model file. qpeft evaluates with each adapter merged into its
+frozen weight; the evaluation is also timed in PyTorch with peft-style merging
+(`reference.py --merge`), so that ratio is printed too. `make bench` installs what it needs and
+runs this.
 """
 
 import argparse
@@ -72,6 +75,8 @@ def main():
                     checkpoint = ["--checkpoint", os.path.join(tmp, "qpeft-checkpoint")]
                 runs = [("qpeft", [args.qpeft, "bench", mode] + qpeft_set + checkpoint),
                         ("pytorch", torch_base + ["--mode", mode])]
+                if mode == "eval":
+                    runs.append(("pytorch-merged", torch_base + ["--mode", mode, "--merge"]))
                 if round_index % 2 == 1:
                     runs.reverse()
                 for name, command in runs:
@@ -83,18 +88,20 @@ def main():
 
     print(f"\nbatch {args.batch_size} x {args.seq_len} tokens, {args.threads} threads, "
           f"{args.rounds} rounds of {args.steps} timed steps ({args.warmup} warm-up)\n")
-    print("| mode | implementation | samples/s median | min | max | ratio (median) "
+    print("| mode | implementation | samples/s median | min | max | qpeft ÷ this (median) "
           "| peak RSS | checkpoint | model file |")
     print("|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
         medians = {}
-        for name in ("qpeft", "pytorch"):
+        names = [name for name in ("qpeft", "pytorch", "pytorch-merged")
+                 if (name, mode) in results]
+        for name in names:
             rates = [r["timings"]["samples_per_second"] for r in results[(name, mode)]]
             medians[name] = statistics.median(rates)
-        for name in ("qpeft", "pytorch"):
+        for name in names:
             runs = results[(name, mode)]
             rates = [r["timings"]["samples_per_second"] for r in runs]
-            ratio = medians["qpeft"] / medians["pytorch"] if name == "qpeft" else 1.0
+            ratio = medians["qpeft"] / medians[name]
             checkpoints = [r["checkpoint_bytes"] for r in runs if r.get("checkpoint_bytes")]
             print(f"| {mode} | {name} | {medians[name]:.2f} | {min(rates):.2f} | {max(rates):.2f} "
                   f"| {ratio:.2f}x | {mib(max(r['peak_rss_bytes'] for r in runs))} "

@@ -242,8 +242,9 @@ fn spec(preserved: usize) -> AdapterSpec {
     }
 }
 
-/// y = x·deq(Q)ᵀ + b + s·(x·Aᵀ)·Bᵀ equals the merged dense layer, and the gradients of A and
-/// B are the hand-derived ones; the frozen base gets none.
+/// y = x·deq(Q)ᵀ + b + s·(x·Aᵀ)·Bᵀ equals the merged dense layer (and the layer merged for
+/// inference computes it), and the gradients of A and B are the hand-derived ones; the frozen
+/// base gets none.
 #[test]
 fn qlora_linear_forward_merge_and_gradients() {
     let (frozen, dense) = packed_layer();
@@ -322,6 +323,12 @@ fn qlora_linear_forward_merge_and_gradients() {
                 .sum();
             assert!((f64::from(grad_a[i * r + j]) - expected).abs() < 1e-4);
         }
+    }
+    // Inference merges the adapter into one dense weight (`into_merged`): the same outputs.
+    let merged_layer = burn::module::AutodiffModule::valid(&layer).into_merged();
+    let y_merged = values(merged_layer.forward(tensor::<NdArray, 3>(x_values, [2, 5, d_in])));
+    for (i, (m, y)) in y_merged.iter().zip(&y_values).enumerate() {
+        assert!((m - y).abs() < 1e-5, "merged layer {i}: {m} vs {y}");
     }
     // The PEFT layouts read back exactly.
     assert_eq!(layer.lora_a_peft().unwrap(), lora_a);

@@ -19,7 +19,8 @@ pub enum Prediction {
     Score(f32),
 }
 
-/// Predictions for every example of `split`, in the split's order (batched longest first).
+/// Predictions for every example of `split`, in the split's order (batched longest first), by
+/// the model with its adapters merged.
 pub fn predict_split<B: Backend>(
     model: &SequenceClassifier<B>,
     split: &TokenizedSplit,
@@ -27,6 +28,7 @@ pub fn predict_split<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<Prediction>> {
     let regression = matches!(split.task.label_kind(), LabelKind::Score { .. });
+    let model = model.clone().merged();
     let mut predictions = vec![None; split.len()];
     let progress = ProgressBar::new(split.len() as u64).with_style(
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]")

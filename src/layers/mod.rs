@@ -27,6 +27,14 @@ impl<B: Backend> TargetLinear<B> {
         }
     }
 
+    /// This slot with its adapter merged into one dense weight ([`QLoraLinear::into_merged`]).
+    pub fn merged(self) -> Self {
+        match self {
+            TargetLinear::Adapted(adapted) => TargetLinear::Dense(adapted.into_merged()),
+            dense => dense,
+        }
+    }
+
     pub fn dense(&self) -> Option<&Linear<B>> {
         match self {
             TargetLinear::Dense(linear) => Some(linear),

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use burn::module::{Module, Param};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
@@ -172,6 +173,17 @@ impl<B: Backend> QLoraLinear<B> {
             }
         };
         base + linear(hidden, self.lora_b.val(), None) * self.spec.scale
+    }
+
+    /// The dense layer with weight deq(Q) + s·A·B (`[in, out]`) and the same bias: what the
+    /// layer computes without dropout, in one product instead of three. For inference only:
+    /// the factors are gone, so nothing can be trained or exported from it.
+    pub fn into_merged(self) -> Linear<B> {
+        let low_rank = self.lora_a.val().matmul(self.lora_b.val()) * self.spec.scale;
+        Linear {
+            weight: Param::from_tensor(self.base + low_rank),
+            bias: self.bias,
+        }
     }
 
     pub fn spec(&self) -> &AdapterSpec {

@@ -377,6 +377,20 @@ impl<B: Backend> Encoder<B> {
         self.layers.get_mut(index)?.linear_mut(suffix)
     }
 
+    /// The encoder with every adapted linear merged into one dense weight, for inference:
+    /// the same function without dropout, one matrix product per linear instead of three
+    /// (docs/performance.md, "Merged adapters in evaluation").
+    pub fn merged(mut self) -> Self {
+        for layer in &mut self.layers {
+            for suffix in LAYER_LINEARS {
+                if let Some(slot) = layer.target_mut(suffix) {
+                    *slot = slot.clone().merged();
+                }
+            }
+        }
+        self
+    }
+
     /// The target slot with HF name `name` (`encoder.layer.N.<one of LAYER_LINEARS>`).
     pub fn target(&self, name: &str) -> Option<&TargetLinear<B>> {
         let (index, suffix) = parse_layer_linear(name)?;
@@ -502,6 +516,14 @@ pub struct SequenceClassifier<B: Backend> {
 }
 
 impl<B: Backend> SequenceClassifier<B> {
+    /// The classifier with its encoder's adapters merged ([`Encoder::merged`]), for inference.
+    pub fn merged(self) -> Self {
+        SequenceClassifier {
+            encoder: self.encoder.merged(),
+            head: self.head,
+        }
+    }
+
     /// Loads the encoder and, where the checkpoint has them, the head weights for `head`;
     /// with `fresh_task_head` the task layers (BERT's classifier, RoBERTa's whole head) are
     /// initialized fresh whatever the checkpoint holds, as fine-tuning starts (§12.1), while

@@ -144,7 +144,7 @@ pub fn time_training<B: AutodiffBackend>(
     Ok(BenchTimings::new(config, seconds))
 }
 
-/// Times the evaluation forward pass (no autodiff, dropout off) of `model` on one synthetic
+/// Times the evaluation forward pass (no autodiff, dropout off, adapters merged) of `model` on one synthetic
 /// batch; each step reads the logits back, so the time covers the whole computation.
 pub fn time_evaluation<B: AutodiffBackend>(
     model: SequenceClassifier<B>,
@@ -153,7 +153,8 @@ pub fn time_evaluation<B: AutodiffBackend>(
     config: &BenchConfig,
     device: &B::Device,
 ) -> Result<BenchTimings> {
-    let model = model.valid();
+    // What `predict_split` runs: the adapters merged into the frozen weights.
+    let model = model.valid().merged();
     let batch = synthetic_batch(vocab_size, num_labels, config, "bench/eval");
     let mut seconds = Vec::with_capacity(config.timed_steps);
     for step in 0..config.warmup_steps + config.timed_steps {
