@@ -67,18 +67,26 @@ class LoraLinear(nn.Module):
         return self.base(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
 
-def build_model(model: str, bits: int, rank: int, alpha: float, dropout: float):
-    net = BertForSequenceClassification.from_pretrained(model, num_labels=2)
-    for p in net.parameters():
-        p.requires_grad_(False)
+def replace_targets(net, replace):
+    """Sets each target linear of every encoder layer to `replace(linear)`."""
     for layer in net.bert.encoder.layer:
         for target in TARGETS:
             parent_path, name = target.rsplit(".", 1)
             parent = layer.get_submodule(parent_path)
-            linear = getattr(parent, name)
-            with torch.no_grad():
-                linear.weight.copy_(mxint_fake_quantize(linear.weight, bits))
-            setattr(parent, name, LoraLinear(linear, rank, alpha, dropout))
+            setattr(parent, name, replace(getattr(parent, name)))
+
+
+def build_model(model: str, bits: int, rank: int, alpha: float, dropout: float):
+    net = BertForSequenceClassification.from_pretrained(model, num_labels=2)
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+    def adapt(linear):
+        with torch.no_grad():
+            linear.weight.copy_(mxint_fake_quantize(linear.weight, bits))
+        return LoraLinear(linear, rank, alpha, dropout)
+
+    replace_targets(net, adapt)
     # qpeft's recipes train BERT's pooler with the head (docs/algorithms.md §12.1).
     for module in (net.classifier, net.bert.pooler):
         for p in module.parameters():
@@ -87,17 +95,14 @@ def build_model(model: str, bits: int, rank: int, alpha: float, dropout: float):
 
 
 def merge_adapters(net):
-    """Replaces every LoraLinear by one nn.Linear with weight W + s·B·A."""
-    for layer in net.bert.encoder.layer:
-        for target in TARGETS:
-            parent_path, name = target.rsplit(".", 1)
-            parent = layer.get_submodule(parent_path)
-            adapted = getattr(parent, name)
-            with torch.no_grad():
-                adapted.base.weight += adapted.scaling * (
-                    adapted.lora_B.weight @ adapted.lora_A.weight
-                )
-            setattr(parent, name, adapted.base)
+    """Replaces every LoraLinear by its base nn.Linear with weight W + s·B·A."""
+
+    def merge(adapted):
+        with torch.no_grad():
+            adapted.base.weight += adapted.scaling * (adapted.lora_B.weight @ adapted.lora_A.weight)
+        return adapted.base
+
+    replace_targets(net, merge)
 
 
 def synthetic_batch(vocab: int, batch: int, seq_len: int, seed: int):
