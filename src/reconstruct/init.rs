@@ -101,19 +101,22 @@ pub enum InitName {
 crate::named!(InitName);
 
 impl InitName {
-    /// Each method's own split (§11.1 Choice), except SRR's: its Σ-right split (the paper's)
-    /// makes AdamW's steps on the preserved directions scale with σ, and SRR then barely learns
-    /// STS-B (33.48 at batch 16), while the balanced split learns it (67.25 ± 4.10, 3 seeds;
-    /// docs/results.md); `factor_split = "sigma-right"` keeps the paper's. `None` for `lora`
-    /// and `qlora`, whose L·R starts at 0.
+    /// The balanced split for every SVD initializer (§11.1), not each paper's own: with Σ on
+    /// one factor AdamW moves the other by a large fraction of its scale per step, and the rows
+    /// trained measurably worse (SRR Σ-right: STS-B 33.48 at batch 16, √Σ 67.25 ± 4.10; QERA
+    /// Σ-left 69.73 ± 5.90, √Σ 74.39 ± 1.46, and MRPC 76.40 ± 0.45 against 76.48 ± 0.52; 3 seeds,
+    /// docs/results.md). `factor_split` keeps a paper's. `None` for `lora` and `qlora`, whose
+    /// L·R starts at 0.
     pub fn default_split(self) -> Option<FactorSplit> {
         match self {
             InitName::Lora | InitName::Qlora => None,
-            InitName::Loftq | InitName::Srr => Some(FactorSplit::Sqrt),
-            InitName::Lqlora => Some(FactorSplit::SigmaRight),
-            InitName::ZeroquantV2 | InitName::Lqer | InitName::QeraApprox | InitName::QeraExact => {
-                Some(FactorSplit::SigmaLeft)
-            }
+            InitName::Loftq
+            | InitName::ZeroquantV2
+            | InitName::Lqer
+            | InitName::QeraApprox
+            | InitName::QeraExact
+            | InitName::Lqlora
+            | InitName::Srr => Some(FactorSplit::Sqrt),
         }
     }
 }
@@ -169,9 +172,7 @@ impl Initializer {
 
     /// The split L·R gets unless told otherwise: [`InitName::default_split`].
     pub fn default_split(self) -> FactorSplit {
-        self.name()
-            .default_split()
-            .unwrap_or(FactorSplit::SigmaLeft)
+        self.name().default_split().unwrap_or(FactorSplit::Sqrt)
     }
 
     /// Whether the first k components are a preserved block for gradient scaling (§12.2).
