@@ -18,7 +18,7 @@ use crate::files::write_json;
 use crate::formats::adapters::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
-use crate::formats::packed::QuantMetadata;
+use crate::formats::packed::{FORMAT_VERSION, QuantMetadata};
 use crate::model::{HubOptions, PretrainedModel, TextInput, resolve_model};
 use crate::plot::{ERRORS_CHART, line_chart_svg, per_module_chart, write_svg};
 use crate::quant::grid::GridKind;
@@ -324,9 +324,10 @@ fn build(
 }
 
 /// The init checkpoint of `spec` for `model` in the cache under `cache_root`, built once.
-/// Its key hashes everything that shapes it: the serialized spec, the calibration texts
-/// themselves (an edited calibration file or another copy of GLUE builds anew) and the model's
-/// weights. Concurrent builders of one key each write their own partial folder; the first to
+/// Its key hashes everything that shapes it: the file formats' versions (a checkpoint cached by an
+/// older build would otherwise report that format's bits per weight), the serialized spec, the
+/// calibration texts themselves (an edited calibration file or another copy of GLUE builds anew)
+/// and the model's weights. Concurrent builders of one key each write their own partial folder; the first to
 /// finish places it, the others use it.
 pub fn cached_init(
     model: &PretrainedModel,
@@ -337,7 +338,10 @@ pub fn cached_init(
 ) -> Result<PathBuf> {
     let serialized = serde_json::to_string(spec)
         .map_err(|e| Error::Internal(format!("serializing the init spec: {e}")))?;
-    let mut key = Sha256::new().chain_update(serialized.as_bytes());
+    let mut key = Sha256::new()
+        .chain_update(FORMAT_VERSION.to_le_bytes())
+        .chain_update(ADAPTER_FORMAT_VERSION.to_le_bytes())
+        .chain_update(serialized.as_bytes());
     let texts = spec.calibration.texts(data_dir)?;
     for text in &texts {
         key.update(text.first.as_bytes());
