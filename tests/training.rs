@@ -17,6 +17,7 @@ use burn_ndarray::NdArray;
 use qpeft::formats::packed::FrozenWeight;
 use qpeft::layers::{AdapterSpec, DropoutPlacement, QLoraLinear};
 use qpeft::recipe::Recipe;
+use qpeft::reconstruct::init::KRule;
 use qpeft::reconstruct::lowrank::FactorSplit;
 use qpeft::train::optim::{
     AccumulatedGrads, AdamW, AdamWConfig, ComponentScale, ParamTable, PreservedScaling, Schedule,
@@ -475,6 +476,17 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
     .unwrap();
     assert_eq!(set.train.learning_rate, 1e-4);
     assert_eq!(set.data.max_train_samples, Some(100));
+    // SRR's fixed k, as the docs spell it: a number, in the file or on the command line (where
+    // TOML reads `3` as an integer), or quoted.
+    for (file, sets) in [
+        ("[adapter]\nk_rule = 3\n", vec![]),
+        ("", vec!["adapter.k_rule=3"]),
+        ("", vec!["adapter.k_rule=\"3\""]),
+    ] {
+        let recipe = parse(&format!("[data]\ntask = \"rte\"\n{file}"), &sets).unwrap();
+        assert_eq!(recipe.adapter.k_rule, KRule::Fixed(3), "{file} {sets:?}");
+        assert_eq!(parse(&recipe.to_toml().unwrap(), &[]).unwrap(), recipe);
+    }
     // The factor split: absent by default (the method's own), and left out of a resolved
     // recipe then, so that runs written before the key existed still compare equal.
     assert_eq!(ok.adapter.factor_split, None);
@@ -517,6 +529,8 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
         ("adapter.rank=0", "adapter.rank"),
         ("adapter.dropout=1.5", "adapter.dropout"),
         ("adapter.k_rule=9", "adapter.k_rule"),
+        ("adapter.k_rule=-1", "adapter.k_rule"),
+        ("adapter.k_rule=1.5", "adapter.k_rule"),
         ("adapter.factor_split=sigma", "factor_split"),
         (
             "adapter.targets=[\"attention.self.bogus\"]",

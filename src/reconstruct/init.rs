@@ -58,12 +58,39 @@ impl serde::Serialize for KRule {
     }
 }
 
+/// Read from a name or a number, quoted or not: `k_rule = 3` in a recipe and `--set
+/// adapter.k_rule=3` (which TOML reads as an integer) mean the same as `"3"`.
 impl<'de> serde::Deserialize<'de> for KRule {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        struct KRuleVisitor;
+
+        impl serde::de::Visitor<'_> for KRuleVisitor {
+            type Value = KRule;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("probe, prerelease, exact or a number")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<KRule, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, k: u64) -> std::result::Result<KRule, E> {
+                usize::try_from(k)
+                    .map(KRule::Fixed)
+                    .map_err(|_| E::custom(format!("k = {k} does not fit this machine")))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, k: i64) -> std::result::Result<KRule, E> {
+                u64::try_from(k)
+                    .map_err(|_| E::custom(format!("k must be at least 0, got {k}")))
+                    .and_then(|k| self.visit_u64(k))
+            }
+        }
+
+        deserializer.deserialize_any(KRuleVisitor)
     }
 }
 
