@@ -327,8 +327,8 @@ fn build(
 /// Its key hashes everything that shapes it: the file formats' versions (a checkpoint cached by an
 /// older build would otherwise report that format's bits per weight), the serialized spec, the
 /// calibration texts themselves (an edited calibration file or another copy of GLUE builds anew)
-/// and the model's weights. Concurrent builders of one key each write their own partial folder; the first to
-/// finish places it, the others use it.
+/// and the model's weights. Concurrent builders of one key each write their own partial folder;
+/// the first to finish places it, the others use it.
 pub fn cached_init(
     model: &PretrainedModel,
     spec: &InitSpec,

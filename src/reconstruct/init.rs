@@ -131,8 +131,8 @@ impl InitName {
     /// The balanced split for every SVD initializer (§11.1), not each paper's own: with Σ on
     /// one factor AdamW moves the other by a large fraction of its scale per step, and the rows
     /// trained measurably worse (SRR Σ-right: STS-B 33.48 at batch 16, √Σ 67.25 ± 4.10; QERA
-    /// Σ-left 69.73 ± 5.90, √Σ 74.39 ± 1.46, and MRPC 76.40 ± 0.45 against 76.48 ± 0.52; 3 seeds,
-    /// docs/results.md). `factor_split` keeps a paper's. `None` for `lora` and `qlora`, whose
+    /// Σ-left 69.73 ± 5.90, √Σ 74.39 ± 1.46; CoLA 2.40 ± 2.32 against 7.66 ± 1.67; MRPC level;
+    /// 3 seeds each, docs/results.md). `factor_split` keeps a paper's. `None` for `lora` and `qlora`, whose
     /// L·R starts at 0.
     pub fn default_split(self) -> Option<FactorSplit> {
         match self {
