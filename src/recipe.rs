@@ -107,7 +107,7 @@ pub struct AdapterSection {
     pub k_rule: KRule,
     pub joint_refit: bool,
     pub loftq_iters: usize,
-    /// How Σ is shared between L and R (§11.1); absent: the method's own split. The split
+    /// How Σ is shared between L and R (§11.1); absent: `sqrt` (`InitName::default_split`). The split
     /// leaves L·R unchanged but sets the factors' scales, which AdamW's steps are taken on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub factor_split: Option<FactorSplit>,

@@ -487,7 +487,7 @@ fn recipes_reject_unknown_keys_and_invalid_values_by_name() {
         assert_eq!(recipe.adapter.k_rule, KRule::Fixed(3), "{file} {sets:?}");
         assert_eq!(parse(&recipe.to_toml().unwrap(), &[]).unwrap(), recipe);
     }
-    // The factor split: absent by default (the method's own), and left out of a resolved
+    // The factor split: absent by default (sqrt, the library's default), and left out of a resolved
     // recipe then, so that runs written before the key existed still compare equal.
     assert_eq!(ok.adapter.factor_split, None);
     assert!(!toml::to_string(&ok).unwrap().contains("factor_split"));

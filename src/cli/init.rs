@@ -34,7 +34,7 @@ pub struct InitArgs {
     /// LQER: the maximum over batches of the batch-mean |x| (QERA's code) instead of the mean.
     #[arg(long)]
     pub lqer_batch_max: bool,
-    /// How singular values are shared between L and R (default: the method's own).
+    /// How singular values are shared between L and R (default: sqrt, for every method).
     #[arg(long)]
     pub factor_split: Option<FactorSplit>,
     /// The base quantizer of Q (or of SRR's residual).

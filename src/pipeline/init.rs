@@ -45,7 +45,7 @@ pub struct InitSpec {
     pub loftq_iters: usize,
     /// LQER: the maximum over batches of the batch-mean |x| (QERA's code).
     pub lqer_batch_max: bool,
-    /// Absent: the method's own (`InitName::default_split`).
+    /// Absent: the default, `sqrt` (`InitName::default_split`).
     pub factor_split: Option<FactorSplit>,
     pub quantizer: QuantizerSpec,
     pub calibration: CalibrationSpec,

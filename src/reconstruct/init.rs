@@ -132,8 +132,8 @@ impl InitName {
     /// one factor AdamW moves the other by a large fraction of its scale per step, and the rows
     /// trained measurably worse (SRR Σ-right: STS-B 33.48 at batch 16, √Σ 67.25 ± 4.10; QERA
     /// Σ-left 69.73 ± 5.90, √Σ 74.39 ± 1.46; CoLA 2.40 ± 2.32 against 7.66 ± 1.67; MRPC level;
-    /// 3 seeds each, docs/results.md). `factor_split` keeps a paper's. `None` for `lora` and `qlora`, whose
-    /// L·R starts at 0.
+    /// 3 seeds each, docs/results.md). `factor_split` keeps a paper's. `None` for `lora` and
+    /// `qlora`, whose L·R starts at 0.
     pub fn default_split(self) -> Option<FactorSplit> {
         match self {
             InitName::Lora | InitName::Qlora => None,
@@ -236,7 +236,7 @@ impl std::fmt::Display for Initializer {
 pub struct InitConfig {
     pub init: Initializer,
     pub rank: usize,
-    /// `None`: the method's own split.
+    /// `None`: [`Initializer::default_split`].
     pub split: Option<FactorSplit>,
     /// Seeds the SRR probe and QLoRA's R, per layer by name.
     pub seed: u64,
