@@ -34,6 +34,15 @@ fn a_recipe_gives_its_init_spec_with_the_split_spelled_out() {
     let spec = InitSpec::from_recipe(&recipe).unwrap();
     assert_eq!(spec.k_rule, KRule::Exact);
     assert_eq!(spec.factor_split, Some(FactorSplit::Sqrt));
+    // Every SVD initializer defaults to the balanced split, QERA included (its paper's is Σ-left).
+    let qera = Recipe::parse(
+        "[data]\ntask = \"mrpc\"\n[adapter]\ninit = \"qera-exact\"\n",
+        Path::new("r.toml"),
+        &[],
+    )
+    .unwrap();
+    let qera_spec = InitSpec::from_recipe(&qera).unwrap();
+    assert_eq!(qera_spec.factor_split, Some(FactorSplit::Sqrt));
     assert_eq!(spec.calibration.source, "mrpc");
     assert_eq!(spec.quantizer.bits, 3);
     let json = serde_json::to_string(&spec).unwrap();
