@@ -23,26 +23,20 @@ fn model(name: &str) -> PretrainedModel {
     PretrainedModel::open(files).unwrap()
 }
 
+fn init_spec_of(recipe: &str) -> InitSpec {
+    InitSpec::from_recipe(&Recipe::parse(recipe, Path::new("r.toml"), &[]).unwrap()).unwrap()
+}
+
 #[test]
 fn a_recipe_gives_its_init_spec_with_the_split_spelled_out() {
-    let recipe = Recipe::parse(
+    let spec = init_spec_of(
         "[data]\ntask = \"mrpc\"\n[adapter]\ninit = \"srr\"\nk_rule = \"exact\"\n[quant]\nbits = 3\n",
-        Path::new("r.toml"),
-        &[],
-    )
-    .unwrap();
-    let spec = InitSpec::from_recipe(&recipe).unwrap();
+    );
     assert_eq!(spec.k_rule, KRule::Exact);
     assert_eq!(spec.factor_split, Some(FactorSplit::Sqrt));
     // Every SVD initializer defaults to the balanced split, QERA included (its paper's is Σ-left).
-    let qera = Recipe::parse(
-        "[data]\ntask = \"mrpc\"\n[adapter]\ninit = \"qera-exact\"\n",
-        Path::new("r.toml"),
-        &[],
-    )
-    .unwrap();
-    let qera_spec = InitSpec::from_recipe(&qera).unwrap();
-    assert_eq!(qera_spec.factor_split, Some(FactorSplit::Sqrt));
+    let qera = init_spec_of("[data]\ntask = \"mrpc\"\n[adapter]\ninit = \"qera-exact\"\n");
+    assert_eq!(qera.factor_split, Some(FactorSplit::Sqrt));
     assert_eq!(spec.calibration.source, "mrpc");
     assert_eq!(spec.quantizer.bits, 3);
     let json = serde_json::to_string(&spec).unwrap();
@@ -56,13 +50,9 @@ fn the_init_cache_is_keyed_by_spec_calibration_and_model_content() {
     let glue = tmp.path().join("glue");
     write_toy_glue(&glue);
     let cache = tmp.path().join("inits");
-    let recipe = Recipe::parse(
+    let spec = init_spec_of(
         "[data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[quant]\ncalib_samples = 32\ncalib_max_length = 32\n",
-        Path::new("r.toml"),
-        &[],
-    )
-    .unwrap();
-    let spec = InitSpec::from_recipe(&recipe).unwrap();
+    );
     let bert = model("tiny-bert");
     let device = Default::default();
     let first = cached_init(&bert, &spec, &glue, &cache, device).unwrap();
