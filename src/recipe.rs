@@ -117,7 +117,8 @@ pub struct AdapterSection {
     pub dropout_placement: DropoutPlacement,
     /// Target linears below `encoder.layer.N.` (default: the six of every layer).
     pub targets: Vec<String>,
-    /// SRR's scaling of the preserved block: `grad` (paper), `update` or `off`.
+    /// SRR's scaling of the preserved block: `update` (the default: it trains best, docs/results.md),
+    /// `grad` (the paper's, nearly a no-op under AdamW, §12.3) or `off`.
     pub preserved_scaling: PreservedScaling,
     pub gamma: f64,
     pub gamma_form: GammaForm,
@@ -139,7 +140,7 @@ impl Default for AdapterSection {
             dropout: 0.1,
             dropout_placement: DropoutPlacement::Input,
             targets: LAYER_LINEARS.iter().map(|s| s.to_string()).collect(),
-            preserved_scaling: PreservedScaling::Grad,
+            preserved_scaling: PreservedScaling::Update,
             gamma: 0.1,
             gamma_form: GammaForm::Constant,
             train_biases: false,
