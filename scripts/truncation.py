@@ -46,10 +46,8 @@ def main():
             encoded = tokenizer.encode_batch([t if len(t) == 2 else t[0] for t in texts])
             lengths = sorted(len(e.ids) for e in encoded)
             n = len(lengths)
-            over = " | ".join(
-                f"{sum(x > m for x in lengths)} ({100 * sum(x > m for x in lengths) / n:.1f}%)"
-                for m in limits
-            )
+            longer = [sum(x > m for x in lengths) for m in limits]
+            over = " | ".join(f"{c} ({100 * c / n:.1f}%)" for c in longer)
             print(
                 f"| {task} | {split} | {n} | {statistics.mean(lengths):.1f} | {lengths[n // 2]} | "
                 f"{lengths[int(0.95 * n)]} | {lengths[-1]} | {over} |"
