@@ -2,13 +2,14 @@
 //! metric per epoch) and grouped bar charts with error bars (`qpeft glue`'s rows × tasks). Drawn
 //! with `plotters`' SVG backend, which writes text as `<text>` for the viewer to render: no fonts
 //! or system libraries are needed. Each series is one `<polyline>` (lines) or one set of
-//! `<rect>`s (bars) in one colour of [`PALETTE`], and appears once in the legend.
+//! `<rect>`s (bars) in one colour of [`PALETTE`], and appears once in the legend, a column of its
+//! own right of the plot.
 
 use std::path::Path;
 
 use plotters::coord::Shift;
-use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 use crate::files::replace_file;
@@ -160,10 +161,18 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.1)),
     );
+    let legend = Legend {
+        entries: all()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), colour(i)))
+            .collect(),
+        swatch: Swatch::Line,
+    };
     let mut builder = ChartBuilder::on(root);
     builder
         .caption(&chart.title, ("sans-serif", 20))
         .margin(14)
+        .margin_right(14 + legend.width())
         .x_label_area_size(44)
         .y_label_area_size(70);
     if secondary.is_some() {
@@ -197,9 +206,7 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
     mesh.draw()?;
     for (i, series) in chart.series.iter().enumerate() {
         let c = colour(i);
-        ctx.draw_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?
-            .label(series.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        ctx.draw_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?;
     }
     if let Some((label, series)) = secondary {
         ctx.configure_secondary_axes()
@@ -208,26 +215,62 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
             .draw()?;
         for (j, series) in series.iter().enumerate() {
             let c = colour(chart.series.len() + j);
-            ctx.draw_secondary_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?
-                .label(series.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+            ctx.draw_secondary_series(LineSeries::new(finite_points(series), c.stroke_width(2)))?;
         }
     }
-    draw_legend(&mut ctx)
+    legend.draw(root)
 }
 
-/// The series' legend, boxed in the upper right corner.
-fn draw_legend<'a>(
-    ctx: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
-) -> DrawResult {
-    ctx.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+/// How a legend entry shows its series.
+#[derive(Clone, Copy)]
+enum Swatch {
+    Line,
+    Bar,
+}
+
+/// The series' names and colours, boxed in a column of their own right of the chart (and of a
+/// right-hand axis), so that the legend never covers a bar or a line.
+struct Legend<'a> {
+    entries: Vec<(&'a str, RGBColor)>,
+    swatch: Swatch,
+}
+
+impl Legend<'_> {
+    const ROW: i32 = 18;
+    const TOP: i32 = 40;
+
+    /// The column's width: a 20 px sample, padding, and the longest name at 12 px sans-serif
+    /// counted at 7 px a character (an upper estimate: the viewer picks the font).
+    fn width(&self) -> u32 {
+        let longest = self.entries.iter().map(|(n, _)| n.chars().count()).max();
+        50 + 7 * longest.unwrap_or(0) as u32
+    }
+
+    /// Draws the column against the canvas's right edge.
+    fn draw(&self, root: &DrawingArea<SVGBackend<'_>, Shift>) -> DrawResult {
+        let left = (root.dim_in_pixel().0 - self.width()) as i32;
+        let right = root.dim_in_pixel().0 as i32 - 4;
+        let bottom = Self::TOP + 8 + Self::ROW * self.entries.len() as i32;
+        let frame = [(left, Self::TOP), (right, bottom)];
+        root.draw(&Rectangle::new(frame, WHITE.mix(0.85).filled()))?;
+        root.draw(&Rectangle::new(frame, BLACK))?;
+        let font = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Left, VPos::Center));
+        for (i, &(name, c)) in self.entries.iter().enumerate() {
+            let y = Self::TOP + 4 + Self::ROW * i as i32 + Self::ROW / 2;
+            match self.swatch {
+                Swatch::Line => root.draw(&PathElement::new(
+                    vec![(left + 8, y), (left + 28, y)],
+                    c.stroke_width(2),
+                ))?,
+                Swatch::Bar => root.draw(&Rectangle::new(
+                    [(left + 11, y - 5), (left + 25, y + 5)],
+                    c.filled(),
+                ))?,
+            }
+            root.draw(&Text::new(name, (left + 36, y), &font))?;
+        }
+        Ok(())
+    }
 }
 
 /// The chart as an SVG document.
@@ -257,9 +300,16 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
         lo
     };
     let n_groups = chart.groups.len().max(1);
+    let legend = Legend {
+        entries: (chart.series.iter().enumerate())
+            .map(|(j, s)| (s.name.as_str(), colour(j)))
+            .collect(),
+        swatch: Swatch::Bar,
+    };
     let mut ctx = ChartBuilder::on(root)
         .caption(&chart.title, ("sans-serif", 20))
         .margin(14)
+        .margin_right(14 + legend.width())
         .x_label_area_size(44)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..n_groups as f64, lo..hi)?;
@@ -290,9 +340,7 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
                 c.filled(),
             ))
         });
-        ctx.draw_series(bars)?
-            .label(series.name.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+        ctx.draw_series(bars)?;
         let whiskers = series.values.iter().enumerate().filter_map(|(g, v)| {
             let (value, Some(error)) = (*v)? else {
                 return None;
@@ -313,7 +361,7 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
         });
         ctx.draw_series(whiskers)?;
     }
-    draw_legend(&mut ctx)
+    legend.draw(root)
 }
 
 /// Writes `svg` to `path`, whole or not at all.

@@ -666,6 +666,26 @@ mod tests {
     }
 
     #[test]
+    fn srr_scales_the_preserved_update_unless_told_grad() {
+        // `update` is the measured default (docs/results.md, "SRR's γ mode"); a saved run writes
+        // its mode out, so a run of the old default (`grad`) resumes as `grad`.
+        let origin = Path::new("r.toml");
+        let fresh = Recipe::parse("[data]\ntask = \"cola\"\n", origin, &[]).unwrap();
+        assert_eq!(fresh.adapter.preserved_scaling, PreservedScaling::Update);
+        assert!(
+            fresh
+                .to_toml()
+                .unwrap()
+                .contains("preserved_scaling = \"update\"")
+        );
+        let grad = ["adapter.preserved_scaling=grad".to_string()];
+        let paper = Recipe::parse("[data]\ntask = \"cola\"\n", origin, &grad).unwrap();
+        assert_eq!(paper.adapter.preserved_scaling, PreservedScaling::Grad);
+        let saved = Recipe::parse(&paper.to_toml().unwrap(), origin, &[]).unwrap();
+        assert_eq!(saved.adapter.preserved_scaling, PreservedScaling::Grad);
+    }
+
+    #[test]
     fn calibration_defaults_to_the_recipes_own_task() {
         let origin = Path::new("r.toml");
         let recipe = Recipe::parse("[data]\ntask = \"mrpc\"\n", origin, &[]).unwrap();

@@ -6,6 +6,37 @@ mod common;
 use common::{palette_hex as hex, svg_elements_by_colour as by_colour};
 use qpeft::plot::{BarChart, BarSeries, LineChart, Series, WHISKER, bar_chart_svg, line_chart_svg};
 
+/// The left edge of the legend's frame (its one black-stroked, unfilled rectangle).
+fn legend_left(svg: &str) -> f64 {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    let frames: Vec<f64> = doc
+        .descendants()
+        .filter(|n| n.tag_name().name() == "rect")
+        .filter(|n| n.attribute("stroke") == Some("#000000") && n.attribute("fill") == Some("none"))
+        .map(|n| n.attribute("x").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(frames.len(), 1, "one legend frame");
+    frames[0]
+}
+
+/// The left and right edges of the rectangles filled with `fill`.
+fn rect_spans(svg: &str, fill: &str) -> Vec<(f64, f64)> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    let attr = |n: &roxmltree::Node, a: &str| -> f64 { n.attribute(a).unwrap().parse().unwrap() };
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "rect" && n.attribute("fill") == Some(fill))
+        .map(|n| (attr(&n, "x"), attr(&n, "x") + attr(&n, "width")))
+        .collect()
+}
+
+/// The x coordinates of a polyline's points.
+fn xs(points: &str) -> Vec<f64> {
+    points
+        .split_whitespace()
+        .map(|p| p.split(',').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 fn texts(svg: &str) -> Vec<String> {
     let doc = roxmltree::Document::parse(svg).unwrap();
     doc.descendants()
@@ -56,6 +87,16 @@ fn line_chart_has_one_polyline_per_series_and_a_legend() {
             "series {i}: NaN points are left out"
         );
     }
+    // The legend stands beside the plot: each series' line left of its frame, its sample inside.
+    let legend = legend_left(&svg);
+    for i in 0..3 {
+        let (inside, beside): (Vec<_>, Vec<_>) = lines[&hex(i)]
+            .iter()
+            .map(|p| xs(p))
+            .partition(|x| x.iter().all(|&x| x > legend));
+        assert_eq!((inside.len(), beside.len()), (1, 1), "series {i}");
+        assert!(beside[0].iter().all(|&x| x < legend), "series {i}");
+    }
     // Besides the series, only the black axes.
     assert_eq!(lines.len(), 4, "colours: {:?}", lines.keys());
     assert!(lines.contains_key("#000000"));
@@ -103,6 +144,14 @@ fn bar_chart_has_one_bar_per_value_and_error_bars_where_seeds_vary() {
     // Bars plus one legend swatch.
     assert_eq!(rects.get(&hex(0)).map(Vec::len), Some(3 + 1));
     assert_eq!(rects.get(&hex(1)).map(Vec::len), Some(2 + 1));
+    // No bar under the legend: each series' bars left of its frame, its swatch inside.
+    let legend = legend_left(&svg);
+    for (i, bars) in [(0, 3), (1, 2)] {
+        let spans = rect_spans(&svg, &hex(i));
+        let left = spans.iter().filter(|&&(_, right)| right < legend).count();
+        let inside = spans.iter().filter(|&&(left, _)| left > legend).count();
+        assert_eq!((left, inside), (bars, 1), "series {i}: {spans:?}");
+    }
     let whiskers = by_colour(&svg, "polyline", "stroke");
     let whisker = format!("#{:02X}{:02X}{:02X}", WHISKER.0, WHISKER.1, WHISKER.2);
     // One per value with a spread: a bar's centre line and its two caps in one path.
