@@ -681,8 +681,12 @@ mod tests {
         let grad = ["adapter.preserved_scaling=grad".to_string()];
         let paper = Recipe::parse("[data]\ntask = \"cola\"\n", origin, &grad).unwrap();
         assert_eq!(paper.adapter.preserved_scaling, PreservedScaling::Grad);
-        let saved = Recipe::parse(&paper.to_toml().unwrap(), origin, &[]).unwrap();
-        assert_eq!(saved.adapter.preserved_scaling, PreservedScaling::Grad);
+        // Read back the way a resumed run reads its recipe.
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("recipe.toml");
+        std::fs::write(&saved, paper.to_toml().unwrap()).unwrap();
+        let resumed = Recipe::load_resolved(&saved).unwrap();
+        assert_eq!(resumed.adapter.preserved_scaling, PreservedScaling::Grad);
     }
 
     #[test]
