@@ -922,6 +922,83 @@ fn glue_selects_each_cells_lr_and_reports_the_seeds() {
     let lines = common::svg_elements_by_colour(&chart, "polyline", "stroke");
     assert_eq!(lines.get(&whisker).map(Vec::len), Some(1));
     assert!(table.contains("](glue.svg)"));
+
+    // `--progress` trains nothing and prints the tables of glue.md (less its chart) from the
+    // runs finished so far.
+    let progress = || -> String {
+        let output = suite
+            .glue("grid", "lora")
+            .args([
+                "--lrs",
+                "1e-4,3e-3",
+                "--seeds",
+                "42,1,2",
+                "--select",
+                "first-seed",
+                "--progress",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(
+        progress(),
+        table.replace("\n![dev scores, rows × tasks](glue.svg)\n", "")
+    );
+    // Seed 2 stopped after its second epoch's checkpoint: the cell holds the other two seeds, the
+    // run its two saved epochs.
+    let seed_2 = cell.join(format!("lr-{selected}-seed-2"));
+    let report_2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(seed_2.join("report.json")).unwrap())
+            .unwrap();
+    std::fs::remove_file(seed_2.join("report.json")).unwrap();
+    std::fs::remove_dir_all(seed_2.join("checkpoints/epoch-3")).unwrap();
+    let two = &seeds[..2];
+    let (mean_2, std_2) = (
+        (two[0] + two[1]) / 2.0,
+        (two[0] - two[1]).abs() / 2f64.sqrt(),
+    );
+    let now = progress();
+    let main = format!("| lora | {mean_2:.2} ± {std_2:.2} (2 of 3 seeds) | … |");
+    assert!(now.contains(&main), "{main} not in\n{now}");
+    let epoch = |i: usize| {
+        let e = &report_2["epochs"][i];
+        format!(
+            "{:.2} ({:.4})",
+            100.0 * e["main"].as_f64().unwrap(),
+            e["train_loss"].as_f64().unwrap()
+        )
+    };
+    let stopped = format!(
+        "| lora | sst2 | {selected} | 2 | {} | {} | – | – | stopped |",
+        epoch(0),
+        epoch(1)
+    );
+    assert!(now.contains(&stopped), "{stopped} not in\n{now}");
+    // The other lr's run removed: the lr is selected again once it ran; held by a process, it
+    // is training.
+    let other_42 = cell.join(format!("lr-{other}-seed-42"));
+    std::fs::remove_dir_all(&other_42).unwrap();
+    let now = progress();
+    assert!(now.contains("| lora | … | … |"), "{now}");
+    let waiting = format!("| lora | sst2 | {other} | 42 | – | – | – | – | not started |");
+    assert!(now.contains(&waiting), "{waiting} not in\n{now}");
+    let held = qpeft::pipeline::run::RunDir { root: other_42 }
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    assert!(progress().contains(&waiting.replace("not started", "training")));
+    drop(held);
+    assert_eq!(
+        std::fs::read_to_string(suite.path("grid/glue.md")).unwrap(),
+        table,
+        "--progress writes nothing"
+    );
 }
 
 /// `qpeft glue --lrs … --seeds …` (`--select mean`, the default): every lr runs with every

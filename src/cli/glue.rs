@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use qpeft::data::Task;
-use qpeft::pipeline::glue::{GlueSpec, LrSelection, glue_suite};
+use qpeft::pipeline::glue::{GlueSpec, LrSelection, glue_progress, glue_suite};
 
 use super::DeviceArg;
 
@@ -46,6 +46,10 @@ pub struct GlueArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Train nothing: print the tables of the runs in --out finished so far (while suites run
+    /// there), with every unfinished run's saved epochs and state; writes nothing.
+    #[arg(long, requires = "out")]
+    pub progress: bool,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -63,6 +67,10 @@ pub fn run(args: GlueArgs) -> anyhow::Result<()> {
         seeds: args.seeds,
         select: args.select,
     };
+    if args.progress {
+        print!("{}", glue_progress(&spec, &out, args.data_dir.as_deref())?);
+        return Ok(());
+    }
     let outcome = glue_suite(&spec, &out, args.data_dir.as_deref(), args.device.device)?;
     println!("{}", outcome.table);
     println!("wrote {}", outcome.markdown.display());

@@ -22,9 +22,10 @@ use crate::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
 use crate::quant::solve::QuantMethod;
 use crate::recipe::Recipe;
 use crate::reconstruct::init::{InitName, KRule};
-use crate::train::checkpoint::EpochRecord;
+use crate::train::checkpoint::{EpochRecord, LoadedCheckpoint};
 use crate::train::optim::PreservedScaling;
 use crate::train::report::RunReport;
+use crate::train::trainer::latest_checkpoint;
 
 /// A GLUE suite: the recipes folder (`<task>.toml`), the tasks, the rows (`--compare`: an
 /// initialization with optional `+` modifiers), overrides for every recipe, and the lr × seed
@@ -160,12 +161,29 @@ impl Job {
 /// The reports of a suite's runs, keyed by job.
 type Reports = Vec<(Job, RunReport)>;
 
-fn report<'a>(reports: &'a Reports, job: &Job) -> &'a RunReport {
-    &reports
-        .iter()
-        .find(|(j, _)| j == job)
-        .expect("every job of the suite has run")
-        .1
+fn find_report<'a>(reports: &'a Reports, job: &Job) -> Option<&'a RunReport> {
+    reports.iter().find(|(j, _)| j == job).map(|(_, r)| r)
+}
+
+/// A job's recipe (its task's, with the row's, the suite's and the job's overrides) and its run
+/// directory.
+fn job_run(spec: &GlueSpec, out: &Path, job: &Job) -> Result<(Recipe, RunDir)> {
+    let row = &spec.compare[job.row];
+    let mut overrides = row_overrides(row)?;
+    overrides.extend(spec.overrides.iter().cloned());
+    if let Some(lr) = job.lr {
+        overrides.push(format!("train.learning_rate={lr:e}"));
+    }
+    if let Some(seed) = job.seed {
+        overrides.push(format!("train.seed={seed}"));
+    }
+    let recipe_path = spec.recipes.join(format!("{}.toml", job.task.name()));
+    let recipe = Recipe::load(&recipe_path, &overrides)
+        .map_err(|e| e.context(format!("row {row}, task {}", job.task)))?;
+    let run = RunDir {
+        root: job.dir(out, &spec.compare, &recipe),
+    };
+    Ok((recipe, run))
 }
 
 /// Trains (or reads) every job. Runs held by another process (a second `qpeft glue` on the same
@@ -175,20 +193,7 @@ fn run_jobs(suite: &Suite<'_>, out: &Path, jobs: &[Job]) -> Result<Reports> {
     let mut held_elsewhere = Vec::new();
     for job in jobs {
         let row = &suite.spec.compare[job.row];
-        let mut overrides = row_overrides(row)?;
-        overrides.extend(suite.spec.overrides.iter().cloned());
-        if let Some(lr) = job.lr {
-            overrides.push(format!("train.learning_rate={lr:e}"));
-        }
-        if let Some(seed) = job.seed {
-            overrides.push(format!("train.seed={seed}"));
-        }
-        let recipe_path = suite.spec.recipes.join(format!("{}.toml", job.task.name()));
-        let recipe = Recipe::load(&recipe_path, &overrides)
-            .map_err(|e| e.context(format!("row {row}, task {}", job.task)))?;
-        let run = RunDir {
-            root: job.dir(out, &suite.spec.compare, &recipe),
-        };
+        let (recipe, run) = job_run(suite.spec, out, job)?;
         match run.try_lock()? {
             Some(lock) => reports.push((
                 *job,
@@ -212,14 +217,209 @@ fn run_jobs(suite: &Suite<'_>, out: &Path, jobs: &[Job]) -> Result<Reports> {
     Ok(reports)
 }
 
-/// A (row, task) cell of a grid suite: the lr selected and its seeds' scores.
+/// A run of the suite that has not finished: the epochs its latest checkpoint holds and what
+/// it is doing.
+struct Unfinished {
+    job: Job,
+    epochs: Vec<EpochRecord>,
+    state: &'static str,
+}
+
+/// Reads the jobs' runs without training: the finished ones' reports, and where each other one
+/// stands. A run of another recipe is refused, as a suite would.
+fn read_jobs(spec: &GlueSpec, out: &Path, jobs: &[Job]) -> Result<(Reports, Vec<Unfinished>)> {
+    let mut reports = Vec::new();
+    let mut unfinished = Vec::new();
+    for job in jobs {
+        let (recipe, run) = job_run(spec, out, job)?;
+        let begun = run.recipe_path().is_file();
+        if begun {
+            same_recipe(&run, &recipe)?;
+            if let Some(report) = RunReport::read(&run.root)? {
+                reports.push((*job, report));
+                continue;
+            }
+        }
+        // Taking the lock for a moment tells whether a process holds it; a suite that finds
+        // it taken meanwhile comes back to the run.
+        let training = run.root.is_dir() && run.try_lock()?.is_none();
+        let epochs = match latest_checkpoint(&run.root)? {
+            Some(checkpoint) => LoadedCheckpoint::open(&checkpoint)?.state.epochs,
+            None => Vec::new(),
+        };
+        let state = match (training, begun) {
+            (true, _) => "training",
+            (false, true) => "stopped",
+            (false, false) => "not started",
+        };
+        unfinished.push(Unfinished {
+            job: *job,
+            epochs,
+            state,
+        });
+    }
+    Ok((reports, unfinished))
+}
+
+/// A suite's runs: its (row, task) cells, the lrs and seeds (`None`: the recipe's), and how many
+/// of the seeds (the first ones) run at every lr to select it.
+struct Plan {
+    cells: Vec<(usize, Task)>,
+    lrs: Vec<Option<f64>>,
+    seeds: Vec<Option<u64>>,
+    selecting: usize,
+}
+
+impl Plan {
+    fn new(spec: &GlueSpec) -> Self {
+        let lrs: Vec<Option<f64>> = match spec.lrs.is_empty() {
+            true => vec![None],
+            false => spec.lrs.iter().copied().map(Some).collect(),
+        };
+        let seeds: Vec<Option<u64>> = match spec.seeds.is_empty() {
+            true => vec![None],
+            false => spec.seeds.iter().copied().map(Some).collect(),
+        };
+        let selecting = match spec.select {
+            LrSelection::Mean => seeds.len(),
+            LrSelection::FirstSeed => 1,
+        };
+        Plan {
+            cells: (0..spec.compare.len())
+                .flat_map(|row| spec.tasks.iter().map(move |&task| (row, task)))
+                .collect(),
+            lrs,
+            seeds,
+            selecting,
+        }
+    }
+
+    /// Every lr with the seeds that select (all, or the first).
+    fn selecting_jobs(&self) -> Vec<Job> {
+        let seeds = &self.seeds[..self.selecting];
+        self.cells
+            .iter()
+            .flat_map(|&(row, task)| {
+                self.lrs.iter().flat_map(move |&lr| {
+                    seeds.iter().map(move |&seed| Job {
+                        row,
+                        task,
+                        lr,
+                        seed,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The other seeds at each cell's selected lr; none for a cell still selecting.
+    fn other_jobs(&self, selected: &[Option<usize>]) -> Vec<Job> {
+        self.cells
+            .iter()
+            .zip(selected)
+            .filter_map(|(&cell, &lr)| Some((cell, self.lrs[lr?])))
+            .flat_map(|((row, task), lr)| {
+                self.seeds[self.selecting..].iter().map(move |&seed| Job {
+                    row,
+                    task,
+                    lr,
+                    seed,
+                })
+            })
+            .collect()
+    }
+
+    /// An lr's selection score in a cell: the mean final score over the selecting seeds;
+    /// `None` while one of their runs has not finished.
+    fn lr_score(&self, reports: &Reports, row: usize, task: Task, lr: Option<f64>) -> Option<f64> {
+        let seeds = &self.seeds[..self.selecting];
+        let scores = seeds
+            .iter()
+            .map(|&seed| {
+                find_report(
+                    reports,
+                    &Job {
+                        row,
+                        task,
+                        lr,
+                        seed,
+                    },
+                )
+                .map(|r| r.final_main)
+            })
+            .collect::<Option<Vec<f64>>>()?;
+        Some(scores.iter().sum::<f64>() / seeds.len() as f64)
+    }
+
+    /// Each cell's selected lr (an index into `lrs`): the best selection score, the first lr
+    /// on ties; `None` while an lr has no score yet.
+    fn select(&self, reports: &Reports) -> Vec<Option<usize>> {
+        self.cells
+            .iter()
+            .map(|&(row, task)| {
+                let scores = self
+                    .lrs
+                    .iter()
+                    .map(|&lr| self.lr_score(reports, row, task, lr))
+                    .collect::<Option<Vec<f64>>>()?;
+                // A NaN score (a diverged run) ranks lowest; `max_by` keeps the last of equal
+                // maxima: over the reversed list, the first lr.
+                let rank = |s: f64| if s.is_nan() { f64::NEG_INFINITY } else { s };
+                (0..scores.len())
+                    .rev()
+                    .max_by(|&a, &b| rank(scores[a]).total_cmp(&rank(scores[b])))
+            })
+            .collect()
+    }
+
+    fn summary(&self, reports: &Reports, selected: &[Option<usize>]) -> Summary {
+        self.cells
+            .iter()
+            .zip(selected)
+            .map(|(&(row, task), &selected)| {
+                let cell = Cell {
+                    grid: self
+                        .lrs
+                        .iter()
+                        .map(|&lr| (lr, self.lr_score(reports, row, task, lr)))
+                        .collect(),
+                    selected,
+                    seeds: self
+                        .seeds
+                        .iter()
+                        .map(|&seed| {
+                            let score = selected.and_then(|i| {
+                                let job = Job {
+                                    row,
+                                    task,
+                                    lr: self.lrs[i],
+                                    seed,
+                                };
+                                find_report(reports, &job).map(|r| r.final_main)
+                            });
+                            (seed, score)
+                        })
+                        .collect(),
+                };
+                ((row, task), cell)
+            })
+            .collect()
+    }
+}
+
+/// The suite's cells by (row, task).
+type Summary = BTreeMap<(usize, Task), Cell>;
+
+/// A (row, task) cell of a suite: each lr's selection score, the lr selected and its seeds'
+/// scores; `None` where a run has not finished.
 struct Cell {
-    /// Each lr's selection score: the mean final-epoch score of the selecting seeds (`None`:
-    /// the recipe's lr).
-    grid: Vec<(Option<f64>, f64)>,
-    selected: Option<f64>,
+    /// Each lr's selection score: the mean final-epoch score of the selecting seeds (lr `None`:
+    /// the recipe's).
+    grid: Vec<(Option<f64>, Option<f64>)>,
+    /// The selected lr's index in `grid`.
+    selected: Option<usize>,
     /// Final-epoch score per seed at the selected lr.
-    seeds: Vec<(Option<u64>, f64)>,
+    seeds: Vec<(Option<u64>, Option<f64>)>,
 }
 
 /// One row of `glue.json` (docs/formats.md): each task's cell and the average main score.
@@ -276,39 +476,70 @@ impl Cell {
             train_seconds: first.train_seconds,
             grid: grid.then(|| GlueGrid {
                 std: self.std(),
-                selected_lr: self.selected,
+                selected_lr: self.selected.and_then(|i| self.grid[i].0),
                 grid: self
                     .grid
                     .iter()
-                    .map(|&(lr, main)| LrScore { lr, main })
+                    .map(|&(lr, main)| LrScore {
+                        lr,
+                        main: main.unwrap_or(f64::NAN),
+                    })
                     .collect(),
                 seeds: self
                     .seeds
                     .iter()
-                    .map(|&(seed, main)| SeedScore { seed, main })
+                    .map(|&(seed, main)| SeedScore {
+                        seed,
+                        main: main.unwrap_or(f64::NAN),
+                    })
                     .collect(),
             }),
         }
     }
 
-    fn mean(&self) -> f64 {
-        self.seeds.iter().map(|(_, s)| s).sum::<f64>() / self.seeds.len() as f64
+    /// The final scores of the seeds that finished at the selected lr.
+    fn finished(&self) -> Vec<f64> {
+        self.seeds.iter().filter_map(|&(_, s)| s).collect()
     }
 
-    /// The sample standard deviation over the seeds (0 with one seed).
+    /// Every seed finished at the selected lr.
+    fn complete(&self) -> bool {
+        self.seeds.iter().all(|(_, s)| s.is_some())
+    }
+
+    /// The mean over the finished seeds (NaN before any).
+    fn mean(&self) -> f64 {
+        let scores = self.finished();
+        scores.iter().sum::<f64>() / scores.len() as f64
+    }
+
+    /// The sample standard deviation over the finished seeds (0 with one).
     fn std(&self) -> f64 {
-        let n = self.seeds.len();
+        let scores = self.finished();
+        let n = scores.len();
         if n < 2 {
             return 0.0;
         }
         let mean = self.mean();
-        (self
-            .seeds
-            .iter()
-            .map(|(_, s)| (s - mean).powi(2))
-            .sum::<f64>()
-            / (n - 1) as f64)
-            .sqrt()
+        (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    }
+
+    /// The cell as the tables print it (in %): the mean, ± the standard deviation with
+    /// `with_std` once two seeds finished; while seeds are still running, how many finished,
+    /// or `…` before any did.
+    fn text(&self, with_std: bool) -> String {
+        let finished = self.finished().len();
+        if finished == 0 {
+            return "…".into();
+        }
+        let mut text = match with_std && finished > 1 {
+            true => format!("{:.2} ± {:.2}", 100.0 * self.mean(), 100.0 * self.std()),
+            false => format!("{:.2}", 100.0 * self.mean()),
+        };
+        if finished < self.seeds.len() {
+            text.push_str(&format!(" ({finished} of {} seeds)", self.seeds.len()));
+        }
+        text
     }
 }
 
@@ -327,141 +558,14 @@ pub fn glue_suite(
         device,
     };
     let grid = !spec.lrs.is_empty() || !spec.seeds.is_empty();
-    let lrs: Vec<Option<f64>> = match spec.lrs.is_empty() {
-        true => vec![None],
-        false => spec.lrs.iter().copied().map(Some).collect(),
-    };
-    let seeds: Vec<Option<u64>> = match spec.seeds.is_empty() {
-        true => vec![None],
-        false => spec.seeds.iter().copied().map(Some).collect(),
-    };
-    let cells: Vec<(usize, Task)> = (0..spec.compare.len())
-        .flat_map(|row| spec.tasks.iter().map(move |&task| (row, task)))
-        .collect();
-    // Every lr with the seeds that select (all, or the first), then the other seeds at each
-    // cell's selected lr.
-    let first_seed = seeds[0];
-    let selecting = match spec.select {
-        LrSelection::Mean => &seeds[..],
-        LrSelection::FirstSeed => &seeds[..1],
-    };
-    let first: Vec<Job> = cells
-        .iter()
-        .flat_map(|&(row, task)| {
-            lrs.iter().flat_map(move |&lr| {
-                selecting.iter().map(move |&seed| Job {
-                    row,
-                    task,
-                    lr,
-                    seed,
-                })
-            })
-        })
-        .collect();
-    let mut reports = run_jobs(&suite, out, &first)?;
-    // Each lr's selection score: the mean final score over the selecting seeds.
-    let lr_score = |reports: &Reports, row: usize, task: Task, lr: Option<f64>| {
-        selecting
-            .iter()
-            .map(|&seed| {
-                report(
-                    reports,
-                    &Job {
-                        row,
-                        task,
-                        lr,
-                        seed,
-                    },
-                )
-                .final_main
-            })
-            .sum::<f64>()
-            / selecting.len() as f64
-    };
-    let selected: Vec<Option<f64>> = cells
-        .iter()
-        .map(|&(row, task)| {
-            // A NaN score (a diverged run) ranks lowest.
-            let score = |lr: &Option<f64>| {
-                let main = lr_score(&reports, row, task, *lr);
-                if main.is_nan() {
-                    f64::NEG_INFINITY
-                } else {
-                    main
-                }
-            };
-            // `max_by` keeps the last of equal maxima: over the reversed list, the first lr.
-            *lrs.iter()
-                .rev()
-                .max_by(|a, b| score(a).total_cmp(&score(b)))
-                .expect("at least one lr")
-        })
-        .collect();
-    let rest: Vec<Job> = cells
-        .iter()
-        .zip(&selected)
-        .flat_map(|(&(row, task), &lr)| {
-            seeds[selecting.len()..].iter().map(move |&seed| Job {
-                row,
-                task,
-                lr,
-                seed,
-            })
-        })
-        .collect();
-    reports.extend(run_jobs(&suite, out, &rest)?);
-    let summary: BTreeMap<(usize, Task), Cell> = cells
-        .iter()
-        .zip(&selected)
-        .map(|(&(row, task), &lr)| {
-            let cell = Cell {
-                grid: lrs
-                    .iter()
-                    .map(|&l| (l, lr_score(&reports, row, task, l)))
-                    .collect(),
-                selected: lr,
-                seeds: seeds
-                    .iter()
-                    .map(|&seed| {
-                        (
-                            seed,
-                            report(
-                                &reports,
-                                &Job {
-                                    row,
-                                    task,
-                                    lr,
-                                    seed,
-                                },
-                            )
-                            .final_main,
-                        )
-                    })
-                    .collect(),
-            };
-            ((row, task), cell)
-        })
-        .collect();
-    let with_std = seeds.len() > 1;
-    let baselines = spec
-        .tasks
-        .iter()
-        .map(|&task| {
-            let path = spec.recipes.join(format!("{}.toml", task.name()));
-            let recipe = Recipe::load(&path, &spec.overrides)?;
-            let dir = glue_dir(data_dir.or(recipe.data.dir.as_deref()));
-            Ok(majority_class(task, &dir, recipe.train.mnli_main)?.map(|s| s.main))
-        })
-        .collect::<Result<Vec<Option<f64>>>>()?;
-    let mut table = markdown_table(&spec.compare, &spec.tasks, &summary, with_std);
-    table.push_str(&baseline_row(&baselines));
-    table.push_str(&format!("\n![dev scores, rows × tasks]({GLUE_CHART})\n"));
-    if grid {
-        table.push('\n');
-        table.push_str(&grid_table(&spec.compare, &spec.tasks, &summary));
-    }
-    table.push('\n');
-    table.push_str(&per_epoch_table(&spec.compare, &reports, grid));
+    let plan = Plan::new(spec);
+    let mut reports = run_jobs(&suite, out, &plan.selecting_jobs())?;
+    let selected = plan.select(&reports);
+    reports.extend(run_jobs(&suite, out, &plan.other_jobs(&selected))?);
+    let summary = plan.summary(&reports, &selected);
+    let with_std = plan.seeds.len() > 1;
+    let baselines = baselines(spec, data_dir)?;
+    let table = tables(spec, &summary, &reports, &[], &baselines, true);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_svg(
         &out.join(GLUE_CHART),
@@ -469,34 +573,105 @@ pub fn glue_suite(
     )?;
     let markdown = out.join("glue.md");
     std::fs::write(&markdown, &table).map_err(|e| Error::io(&markdown, e))?;
-    let rows: Vec<GlueRow> = spec
+    let first_seed = plan.seeds[0];
+    let rows = spec
         .compare
         .iter()
         .enumerate()
-        .map(|(i, row)| GlueRow {
-            row: row.clone(),
-            tasks: spec
+        .map(|(i, row)| {
+            let tasks = spec
                 .tasks
                 .iter()
                 .map(|&task| {
                     let cell = &summary[&(i, task)];
-                    let first = report(
-                        &reports,
-                        &Job {
-                            row: i,
-                            task,
-                            lr: cell.selected,
-                            seed: first_seed,
-                        },
-                    );
-                    (task.name().to_string(), cell.entry(first, grid))
+                    let first = cell
+                        .selected
+                        .and_then(|lr| {
+                            let job = Job {
+                                row: i,
+                                task,
+                                lr: plan.lrs[lr],
+                                seed: first_seed,
+                            };
+                            find_report(&reports, &job)
+                        })
+                        .ok_or_else(|| {
+                            Error::Internal(format!("row {row}, task {task}: a run is missing"))
+                        })?;
+                    Ok((task.name().to_string(), cell.entry(first, grid)))
                 })
-                .collect(),
-            average: average(i, &spec.tasks, &summary),
+                .collect::<Result<_>>()?;
+            Ok(GlueRow {
+                row: row.clone(),
+                tasks,
+                average: average(i, &spec.tasks, &summary).unwrap_or(f64::NAN),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<GlueRow>>>()?;
     write_json(&out.join("glue.json"), &rows)?;
     Ok(GlueOutcome { table, markdown })
+}
+
+/// The tables of the suite `spec` in `out` from the runs finished so far, trains nothing and
+/// writes nothing: cells still running show how many seeds finished (or `…`), and every run
+/// not finished is listed with the epochs its checkpoint holds and whether a process is
+/// training it now. A cell whose lr is still being selected lists no runs at other seeds.
+pub fn glue_progress(spec: &GlueSpec, out: &Path, data_dir: Option<&Path>) -> Result<String> {
+    let plan = Plan::new(spec);
+    let (mut reports, mut unfinished) = read_jobs(spec, out, &plan.selecting_jobs())?;
+    let selected = plan.select(&reports);
+    let (others, others_unfinished) = read_jobs(spec, out, &plan.other_jobs(&selected))?;
+    reports.extend(others);
+    unfinished.extend(others_unfinished);
+    let summary = plan.summary(&reports, &selected);
+    let baselines = baselines(spec, data_dir)?;
+    Ok(tables(
+        spec,
+        &summary,
+        &reports,
+        &unfinished,
+        &baselines,
+        false,
+    ))
+}
+
+/// Each task's majority-class score (`None`: STS-B, a regression).
+fn baselines(spec: &GlueSpec, data_dir: Option<&Path>) -> Result<Vec<Option<f64>>> {
+    spec.tasks
+        .iter()
+        .map(|&task| {
+            let path = spec.recipes.join(format!("{}.toml", task.name()));
+            let recipe = Recipe::load(&path, &spec.overrides)?;
+            let dir = glue_dir(data_dir.or(recipe.data.dir.as_deref()));
+            Ok(majority_class(task, &dir, recipe.train.mnli_main)?.map(|s| s.main))
+        })
+        .collect()
+}
+
+/// `glue.md`: the rows × tasks table above the majority class, the chart (`chart`: written
+/// beside it), with a grid the grid table, then every run's epochs.
+fn tables(
+    spec: &GlueSpec,
+    summary: &Summary,
+    reports: &Reports,
+    unfinished: &[Unfinished],
+    baselines: &[Option<f64>],
+    chart: bool,
+) -> String {
+    let grid = !spec.lrs.is_empty() || !spec.seeds.is_empty();
+    let with_std = spec.seeds.len() > 1;
+    let mut table = markdown_table(&spec.compare, &spec.tasks, summary, with_std);
+    table.push_str(&baseline_row(baselines));
+    if chart {
+        table.push_str(&format!("\n![dev scores, rows × tasks]({GLUE_CHART})\n"));
+    }
+    if grid {
+        table.push('\n');
+        table.push_str(&grid_table(&spec.compare, &spec.tasks, summary));
+    }
+    table.push('\n');
+    table.push_str(&per_epoch_table(&spec.compare, reports, unfinished, grid));
+    table
 }
 
 /// The report of the run of `recipe` in `run`, whose lock the caller holds: read if the run
@@ -556,13 +731,13 @@ fn same_recipe(run: &RunDir, recipe: &Recipe) -> Result<()> {
     )))
 }
 
-fn average(row: usize, tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) -> f64 {
-    100.0
-        * tasks
-            .iter()
-            .map(|t| summary[&(row, *t)].mean())
-            .sum::<f64>()
-        / tasks.len() as f64
+/// The average of a row's means over the tasks, once every cell has all its seeds.
+fn average(row: usize, tasks: &[Task], summary: &Summary) -> Option<f64> {
+    let cells: Vec<&Cell> = tasks.iter().map(|t| &summary[&(row, *t)]).collect();
+    cells
+        .iter()
+        .all(|c| c.complete())
+        .then(|| 100.0 * cells.iter().map(|c| c.mean()).sum::<f64>() / tasks.len() as f64)
 }
 
 /// The suite's chart, beside glue.md.
@@ -570,12 +745,7 @@ const GLUE_CHART: &str = "glue.svg";
 
 /// One bar per (row, task): the mean dev score and, over several seeds, ± their standard
 /// deviation.
-fn glue_chart(
-    rows: &[String],
-    tasks: &[Task],
-    summary: &BTreeMap<(usize, Task), Cell>,
-    with_std: bool,
-) -> BarChart {
+fn glue_chart(rows: &[String], tasks: &[Task], summary: &Summary, with_std: bool) -> BarChart {
     BarChart {
         title: match with_std {
             true => "GLUE dev scores (mean ± std over the seeds)".into(),
@@ -605,12 +775,7 @@ fn glue_chart(
 
 /// Rows × task main scores (last epoch, in %; the mean ± standard deviation over the seeds when
 /// there are several) and the average of the means.
-fn markdown_table(
-    rows: &[String],
-    tasks: &[Task],
-    summary: &BTreeMap<(usize, Task), Cell>,
-    with_std: bool,
-) -> String {
+fn markdown_table(rows: &[String], tasks: &[Task], summary: &Summary, with_std: bool) -> String {
     let mut md = String::from("| init |");
     for task in tasks {
         md.push_str(&format!(" {} |", task.name()));
@@ -621,17 +786,12 @@ fn markdown_table(
     for (i, row) in rows.iter().enumerate() {
         md.push_str(&format!("| {row} |"));
         for task in tasks {
-            let cell = &summary[&(i, *task)];
-            match with_std {
-                true => md.push_str(&format!(
-                    " {:.2} ± {:.2} |",
-                    100.0 * cell.mean(),
-                    100.0 * cell.std()
-                )),
-                false => md.push_str(&format!(" {:.2} |", 100.0 * cell.mean())),
-            }
+            md.push_str(&format!(" {} |", summary[&(i, *task)].text(with_std)));
         }
-        md.push_str(&format!(" {:.2} |\n", average(i, tasks, summary)));
+        match average(i, tasks, summary) {
+            Some(average) => md.push_str(&format!(" {average:.2} |\n")),
+            None => md.push_str(" … |\n"),
+        }
     }
     md
 }
@@ -656,13 +816,18 @@ fn baseline_row(baselines: &[Option<f64>]) -> String {
     md
 }
 
+/// A score in % with two decimals, `…` for a run not finished.
+fn percent(score: Option<f64>) -> String {
+    score.map_or("…".into(), |s| format!("{:.2}", 100.0 * s))
+}
+
 fn lr_name(lr: Option<f64>) -> String {
     lr.map_or("recipe".into(), |lr| format!("{lr:e}"))
 }
 
 /// Per (row, task): each lr's selection score, the selected lr, and every seed's score
 /// at it.
-fn grid_table(rows: &[String], tasks: &[Task], summary: &BTreeMap<(usize, Task), Cell>) -> String {
+fn grid_table(rows: &[String], tasks: &[Task], summary: &Summary) -> String {
     let Some(any) = summary.values().next() else {
         return String::new();
     };
@@ -685,17 +850,16 @@ fn grid_table(rows: &[String], tasks: &[Task], summary: &BTreeMap<(usize, Task),
             let cell = &summary[&(i, *task)];
             md.push_str(&format!("| {row} | {} |", task.name()));
             for (_, score) in &cell.grid {
-                md.push_str(&format!(" {:.2} |", 100.0 * score));
+                md.push_str(&format!(" {} |", percent(*score)));
             }
-            md.push_str(&format!(" {} |", lr_name(cell.selected)));
+            match cell.selected {
+                Some(i) => md.push_str(&format!(" {} |", lr_name(cell.grid[i].0))),
+                None => md.push_str(" … |"),
+            }
             for (_, score) in &cell.seeds {
-                md.push_str(&format!(" {:.2} |", 100.0 * score));
+                md.push_str(&format!(" {} |", percent(*score)));
             }
-            md.push_str(&format!(
-                " {:.2} ± {:.2} |\n",
-                100.0 * cell.mean(),
-                100.0 * cell.std()
-            ));
+            md.push_str(&format!(" {} |\n", cell.text(true)));
         }
     }
     md
@@ -703,15 +867,28 @@ fn grid_table(rows: &[String], tasks: &[Task], summary: &BTreeMap<(usize, Task),
 
 /// Every run's dev main score (%) and training loss after each epoch, its best epoch and its
 /// training time: what the final-epoch table hides (a run that peaked early, a loss that never
-/// fell). In a grid, one line per (lr, seed).
-fn per_epoch_table(rows: &[String], reports: &Reports, grid: bool) -> String {
-    let mut sorted: Vec<&(Job, RunReport)> = reports.iter().collect();
-    sorted.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
-    let epochs = reports
+/// fell). In a grid, one line per (lr, seed). A run not finished shows the epochs it has saved
+/// and its state in place of the last two.
+fn per_epoch_table(
+    rows: &[String],
+    reports: &Reports,
+    unfinished: &[Unfinished],
+    grid: bool,
+) -> String {
+    let mut lines: Vec<(Job, &[EpochRecord], String, String)> = reports
         .iter()
-        .map(|(_, r)| r.epochs.len())
-        .max()
-        .unwrap_or(0);
+        .map(|(job, r)| {
+            let time = format!("{:.1} min", r.train_seconds / 60.0);
+            (*job, &r.epochs[..], r.best_epoch.to_string(), time)
+        })
+        .chain(
+            unfinished
+                .iter()
+                .map(|u| (u.job, &u.epochs[..], "–".to_string(), u.state.to_string())),
+        )
+        .collect();
+    lines.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+    let epochs = lines.iter().map(|l| l.1.len()).max().unwrap_or(0);
     let mut md = String::from("| init | task |");
     if grid {
         md.push_str(" lr | seed |");
@@ -722,7 +899,7 @@ fn per_epoch_table(rows: &[String], reports: &Reports, grid: bool) -> String {
     md.push_str(" best epoch | training time |\n|---|---|");
     md.push_str(&"---|".repeat(epochs + 2 + if grid { 2 } else { 0 }));
     md.push('\n');
-    for (job, report) in sorted {
+    for (job, records, best, time) in lines {
         md.push_str(&format!("| {} | {} |", rows[job.row], job.task.name()));
         if grid {
             md.push_str(&format!(
@@ -732,16 +909,12 @@ fn per_epoch_table(rows: &[String], reports: &Reports, grid: bool) -> String {
             ));
         }
         for epoch in 0..epochs {
-            match report.epochs.get(epoch) {
+            match records.get(epoch) {
                 Some(e) => md.push_str(&format!(" {:.2} ({:.4}) |", 100.0 * e.main, e.train_loss)),
                 None => md.push_str(" – |"),
             }
         }
-        md.push_str(&format!(
-            " {} | {:.1} min |\n",
-            report.best_epoch,
-            report.train_seconds / 60.0
-        ));
+        md.push_str(&format!(" {best} | {time} |\n"));
     }
     md
 }
