@@ -845,6 +845,17 @@ fn glue_command_tables_and_continues_a_suite() {
     );
 }
 
+/// Runs `command`, which must succeed (else the test fails with its stderr).
+fn succeeded(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// The final dev score in a `qpeft glue` run's `report.json` (`<cell>/lr-<lr>-seed-<seed>`),
 /// `None` when that run did not happen.
 fn final_main(cell: &std::path::Path, lr: &str, seed: u64) -> Option<f64> {
@@ -859,23 +870,19 @@ fn final_main(cell: &std::path::Path, lr: &str, seed: u64) -> Option<f64> {
 #[test]
 fn glue_selects_each_cells_lr_and_reports_the_seeds() {
     let suite = ToySuite::new();
-    let output = suite
-        .glue("grid", "lora")
-        .args([
+    let glue_grid = || {
+        let mut command = suite.glue("grid", "lora");
+        command.args([
             "--lrs",
             "1e-4,3e-3",
             "--seeds",
             "42,1,2",
             "--select",
             "first-seed",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        ]);
+        command
+    };
+    succeeded(&mut glue_grid());
     let cell = suite.path("grid/lora/sst2");
     let score = |lr: &str, seed: u64| final_main(&cell, lr, seed);
     let (low, high) = (score("1e-4", 42).unwrap(), score("3e-3", 42).unwrap());
@@ -925,27 +932,7 @@ fn glue_selects_each_cells_lr_and_reports_the_seeds() {
 
     // `--progress` trains nothing and prints the tables of glue.md (less its chart) from the
     // runs finished so far.
-    let progress = || -> String {
-        let output = suite
-            .glue("grid", "lora")
-            .args([
-                "--lrs",
-                "1e-4,3e-3",
-                "--seeds",
-                "42,1,2",
-                "--select",
-                "first-seed",
-                "--progress",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let progress = || String::from_utf8(succeeded(glue_grid().arg("--progress")).stdout).unwrap();
     assert_eq!(
         progress(),
         table.replace("\n![dev scores, rows × tasks](glue.svg)\n", "")
