@@ -59,6 +59,18 @@ pub enum LrSelection {
 
 crate::named!(LrSelection);
 
+impl GlueSpec {
+    /// Whether the suite has an lr × seed grid (one run per (row, task) without).
+    fn grid(&self) -> bool {
+        !self.lrs.is_empty() || !self.seeds.is_empty()
+    }
+
+    /// Whether its cells average several seeds (and so have a spread).
+    fn with_std(&self) -> bool {
+        self.seeds.len() > 1
+    }
+}
+
 /// What a suite wrote: the table (as in `glue.md`) and `glue.md`'s path.
 #[derive(Debug, Clone)]
 pub struct GlueOutcome {
@@ -557,19 +569,22 @@ pub fn glue_suite(
         data_dir,
         device,
     };
-    let grid = !spec.lrs.is_empty() || !spec.seeds.is_empty();
     let plan = Plan::new(spec);
     let mut reports = run_jobs(&suite, out, &plan.selecting_jobs())?;
     let selected = plan.select(&reports);
     reports.extend(run_jobs(&suite, out, &plan.other_jobs(&selected))?);
     let summary = plan.summary(&reports, &selected);
-    let with_std = plan.seeds.len() > 1;
     let baselines = baselines(spec, data_dir)?;
     let table = tables(spec, &summary, &reports, &[], &baselines, true);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_svg(
         &out.join(GLUE_CHART),
-        &bar_chart_svg(&glue_chart(&spec.compare, &spec.tasks, &summary, with_std))?,
+        &bar_chart_svg(&glue_chart(
+            &spec.compare,
+            &spec.tasks,
+            &summary,
+            spec.with_std(),
+        ))?,
     )?;
     let markdown = out.join("glue.md");
     std::fs::write(&markdown, &table).map_err(|e| Error::io(&markdown, e))?;
@@ -598,7 +613,7 @@ pub fn glue_suite(
                         .ok_or_else(|| {
                             Error::Internal(format!("row {row}, task {task}: a run is missing"))
                         })?;
-                    Ok((task.name().to_string(), cell.entry(first, grid)))
+                    Ok((task.name().to_string(), cell.entry(first, spec.grid())))
                 })
                 .collect::<Result<_>>()?;
             Ok(GlueRow {
@@ -658,8 +673,7 @@ fn tables(
     baselines: &[Option<f64>],
     chart: bool,
 ) -> String {
-    let grid = !spec.lrs.is_empty() || !spec.seeds.is_empty();
-    let with_std = spec.seeds.len() > 1;
+    let (grid, with_std) = (spec.grid(), spec.with_std());
     let mut table = markdown_table(&spec.compare, &spec.tasks, summary, with_std);
     table.push_str(&baseline_row(baselines));
     if chart {
