@@ -28,3 +28,36 @@ pub fn write_through_partial(path: &Path, write: impl FnOnce(&Path) -> Result<()
     write(&partial)?;
     std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
 }
+
+/// An exclusive lock on a file, held until dropped. The operating system releases it when the
+/// holder exits, however it exits, so a crash never leaves a stale lock behind.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock on `path` (created if needed); `None` while another process holds it.
+pub fn try_lock(path: &Path) -> Result<Option<FileLock>> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(FileLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+/// Waits for the lock on `path` (created if needed).
+pub fn lock(path: &Path) -> Result<FileLock> {
+    let file = open_lock_file(path)?;
+    file.lock().map_err(|e| Error::io(path, e))?;
+    Ok(FileLock { _file: file })
+}
+
+fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}

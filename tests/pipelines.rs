@@ -84,6 +84,64 @@ fn the_init_cache_is_keyed_by_spec_calibration_and_model_content() {
     assert!(name.starts_with("srr-rtn-2b-r4-"), "{name}");
 }
 
+/// Two processes that reach one init key build it once: the second waits on the key's lock and
+/// takes the folder the first placed, untouched. A build that crashed leaves only its partial
+/// folder, which the next build clears.
+#[test]
+fn a_second_builder_of_an_init_waits_for_the_first_and_a_crashed_build_is_cleared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let glue = tmp.path().join("glue");
+    write_toy_glue(&glue);
+    let cache = tmp.path().join("inits");
+    let spec = init_spec_of(
+        "[data]\ntask = \"sst2\"\n[adapter]\nrank = 4\n[quant]\ncalib_samples = 32\ncalib_max_length = 32\n",
+    );
+    let device = Default::default();
+    let dir = cached_init(&model("tiny-bert"), &spec, &glue, &cache, device).unwrap();
+    let weights = dir.join("model.safetensors");
+    let built = std::fs::read(&weights).unwrap();
+    let written = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    // The first process's build, not yet placed; a crashed build's partial folder beside it.
+    let first = tmp.path().join("first-build");
+    std::fs::rename(&dir, &first).unwrap();
+    let partial = dir.with_extension("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.safetensors"), b"half-written").unwrap();
+
+    let held = qpeft::files::lock(&dir.with_extension("lock")).unwrap();
+    let second = {
+        let (spec, glue, cache) = (spec.clone(), glue.clone(), cache.clone());
+        std::thread::spawn(move || cached_init(&model("tiny-bert"), &spec, &glue, &cache, device))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !second.is_finished(),
+        "the second builder did not wait for the lock"
+    );
+    assert!(!dir.exists());
+    assert_eq!(
+        std::fs::read(partial.join("model.safetensors")).unwrap(),
+        b"half-written"
+    );
+    std::fs::rename(&first, &dir).unwrap();
+    drop(held);
+    assert_eq!(second.join().unwrap().unwrap(), dir);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        written,
+        "the waiting builder rebuilt a placed init"
+    );
+
+    // No process holds the key and only the crashed partial folder is left: built anew.
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        cached_init(&model("tiny-bert"), &spec, &glue, &cache, device).unwrap(),
+        dir
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), built);
+    assert!(!partial.exists());
+}
+
 /// `--compare` rows name an initializer (with `qera` and `srr-<k rule>`) and `+` modifiers, each
 /// by the library's own names; anything else is refused with the names it could have been.
 #[test]

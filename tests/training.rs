@@ -836,13 +836,18 @@ fn glue_command_tables_and_continues_a_suite() {
     std::fs::write(&train_tsv, edited).unwrap();
     let stderr = suite_in("suite-3");
     assert!(stderr.contains("building the init checkpoint"), "{stderr}");
-    let inits = std::fs::read_dir(suite.path("cache/inits"))
+    // Beside each init folder stays its (unlocked) lock file; no partial folder is left.
+    let mut inits: Vec<String> = std::fs::read_dir(suite.path("cache/inits"))
         .unwrap()
-        .count();
-    assert_eq!(
-        inits, 2,
-        "two complete init checkpoints, no partial folders left"
-    );
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    inits.sort();
+    assert_eq!(inits.len(), 4, "{inits:?}");
+    for pair in inits.chunks(2) {
+        assert_eq!(pair[1], format!("{}.lock", pair[0]), "{inits:?}");
+        let folder = suite.path("cache/inits").join(&pair[0]);
+        assert!(folder.join("model.safetensors").is_file(), "{inits:?}");
+    }
 }
 
 /// Runs `command`, which must succeed (else the test fails with its stderr).

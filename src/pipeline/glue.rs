@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-use super::run::{RunDir, RunLock, RunStart, run_recipe};
+use super::run::{RunDir, RunStart, run_recipe};
 use crate::data::{Task, glue_dir};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::eval::baseline::majority_class;
-use crate::files::write_json;
+use crate::files::{FileLock, write_json};
 use crate::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
 use crate::quant::solve::QuantMethod;
 use crate::recipe::Recipe;
@@ -696,7 +696,7 @@ fn finish_run(
     task: Task,
     recipe: &Recipe,
     run: &RunDir,
-    lock: &RunLock,
+    lock: &FileLock,
 ) -> Result<RunReport> {
     let start = if run.recipe_path().is_file() {
         same_recipe(run, recipe)?;

@@ -14,7 +14,7 @@ use super::calibrate::{CalibrationSpec, calibrate_model};
 use crate::data::batch::default_cache_dir;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::files::write_json;
+use crate::files::{self, write_json};
 use crate::formats::adapters::{
     ADAPTER_FORMAT_VERSION, AdapterLayer, AdapterMetadata, write_init_checkpoint,
 };
@@ -327,8 +327,10 @@ fn build(
 /// Its key hashes everything that shapes it: the file formats' versions (a checkpoint cached by an
 /// older build would otherwise report that format's bits per weight), the serialized spec, the
 /// calibration texts themselves (an edited calibration file or another copy of GLUE builds anew)
-/// and the model's weights. Concurrent builders of one key each write their own partial folder;
-/// the first to finish places it, the others use it.
+/// and the model's weights. One process builds a key at a time (`<key>.lock`): two `qpeft glue`
+/// processes that reach the same init wait for one build instead of each running it (a CoreQ
+/// init takes minutes). The build fills `<key>.partial` and renames it, so the key's folder
+/// appears only complete; a crashed build's partial folder is cleared by the next.
 pub fn cached_init(
     model: &PretrainedModel,
     spec: &InitSpec,
@@ -358,24 +360,36 @@ pub fn cached_init(
         "{}-{}-{}b-r{}-{key}",
         spec.init, spec.quantizer.method, spec.quantizer.bits, spec.rank
     ));
-    let complete = |dir: &Path| dir.join("model.safetensors").is_file();
-    if complete(&dir) {
-        eprintln!("init checkpoint: {} (cached)", dir.display());
-        return Ok(dir);
-    }
-    let partial = dir.with_extension(format!("partial-{}", std::process::id()));
-    eprintln!(
-        "building the init checkpoint {}: {serialized}",
-        dir.display()
-    );
-    let outcome = build(model, spec, &texts, &partial, device)?;
-    eprintln!("{}", outcome.summary_line(spec));
-    if let Err(error) = std::fs::rename(&partial, &dir) {
-        if !complete(&dir) {
-            return Err(Error::io(&dir, error));
+    let complete = || dir.join("model.safetensors").is_file();
+    if !complete() {
+        std::fs::create_dir_all(cache_root).map_err(|e| Error::io(cache_root, e))?;
+        let lock_path = dir.with_extension("lock");
+        let _lock = match files::try_lock(&lock_path)? {
+            Some(lock) => lock,
+            None => {
+                eprintln!(
+                    "waiting for another process to build the init checkpoint {}",
+                    dir.display()
+                );
+                files::lock(&lock_path)?
+            }
+        };
+        if !complete() {
+            let partial = dir.with_extension("partial");
+            if partial.exists() {
+                std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+            }
+            eprintln!(
+                "building the init checkpoint {}: {serialized}",
+                dir.display()
+            );
+            let outcome = build(model, spec, &texts, &partial, device)?;
+            eprintln!("{}", outcome.summary_line(spec));
+            std::fs::rename(&partial, &dir).map_err(|e| Error::io(&dir, e))?;
+            return Ok(dir);
         }
-        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
+    eprintln!("init checkpoint: {} (cached)", dir.display());
     Ok(dir)
 }
 

@@ -17,6 +17,7 @@ use crate::data::batch::{TokenizedSplit, default_cache_dir};
 use crate::data::{Split, Task, glue_dir};
 use crate::device::{BackendTask, DeviceSpec};
 use crate::error::{Error, Result};
+use crate::files::{self, FileLock};
 use crate::model::{HeadKind, ModelFiles, PretrainedModel, SequenceClassifier};
 use crate::pipeline::init::recipe_init;
 use crate::recipe::Recipe;
@@ -173,12 +174,6 @@ fn summarize<B: AutodiffBackend>(
     }
 }
 
-/// The exclusive right to train a run, held until dropped (see [`RunDir::try_lock`]).
-#[derive(Debug)]
-pub struct RunLock {
-    _file: std::fs::File,
-}
-
 /// A run directory: `recipe.toml` (resolved), `init/` (the base it started from, absent for
 /// full-precision LoRA, whose base is the recipe's model), `checkpoints/`, `metrics.jsonl`,
 /// `report.{json,md}`.
@@ -202,33 +197,19 @@ impl RunDir {
 
     /// Takes the run's lock (`<run>/.lock`, created with the directory if needed), which
     /// keeps a second process from training the same run; `None` while another process holds
-    /// it. The operating system releases it when the holder exits, however it exits.
-    pub fn try_lock(&self) -> Result<Option<RunLock>> {
-        let file = self.lock_file()?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(RunLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(self.root.join(".lock"), e)),
-        }
+    /// it.
+    pub fn try_lock(&self) -> Result<Option<FileLock>> {
+        files::try_lock(&self.lock_path()?)
     }
 
     /// Waits for the run's lock.
-    pub fn lock(&self) -> Result<RunLock> {
-        let file = self.lock_file()?;
-        file.lock()
-            .map_err(|e| Error::io(self.root.join(".lock"), e))?;
-        Ok(RunLock { _file: file })
+    pub fn lock(&self) -> Result<FileLock> {
+        files::lock(&self.lock_path()?)
     }
 
-    fn lock_file(&self) -> Result<std::fs::File> {
+    fn lock_path(&self) -> Result<std::path::PathBuf> {
         std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        let path = self.root.join(".lock");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))
+        Ok(self.root.join(".lock"))
     }
 
     /// The model files the run started from.
@@ -343,7 +324,7 @@ fn recipe_json(recipe: &Recipe) -> Result<serde_json::Value> {
 pub fn run_recipe(
     recipe: &Recipe,
     run: &RunDir,
-    _lock: &RunLock,
+    _lock: &FileLock,
     start: RunStart,
     data_dir: Option<&Path>,
     dump: Option<usize>,
