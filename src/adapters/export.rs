@@ -307,9 +307,8 @@ fn write_dense_folder(
 /// Writes `tensors` as a torch-flavoured safetensors file at `path`, which appears only once
 /// complete.
 fn write_whole(path: &Path, tensors: &[NamedTensor]) -> Result<PathBuf> {
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     write_through_partial(path, |partial| {
-        write_f32_tensors(partial, tensors, Some(metadata))
+        write_f32_tensors(partial, tensors, &[("format", "pt".to_string())])
     })?;
     Ok(path.to_path_buf())
 }

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use faer::Mat;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
-use super::safetensors::{TensorFile, parse_header_entry, write_error};
+use super::safetensors::{RawTensor, TensorFile, parse_header_entry, write_tensors};
 use crate::error::{Error, Result};
 use crate::quant::grid::{Bits, Grid, GridKind, GridSpec, Rounding};
 use crate::quant::layer::{Grouping, QuantizedLayer, rtn};
@@ -459,10 +459,21 @@ pub fn write_quantized_model<'a>(
         .into_iter()
         .map(|(n, l)| (format!("{prefix}{n}"), l))
         .collect();
-    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut buffers: Vec<RawTensor> = Vec::new();
+    let raw = |name: String, dtype, shape, bytes| RawTensor {
+        name,
+        dtype,
+        shape,
+        bytes,
+    };
     let push_packed = |buffers: &mut Vec<_>, base: &str, packed: PackedLayer| {
         for t in packed.tensors {
-            buffers.push((format!("{base}.{}", t.suffix), t.dtype, t.shape, t.bytes));
+            buffers.push(raw(
+                format!("{base}.{}", t.suffix),
+                t.dtype,
+                t.shape,
+                t.bytes,
+            ));
         }
     };
     let embedding_bits = meta.embedding_bits.map(Bits::new).transpose()?;
@@ -470,7 +481,7 @@ pub fn write_quantized_model<'a>(
     for name in source.weights.names() {
         let Some(base) = name.strip_suffix(".weight") else {
             let (dtype, shape, bytes) = source.weights.raw(&name)?;
-            buffers.push((name, dtype, shape, bytes.to_vec()));
+            buffers.push(raw(name, dtype, shape, bytes.to_vec()));
             continue;
         };
         if let Some(layer) = quantized.get(base) {
@@ -495,7 +506,7 @@ pub fn write_quantized_model<'a>(
             }
             _ => {
                 let (dtype, shape, bytes) = source.weights.raw(&name)?;
-                buffers.push((name, dtype, shape, bytes.to_vec()));
+                buffers.push(raw(name, dtype, shape, bytes.to_vec()));
             }
         }
     }
@@ -508,32 +519,23 @@ pub fn write_quantized_model<'a>(
         )));
     }
     for extra in extras {
-        buffers.push((
+        buffers.push(raw(
             format!("{prefix}{}", extra.name),
             Dtype::F32,
             extra.shape.clone(),
             le_bytes(&extra.values, f32::to_le_bytes),
         ));
     }
-    let views = buffers
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| Error::Internal(format!("{name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| Error::Internal(e.to_string()))?;
-    let mut metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
+    let mut metadata = vec![(METADATA_KEY, json)];
     metadata.extend(
         extra_metadata
             .iter()
-            .map(|(key, value)| (key.to_string(), value.clone())),
+            .map(|(key, value)| (*key, value.clone())),
     );
     let path = out.join("model.safetensors");
     let partial = out.join("model.safetensors.partial");
-    safetensors::serialize_to_file(views, Some(metadata), &partial)
-        .map_err(|e| write_error(&partial, e))?;
+    write_tensors(&partial, &buffers, &metadata)?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
     for (from, name) in [
         (source.config, "config.json"),

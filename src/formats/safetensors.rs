@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo, TensorView};
 
 use crate::error::{Error, Result};
 
@@ -181,7 +184,7 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 pub fn write_f32_tensors(
     path: &Path,
     tensors: &[NamedTensor],
-    metadata: Option<std::collections::HashMap<String, String>>,
+    metadata: &[(&str, String)],
 ) -> Result<()> {
     let raw: Vec<RawTensor> = tensors
         .iter()
@@ -203,29 +206,90 @@ pub struct RawTensor {
     pub bytes: Vec<u8>,
 }
 
-/// Writes `tensors` of any dtype as one safetensors file.
+/// A safetensors header: `__metadata__` by key, then the tensors in the order of their data.
+struct Header<'a> {
+    metadata: BTreeMap<&'a str, &'a str>,
+    tensors: Vec<(&'a str, TensorInfo)>,
+}
+
+impl serde::Serialize for Header<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if !self.metadata.is_empty() {
+            map.serialize_entry("__metadata__", &self.metadata)?;
+        }
+        for (name, info) in &self.tensors {
+            map.serialize_entry(name, info)?;
+        }
+        map.end()
+    }
+}
+
+/// Writes `tensors` of any dtype as one safetensors file, with the string pairs `metadata` in its
+/// header. The file's bytes depend on the arguments alone: the data follows the crate's layout (by
+/// descending dtype alignment, then name) and the header lists the metadata by key. (The crate's
+/// own writer takes the metadata as a `HashMap`, which orders two keys differently from one
+/// process to the next, so an init checkpoint built twice differed in its header.)
 pub fn write_tensors(
     path: &Path,
     tensors: &[RawTensor],
-    metadata: Option<std::collections::HashMap<String, String>>,
+    metadata: &[(&str, String)],
 ) -> Result<()> {
-    let views = tensors
-        .iter()
-        .map(|t| {
-            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::Internal(format!("{}: {e}", t.name)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, metadata, path).map_err(|e| write_error(path, e))
-}
-
-/// A failed safetensors write: an I/O error with its path, or a bug in what was written.
-pub(crate) fn write_error(path: &Path, error: safetensors::SafeTensorError) -> Error {
-    match error {
-        safetensors::SafeTensorError::IoError(source) => Error::io(path, source),
-        other => Error::Internal(format!("{}: {other}", path.display())),
+    let mut ordered: Vec<&RawTensor> = tensors.iter().collect();
+    ordered.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
+    let mut header = Header {
+        metadata: BTreeMap::new(),
+        tensors: Vec::with_capacity(ordered.len()),
+    };
+    for (key, value) in metadata {
+        if header.metadata.insert(key, value).is_some() {
+            return Err(Error::Internal(format!(
+                "{}: metadata key {key} given twice",
+                path.display()
+            )));
+        }
     }
+    let mut offset = 0;
+    let mut names = std::collections::HashSet::new();
+    for t in &ordered {
+        if !names.insert(t.name.as_str()) {
+            return Err(Error::Internal(format!(
+                "{}: tensor {} given twice",
+                path.display(),
+                t.name
+            )));
+        }
+        TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+            .map_err(|e| Error::Internal(format!("{}: {e}", t.name)))?;
+        let end = offset + t.bytes.len();
+        header.tensors.push((
+            &t.name,
+            TensorInfo {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data_offsets: (offset, end),
+            },
+        ));
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&header)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    // The data starts 8-byte aligned, as the crate writes it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        out.write_all(&(json.len() as u64).to_le_bytes())?;
+        out.write_all(&json)?;
+        for t in &ordered {
+            out.write_all(&t.bytes)?;
+        }
+        out.flush()
+    };
+    write().map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
@@ -279,5 +343,93 @@ mod dtype_tests {
         assert!(err.contains("'a' has shape [2, 2], expected [4]"), "{err}");
         let err = file.read_f32("missing", &[1]).unwrap_err().to_string();
         assert!(err.contains("'missing' is missing"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::{RawTensor, write_tensors};
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    use std::collections::HashMap;
+
+    fn tensors() -> Vec<RawTensor> {
+        let raw = |name: &str, dtype, shape: Vec<usize>, bytes: Vec<u8>| RawTensor {
+            name: name.into(),
+            dtype,
+            shape,
+            bytes,
+        };
+        vec![
+            raw("b.codes", Dtype::U8, vec![3], vec![7, 8, 9]),
+            raw(
+                "a.weight",
+                Dtype::F32,
+                vec![2],
+                [1.5f32, -2.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            raw("c.half", Dtype::F16, vec![1], vec![0, 60]),
+        ]
+    }
+
+    fn crate_bytes(metadata: Option<HashMap<String, String>>) -> Vec<u8> {
+        let tensors = tensors();
+        let views = tensors.iter().map(|t| {
+            (
+                t.name.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap(),
+            )
+        });
+        safetensors::serialize(views, metadata).unwrap()
+    }
+
+    /// With at most one metadata key the crate's writer is deterministic, and ours writes the
+    /// same bytes; with two keys ours gives one file whatever their order, which the crate reads.
+    #[test]
+    fn writes_the_crates_layout_with_the_metadata_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, metadata: &[(&str, String)]| {
+            let path = dir.path().join(name);
+            write_tensors(&path, &tensors(), metadata).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        assert_eq!(write("none", &[]), crate_bytes(None));
+        let one = [("format", "pt".to_string())];
+        assert_eq!(
+            write("one", &one),
+            crate_bytes(Some(HashMap::from([("format".into(), "pt".into())])))
+        );
+
+        let (q, a) = (
+            ("qpeft", "{}".to_string()),
+            ("qpeft_adapters", "[]".to_string()),
+        );
+        let forward = write("forward", &[q.clone(), a.clone()]);
+        assert_eq!(write("backward", &[a, q]), forward);
+        let text = String::from_utf8_lossy(&forward);
+        assert!(
+            text.contains(r#"{"__metadata__":{"qpeft":"{}","qpeft_adapters":"[]"},"a.weight":"#),
+            "{text}"
+        );
+        let (_, header) = SafeTensors::read_metadata(&forward).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["qpeft_adapters"], "[]");
+        let file = SafeTensors::deserialize(&forward).unwrap();
+        assert_eq!(file.tensor("b.codes").unwrap().data(), [7, 8, 9]);
+        assert_eq!(file.tensor("c.half").unwrap().dtype(), Dtype::F16);
+
+        let mut twice = tensors();
+        twice.push(RawTensor {
+            name: "b.codes".into(),
+            dtype: Dtype::F32,
+            shape: vec![1],
+            bytes: vec![0; 4],
+        });
+        let err = write_tensors(&dir.path().join("twice"), &twice, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("tensor b.codes given twice"),
+            "{err}"
+        );
     }
 }

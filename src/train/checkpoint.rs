@@ -74,7 +74,7 @@ where
     write_f32_tensors(
         &partial.join("trainable.safetensors"),
         &collector.values,
-        None,
+        &[],
     )?;
     let mut moments = Vec::new();
     let mut names: Vec<&String> = optimizer.moments.keys().collect();
@@ -89,8 +89,11 @@ where
             ));
         }
     }
-    let meta = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
-    write_f32_tensors(&partial.join("optimizer.safetensors"), &moments, Some(meta))?;
+    write_f32_tensors(
+        &partial.join("optimizer.safetensors"),
+        &moments,
+        &[("step", optimizer.step.to_string())],
+    )?;
     let state_path = partial.join("state.json");
     std::fs::write(
         &state_path,

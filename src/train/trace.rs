@@ -193,10 +193,10 @@ impl StepDump {
         last: &[NamedTensor],
     ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        write_f32_tensors(&dir.join("initial.safetensors"), initial, None)?;
-        write_f32_tensors(&dir.join("final.safetensors"), last, None)?;
-        write_tensors(&dir.join("batches.safetensors"), &self.batches, None)?;
-        write_f32_tensors(&dir.join("gradients.safetensors"), &self.gradients, None)?;
+        write_f32_tensors(&dir.join("initial.safetensors"), initial, &[])?;
+        write_f32_tensors(&dir.join("final.safetensors"), last, &[])?;
+        write_tensors(&dir.join("batches.safetensors"), &self.batches, &[])?;
+        write_f32_tensors(&dir.join("gradients.safetensors"), &self.gradients, &[])?;
         let trace = StepTrace {
             format_version: TRACE_FORMAT_VERSION,
             total_steps: self.schedule.0,
