@@ -3,11 +3,13 @@
 //! with `plotters`' SVG backend, which writes text as `<text>` for the viewer to render: no fonts
 //! or system libraries are needed. Each series is one `<polyline>` (lines) or one set of
 //! `<rect>`s (bars) in one colour of [`PALETTE`], and appears once in the legend, a column of its
-//! own right of the plot.
+//! own right of the plot; a bar chart's reference level (the majority class) is a dashed line in
+//! [`REFERENCE`] across each group, with a legend entry of its own.
 
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -30,6 +32,9 @@ pub const PALETTE: [RGBColor; 10] = [
 
 /// The error bars' colour (the axes are black).
 pub const WHISKER: RGBColor = RGBColor(64, 64, 64);
+
+/// A bar chart's reference level's colour, drawn dashed.
+pub const REFERENCE: RGBColor = RGBColor(0, 0, 0);
 
 const SIZE: (u32, u32) = (880, 480);
 
@@ -63,6 +68,14 @@ pub struct BarSeries {
     pub values: Vec<Option<(f64, Option<f64>)>>,
 }
 
+/// A level to read the bars against (a task's majority-class score): its legend name and, per
+/// group, the level (`None`: the group has none), drawn as a dashed line across the group's bars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    pub name: String,
+    pub levels: Vec<Option<f64>>,
+}
+
 /// Grouped bars: for each group (a task), one bar per series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BarChart {
@@ -70,6 +83,7 @@ pub struct BarChart {
     pub y_label: String,
     pub groups: Vec<String>,
     pub series: Vec<BarSeries>,
+    pub reference: Option<Reference>,
 }
 
 fn plot_error(title: &str, e: impl std::fmt::Display) -> Error {
@@ -164,9 +178,8 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
     let legend = Legend {
         entries: all()
             .enumerate()
-            .map(|(i, s)| (s.name.as_str(), colour(i)))
+            .map(|(i, s)| (s.name.as_str(), colour(i), Swatch::Line))
             .collect(),
-        swatch: Swatch::Line,
     };
     let mut builder = ChartBuilder::on(root);
     builder
@@ -225,14 +238,17 @@ fn draw_line_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &LineChart)
 #[derive(Clone, Copy)]
 enum Swatch {
     Line,
+    Dashed,
     Bar,
 }
+
+/// A dashed line's dash and gap, in pixels.
+const DASH: i32 = 5;
 
 /// The series' names and colours, boxed in a column of their own right of the chart (and of a
 /// right-hand axis), so that the legend never covers a bar or a line.
 struct Legend<'a> {
-    entries: Vec<(&'a str, RGBColor)>,
-    swatch: Swatch,
+    entries: Vec<(&'a str, RGBColor, Swatch)>,
 }
 
 impl Legend<'_> {
@@ -242,7 +258,7 @@ impl Legend<'_> {
     /// The column's width: a 20 px sample, padding, and the longest name at 12 px sans-serif
     /// counted at 7 px a character (an upper estimate: the viewer picks the font).
     fn width(&self) -> u32 {
-        let longest = self.entries.iter().map(|(n, _)| n.chars().count()).max();
+        let longest = self.entries.iter().map(|(n, ..)| n.chars().count()).max();
         50 + 7 * longest.unwrap_or(0) as u32
     }
 
@@ -255,11 +271,17 @@ impl Legend<'_> {
         root.draw(&Rectangle::new(frame, WHITE.mix(0.85).filled()))?;
         root.draw(&Rectangle::new(frame, BLACK))?;
         let font = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Left, VPos::Center));
-        for (i, &(name, c)) in self.entries.iter().enumerate() {
+        for (i, &(name, c, swatch)) in self.entries.iter().enumerate() {
             let y = Self::TOP + 4 + Self::ROW * i as i32 + Self::ROW / 2;
-            match self.swatch {
+            match swatch {
                 Swatch::Line => root.draw(&PathElement::new(
                     vec![(left + 8, y), (left + 28, y)],
+                    c.stroke_width(2),
+                ))?,
+                Swatch::Dashed => root.draw(&DashedPathElement::new(
+                    vec![(left + 8, y), (left + 28, y)],
+                    DASH,
+                    DASH,
                     c.stroke_width(2),
                 ))?,
                 Swatch::Bar => root.draw(&Rectangle::new(
@@ -286,7 +308,11 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
             .flatten()
             .flat_map(|&(v, e)| [v + e.unwrap_or(0.0), v - e.unwrap_or(0.0)])
     });
-    let (lo, hi) = padded_range(tops.chain([0.0]));
+    let references = chart
+        .reference
+        .iter()
+        .flat_map(|r| r.levels.iter().flatten());
+    let (lo, hi) = padded_range(tops.chain(references.copied()).chain([0.0]));
     // Bars stand on 0: no margin below it unless a bar goes below.
     let lo = if lo < 0.0
         && chart
@@ -302,9 +328,9 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
     let n_groups = chart.groups.len().max(1);
     let legend = Legend {
         entries: (chart.series.iter().enumerate())
-            .map(|(j, s)| (s.name.as_str(), colour(j)))
+            .map(|(j, s)| (s.name.as_str(), colour(j), Swatch::Bar))
+            .chain((chart.reference.iter()).map(|r| (r.name.as_str(), REFERENCE, Swatch::Dashed)))
             .collect(),
-        swatch: Swatch::Bar,
     };
     let mut ctx = ChartBuilder::on(root)
         .caption(&chart.title, ("sans-serif", 20))
@@ -360,6 +386,24 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
             ))
         });
         ctx.draw_series(whiskers)?;
+    }
+    // Over the bars, from the group's first bar's left edge to its last bar's right edge.
+    if let Some(reference) = &chart.reference {
+        let span = 0.8 - 0.1 * width;
+        let lines = reference
+            .levels
+            .iter()
+            .enumerate()
+            .filter_map(|(g, level)| {
+                let (level, left) = ((*level)?, g as f64 + 0.1);
+                Some(DashedPathElement::new(
+                    vec![(left, level), (left + span, level)],
+                    DASH,
+                    DASH,
+                    REFERENCE.stroke_width(2),
+                ))
+            });
+        ctx.draw_series(lines)?;
     }
     legend.draw(root)
 }

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{palette_hex as hex, svg_elements_by_colour as by_colour};
-use qpeft::plot::{BarChart, BarSeries, LineChart, Series, WHISKER, bar_chart_svg, line_chart_svg};
+use qpeft::plot::{
+    BarChart, BarSeries, LineChart, REFERENCE, Reference, Series, WHISKER, bar_chart_svg,
+    line_chart_svg,
+};
 
 /// The left edge of the legend's frame (its one black-stroked, unfilled rectangle).
 fn legend_left(svg: &str) -> f64 {
@@ -135,6 +138,7 @@ fn bar_chart_has_one_bar_per_value_and_error_bars_where_seeds_vary() {
                 values: vec![Some((52.0, Some(3.0))), None, Some((53.2, Some(5.3)))],
             },
         ],
+        reference: None,
     };
     let svg = bar_chart_svg(&chart).unwrap();
     if let Ok(dir) = std::env::var("QPEFT_PLOT_DEMO") {
@@ -168,4 +172,100 @@ fn bar_chart_has_one_bar_per_value_and_error_bars_where_seeds_vary() {
             "no '{label}' in {texts:?}"
         );
     }
+}
+
+/// The `y` and `height` of the rectangles filled with `fill`, in document order.
+fn rect_heights(svg: &str, fill: &str) -> Vec<(f64, f64)> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    let attr = |n: &roxmltree::Node, a: &str| -> f64 { n.attribute(a).unwrap().parse().unwrap() };
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "rect" && n.attribute("fill") == Some(fill))
+        .map(|n| (attr(&n, "y"), attr(&n, "height")))
+        .collect()
+}
+
+#[test]
+fn bar_chart_draws_the_reference_level_dashed_across_each_group_that_has_one() {
+    let chart = BarChart {
+        title: "GLUE dev scores".into(),
+        y_label: "dev score × 100".into(),
+        groups: vec!["mrpc".into(), "cola".into(), "stsb".into()],
+        series: vec![
+            BarSeries {
+                name: "lora".into(),
+                values: vec![Some((74.8, None)), Some((30.0, None)), Some((86.2, None))],
+            },
+            BarSeries {
+                name: "qera".into(),
+                values: vec![Some((76.5, None)), Some((14.8, None)), Some((74.4, None))],
+            },
+        ],
+        reference: Some(Reference {
+            name: "majority class".into(),
+            levels: vec![Some(74.8), Some(0.0), None],
+        }),
+    };
+    let svg = bar_chart_svg(&chart).unwrap();
+    if let Ok(dir) = std::env::var("QPEFT_PLOT_DEMO") {
+        std::fs::write(format!("{dir}/bars-reference.svg"), &svg).unwrap();
+    }
+    // lora's mrpc bar is as high as mrpc's level, and its cola bar stands on cola's level (0).
+    let lora = rect_heights(&svg, &hex(0));
+    let (mrpc_top, cola_bottom) = (lora[0].0, lora[1].0 + lora[1].1);
+    let black = format!("#{:02X}{:02X}{:02X}", REFERENCE.0, REFERENCE.1, REFERENCE.2);
+    // The axes and ticks are black too, 1 px wide; the level's dashes are 2 px.
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let dashes: Vec<Vec<(f64, f64)>> = doc
+        .descendants()
+        .filter(|n| n.tag_name().name() == "polyline")
+        .filter(|n| n.attribute("stroke") == Some(black.as_str()))
+        .filter(|n| n.attribute("stroke-width") == Some("2"))
+        .map(|n| {
+            n.attribute("points")
+                .unwrap()
+                .split_whitespace()
+                .map(|xy| {
+                    let (x, y) = xy.split_once(',').unwrap();
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect()
+        })
+        .collect();
+    let legend = legend_left(&svg);
+    let spans = rect_spans(&svg, &hex(0))
+        .into_iter()
+        .chain(rect_spans(&svg, &hex(1)))
+        .filter(|&(_, right)| right < legend)
+        .collect::<Vec<_>>();
+    // Each group's dashes lie at its level, between its first bar's left edge and its last
+    // bar's right edge (here lora's and qera's bars of that group), and add up to about half
+    // the group's width (dash and gap are equal).
+    let groups = [(0, mrpc_top), (1, cola_bottom)];
+    for (g, y) in groups {
+        let (left, right) = (spans[g].0, spans[3 + g].1);
+        let on: Vec<_> = dashes
+            .iter()
+            .filter(|d| d.iter().all(|&(x, _)| x >= left - 1.0 && x <= right + 1.0))
+            .filter(|d| d.iter().all(|&(_, dy)| (dy - y).abs() <= 1.0))
+            .collect();
+        let drawn: f64 = on.iter().map(|d| d[d.len() - 1].0 - d[0].0).sum();
+        let width = right - left;
+        assert!(on.len() >= 5, "group {g}: {} dashes at y {y}", on.len());
+        assert!(
+            (drawn - width / 2.0).abs() < 0.1 * width,
+            "group {g}: {drawn} of {width} px drawn"
+        );
+    }
+    // Nothing over stsb (no level), one swatch in the legend; its name is listed.
+    let stsb = (spans[2].0 + 1.0, spans[5].1);
+    assert!(
+        !dashes
+            .iter()
+            .flatten()
+            .any(|&(x, _)| x > stsb.0 && x < stsb.1),
+        "a dash over stsb"
+    );
+    let in_legend = dashes.iter().filter(|d| d[0].0 > legend).count();
+    assert!(in_legend >= 2, "{in_legend} dashes in the legend");
+    assert!(texts(&svg).iter().any(|t| t == "majority class"));
 }

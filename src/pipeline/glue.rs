@@ -18,7 +18,7 @@ use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::eval::baseline::majority_class;
 use crate::files::{FileLock, write_json};
-use crate::plot::{BarChart, BarSeries, bar_chart_svg, write_svg};
+use crate::plot::{BarChart, BarSeries, Reference, bar_chart_svg, write_svg};
 use crate::quant::solve::QuantMethod;
 use crate::recipe::Recipe;
 use crate::reconstruct::init::{InitName, KRule};
@@ -583,6 +583,7 @@ pub fn glue_suite(
             &spec.compare,
             &spec.tasks,
             &summary,
+            &baselines,
             spec.with_std(),
         ))?,
     )?;
@@ -758,8 +759,14 @@ fn average(row: usize, tasks: &[Task], summary: &Summary) -> Option<f64> {
 const GLUE_CHART: &str = "glue.svg";
 
 /// One bar per (row, task): the mean dev score and, over several seeds, ± their standard
-/// deviation.
-fn glue_chart(rows: &[String], tasks: &[Task], summary: &Summary, with_std: bool) -> BarChart {
+/// deviation; each task's majority-class score as the reference level.
+fn glue_chart(
+    rows: &[String],
+    tasks: &[Task],
+    summary: &Summary,
+    baselines: &[Option<f64>],
+    with_std: bool,
+) -> BarChart {
     BarChart {
         title: match with_std {
             true => "GLUE dev scores (mean ± std over the seeds)".into(),
@@ -784,6 +791,11 @@ fn glue_chart(rows: &[String], tasks: &[Task], summary: &Summary, with_std: bool
                     .collect(),
             })
             .collect(),
+        // STS-B alone has no majority class: no line and no legend entry.
+        reference: baselines.iter().any(Option::is_some).then(|| Reference {
+            name: "majority class".into(),
+            levels: baselines.iter().map(|b| b.map(|b| 100.0 * b)).collect(),
+        }),
     }
 }
 
