@@ -64,7 +64,8 @@ pub struct QuantSection {
     /// Group (MXINT block) size along the input dimension; 0 for one grid per row.
     pub group: usize,
     /// Calibration text for S = R_xx^{1/2} and data-aware quantizers: `task` (the recipe's own
-    /// task's training pairs), another GLUE task's, or a text file (the papers use WikiText-2,
+    /// task's training pairs), another GLUE task's, `glue` (pooled generic GLUE text: CoLA,
+    /// SST-2, MRPC, STS-B and RTE in equal shares) or a text file (the papers use WikiText-2,
     /// which is not available here).
     pub calib: String,
     pub calib_samples: usize,

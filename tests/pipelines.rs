@@ -207,3 +207,57 @@ fn compare_rows_map_to_recipe_overrides_by_the_library_names() {
     let err = row_overrides("srr-some").unwrap_err().to_string();
     assert!(err.contains("srr-some") && err.contains("probe"), "{err}");
 }
+
+/// The pooled GLUE calibration source takes one training text of each pooled task in turn; a
+/// longer list extends a shorter one, and the seed changes every task's picks.
+#[test]
+fn pooled_glue_calibration_takes_each_task_in_turn_from_its_training_set() {
+    use qpeft::data::{Split, load};
+    use qpeft::pipeline::calibrate::{CalibrationSpec, POOLED_CALIBRATION, POOLED_TASKS};
+    let glue = common::glue_dir();
+    let spec = |source: &str, samples: usize, seed: u64| CalibrationSpec {
+        source: source.into(),
+        samples,
+        max_length: 128,
+        batch_size: 16,
+        seed,
+    };
+    let n = POOLED_TASKS.len();
+    let pooled = spec(POOLED_CALIBRATION, 3 * n + 2, 0).texts(&glue).unwrap();
+    assert_eq!(pooled.len(), 3 * n + 2);
+    let train: Vec<Vec<(String, Option<String>)>> = POOLED_TASKS
+        .iter()
+        .map(|&task| {
+            load(&glue, task, Split::Train)
+                .unwrap()
+                .examples
+                .into_iter()
+                .map(|e| (e.text_a, e.text_b))
+                .collect()
+        })
+        .collect();
+    for (i, text) in pooled.iter().enumerate() {
+        let task = i % n;
+        let pair = (text.first.clone(), text.second.clone());
+        assert!(
+            train[task].contains(&pair),
+            "text {i} is not from {}'s training set: {pair:?}",
+            POOLED_TASKS[task].name()
+        );
+    }
+    // Single sentences (CoLA, SST-2) and pairs (MRPC, STS-B, RTE) alike.
+    assert!(pooled[0].second.is_none() && pooled[2].second.is_some());
+    // A longer list starts with the shorter one; the seed changes every task's picks.
+    let more = spec(POOLED_CALIBRATION, 4 * n, 0).texts(&glue).unwrap();
+    assert_eq!(more[..3 * n + 2], pooled[..]);
+    let other = spec(POOLED_CALIBRATION, 3 * n + 2, 1).texts(&glue).unwrap();
+    for task in 0..n {
+        assert_ne!(other[task], pooled[task], "{}", POOLED_TASKS[task].name());
+    }
+    // An unknown source names what is accepted.
+    let err = spec("wikitext", 8, 0).texts(&glue).unwrap_err().to_string();
+    assert!(
+        err.contains("\"wikitext\"") && err.contains("\"glue\""),
+        "{err}"
+    );
+}

@@ -101,8 +101,9 @@ impl QuantizerArgs {
 /// The calibration set, shared by `quantize` and `init`.
 #[derive(clap::Args, Debug)]
 pub struct CalibArgs {
-    /// Calibration text: a GLUE task's training sentences, or a file with one text per line
-    /// (default: rte; `export --requantize`: the run's own task).
+    /// Calibration text: a GLUE task's training sentences, `glue` (CoLA, SST-2, MRPC, STS-B
+    /// and RTE training text in equal shares), or a file with one text per line (default: rte;
+    /// `export --requantize`: the run's own task).
     #[arg(long)]
     pub calib: Option<String>,
     #[arg(long, default_value_t = 128)]
