@@ -22,13 +22,21 @@ fn legend_left(svg: &str) -> f64 {
     frames[0]
 }
 
-/// The left and right edges of the rectangles filled with `fill`.
-fn rect_spans(svg: &str, fill: &str) -> Vec<(f64, f64)> {
+/// The `x`, `y`, `width` and `height` of the rectangles filled with `fill`, in document order.
+fn rects(svg: &str, fill: &str) -> Vec<[f64; 4]> {
     let doc = roxmltree::Document::parse(svg).unwrap();
     let attr = |n: &roxmltree::Node, a: &str| -> f64 { n.attribute(a).unwrap().parse().unwrap() };
     doc.descendants()
         .filter(|n| n.tag_name().name() == "rect" && n.attribute("fill") == Some(fill))
-        .map(|n| (attr(&n, "x"), attr(&n, "x") + attr(&n, "width")))
+        .map(|n| ["x", "y", "width", "height"].map(|a| attr(&n, a)))
+        .collect()
+}
+
+/// The left and right edges of the rectangles filled with `fill`.
+fn rect_spans(svg: &str, fill: &str) -> Vec<(f64, f64)> {
+    rects(svg, fill)
+        .iter()
+        .map(|[x, _, w, _]| (*x, x + w))
         .collect()
 }
 
@@ -174,16 +182,6 @@ fn bar_chart_has_one_bar_per_value_and_error_bars_where_seeds_vary() {
     }
 }
 
-/// The `y` and `height` of the rectangles filled with `fill`, in document order.
-fn rect_heights(svg: &str, fill: &str) -> Vec<(f64, f64)> {
-    let doc = roxmltree::Document::parse(svg).unwrap();
-    let attr = |n: &roxmltree::Node, a: &str| -> f64 { n.attribute(a).unwrap().parse().unwrap() };
-    doc.descendants()
-        .filter(|n| n.tag_name().name() == "rect" && n.attribute("fill") == Some(fill))
-        .map(|n| (attr(&n, "y"), attr(&n, "height")))
-        .collect()
-}
-
 #[test]
 fn bar_chart_draws_the_reference_level_dashed_across_each_group_that_has_one() {
     let chart = BarChart {
@@ -210,8 +208,8 @@ fn bar_chart_draws_the_reference_level_dashed_across_each_group_that_has_one() {
         std::fs::write(format!("{dir}/bars-reference.svg"), &svg).unwrap();
     }
     // lora's mrpc bar is as high as mrpc's level, and its cola bar stands on cola's level (0).
-    let lora = rect_heights(&svg, &hex(0));
-    let (mrpc_top, cola_bottom) = (lora[0].0, lora[1].0 + lora[1].1);
+    let lora = rects(&svg, &hex(0));
+    let (mrpc_top, cola_bottom) = (lora[0][1], lora[1][1] + lora[1][3]);
     let black = format!("#{:02X}{:02X}{:02X}", REFERENCE.0, REFERENCE.1, REFERENCE.2);
     // The axes and ticks are black too, 1 px wide; the level's dashes are 2 px.
     let doc = roxmltree::Document::parse(&svg).unwrap();
