@@ -355,12 +355,15 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
         .y_desc(chart.y_label.as_str())
         .light_line_style(WHITE)
         .draw()?;
-    let width = 0.8 / chart.series.len().max(1) as f64;
+    let n_series = chart.series.len().max(1);
+    let width = 0.8 / n_series as f64;
+    // Series j's bar in group g spans [bar_left(g, j), bar_left(g, j) + 0.9 width].
+    let bar_left = |g: usize, j: usize| g as f64 + 0.1 + j as f64 * width;
     for (j, series) in chart.series.iter().enumerate() {
         let c = colour(j);
         let bars = series.values.iter().enumerate().filter_map(|(g, v)| {
             let (value, _) = (*v)?;
-            let left = g as f64 + 0.1 + j as f64 * width;
+            let left = bar_left(g, j);
             Some(Rectangle::new(
                 [(left, 0.0), (left + 0.9 * width, value)],
                 c.filled(),
@@ -371,7 +374,7 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
             let (value, Some(error)) = (*v)? else {
                 return None;
             };
-            let centre = g as f64 + 0.1 + (j as f64 + 0.45) * width;
+            let centre = bar_left(g, j) + 0.45 * width;
             let cap = 0.2 * width;
             Some(PathElement::new(
                 vec![
@@ -389,15 +392,14 @@ fn draw_bar_chart(root: &DrawingArea<SVGBackend<'_>, Shift>, chart: &BarChart) -
     }
     // Over the bars, from the group's first bar's left edge to its last bar's right edge.
     if let Some(reference) = &chart.reference {
-        let span = 0.8 - 0.1 * width;
         let lines = reference
             .levels
             .iter()
             .enumerate()
             .filter_map(|(g, level)| {
-                let (level, left) = ((*level)?, g as f64 + 0.1);
+                let (level, right) = ((*level)?, bar_left(g, n_series - 1) + 0.9 * width);
                 Some(DashedPathElement::new(
-                    vec![(left, level), (left + span, level)],
+                    vec![(bar_left(g, 0), level), (right, level)],
                     DASH,
                     DASH,
                     REFERENCE.stroke_width(2),

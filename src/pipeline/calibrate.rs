@@ -58,16 +58,8 @@ impl CalibrationSpec {
     /// (AX, which has no training split, its test pairs), or [`POOLED_CALIBRATION`]'s.
     pub fn texts(&self, data_dir: &Path) -> Result<Vec<TextInput>> {
         let path = Path::new(&self.source);
-        let texts = if path.is_file() {
-            let mut lines: Vec<TextInput> = std::fs::read_to_string(path)
-                .map_err(|e| Error::io(path, e))?
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(TextInput::single)
-                .collect();
-            lines.shuffle(&mut substream_rng(self.seed, "calibration"));
-            lines
-        } else if self.source == POOLED_CALIBRATION {
+        // A file of that name wins over a task or the pooled source.
+        let texts = if !path.is_file() && self.source == POOLED_CALIBRATION {
             let shuffled = POOLED_TASKS
                 .iter()
                 .map(|&task| {
@@ -79,13 +71,22 @@ impl CalibrationSpec {
                 .collect::<Result<Vec<_>>>()?;
             interleave(shuffled, self.samples)
         } else {
-            let task: Task = self.source.parse().map_err(|_| {
-                Error::Config(format!(
-                    "calibration source {:?} is neither a file, a GLUE task nor {POOLED_CALIBRATION:?} (pooled GLUE text)",
-                    self.source
-                ))
-            })?;
-            let mut texts = task_texts(data_dir, task)?;
+            let mut texts = if path.is_file() {
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(TextInput::single)
+                    .collect()
+            } else {
+                let task: Task = self.source.parse().map_err(|_| {
+                    Error::Config(format!(
+                        "calibration source {:?} is neither a file, a GLUE task nor {POOLED_CALIBRATION:?} (pooled GLUE text)",
+                        self.source
+                    ))
+                })?;
+                task_texts(data_dir, task)?
+            };
             texts.shuffle(&mut substream_rng(self.seed, "calibration"));
             texts
         };
