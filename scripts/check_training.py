@@ -24,18 +24,32 @@ replays in float64 and reports how far each f32 implementation is from that exac
 --write-expected FILE writes PyTorch's per-step losses, first-step gradients and final tensors as
 safetensors (the CI fixture of tests/training_equivalence.rs).
 
+--dev is the epoch-level check: from a run made with dropout on and --dump-batches at least its
+step count (the dump then spans the whole run, which also scores its dev set as usual), it trains
+every step in qpeft's order with the run's dropout rates (torch draws its own masks, seeded by
+--seed) and scores the dev set after each epoch, tokenized here by the run's tokenizer.json as
+qpeft does (checked: qpeft's first epoch must be the training set as tokenized here); it prints
+both implementations' dev scores and training losses per epoch. MRPC and STS-B runs.
+
+    qpeft train recipes/mrpc.toml --set adapter.init=qera-exact --dump-batches 100000 --out runs/e
+    check_training.py runs/e --dev --glue-dir GLUE --seed 42 --threads 1
+
 Needs the bench environment (bench/requirements.txt: torch, transformers, numpy, safetensors).
 """
 
 import argparse
+import csv
 import json
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -85,17 +99,18 @@ def dequantize(f, base: str, bits: int, cols: int, group_width: int) -> np.ndarr
 
 
 class LoraLinear(torch.nn.Module):
-    """PEFT's LoRA layer without dropout: base(x) + s · lora_B(lora_A(x))."""
+    """PEFT's LoRA layer: base(x) + s · lora_B(lora_A(dropout(x)))."""
 
-    def __init__(self, base: torch.nn.Linear, rank: int, scale: float):
+    def __init__(self, base: torch.nn.Linear, rank: int, scale: float, dropout: float):
         super().__init__()
         self.base = base
         self.lora_A = torch.nn.Linear(base.in_features, rank, bias=False)
         self.lora_B = torch.nn.Linear(rank, base.out_features, bias=False)
+        self.dropout = torch.nn.Dropout(dropout)
         self.scale = scale
 
     def forward(self, x):
-        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scale
+        return self.base(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scale
 
 
 def load_tensors(path: Path) -> dict:
@@ -103,13 +118,21 @@ def load_tensors(path: Path) -> dict:
         return {name: f.get_tensor(name) for name in f.keys()}
 
 
-def build(run: Path, recipe: dict, initial: dict):
-    """The classifier with dequantized Q, LoRA wrappers and qpeft's initial adapters and head."""
+def build(run: Path, recipe: dict, initial: dict, dropout: bool):
+    """The classifier with dequantized Q, LoRA wrappers and qpeft's initial adapters and head;
+    with `dropout`, the run's dropout rates (the recipe's `model.dropout` over the config's, as
+    qpeft reads them; `adapter.dropout` on each adapter's input), else none."""
     init = run / "init"
     config = BertConfig.from_json_file(str(init / "config.json"))
-    config.hidden_dropout_prob = 0.0
-    config.attention_probs_dropout_prob = 0.0
-    config.classifier_dropout = 0.0
+    rate = recipe["model"].get("dropout")
+    if not dropout or rate is not None:
+        rate = rate if dropout else 0.0
+        config.hidden_dropout_prob = rate
+        config.attention_probs_dropout_prob = rate
+        config.classifier_dropout = rate
+    adapter_dropout = recipe["adapter"]["dropout"] if dropout else 0.0
+    if adapter_dropout and recipe["adapter"]["dropout_placement"] != "input":
+        raise SystemExit("only adapter.dropout_placement = \"input\" (PEFT's) is replayed")
     config.num_labels = initial["classifier.weight"].shape[0]
     config.problem_type = (
         "regression" if config.num_labels == 1 else "single_label_classification"
@@ -149,7 +172,7 @@ def build(run: Path, recipe: dict, initial: dict):
     for layer in adapters["layers"]:
         parent = model.bert.get_submodule(layer.rsplit(".", 1)[0])
         child = layer.rsplit(".", 1)[1]
-        wrapper = LoraLinear(getattr(parent, child), adapters["rank"], scale)
+        wrapper = LoraLinear(getattr(parent, child), adapters["rank"], scale, adapter_dropout)
         setattr(parent, child, wrapper)
         wrapped[layer] = wrapper
     # qpeft must start from the init checkpoint's factors exactly.
@@ -222,17 +245,21 @@ def schedule(optimizer, recipe: dict, warmup: int, total: int):
     return get_constant_schedule_with_warmup(optimizer, warmup)
 
 
-def replay(run: Path, dtype=torch.float32):
+def replay(run: Path, dtype=torch.float32, dropout=False, after_step=None):
+    """Trains on the dumped batches in their order; without `dropout` the run must have had none
+    (the step-by-step comparison), with it each side draws its own masks. Returns the trace, the
+    per-step losses and learning rates, the final tensors and, without `dropout`, the first
+    step's gradients; `after_step(step, model)` is called after every optimizer step."""
     dump = run / "dump"
     trace = json.loads((dump / "trace.json").read_text())
     recipe = trace["recipe"]
-    if recipe["adapter"]["dropout"] != 0 or recipe["model"].get("dropout") != 0:
+    if not dropout and (recipe["adapter"]["dropout"] != 0 or recipe["model"].get("dropout") != 0):
         raise SystemExit(
             "the run trained with dropout: make it with --set model.dropout=0 --set adapter.dropout=0"
         )
     initial = load_tensors(dump / "initial.safetensors")
     batches = load_tensors(dump / "batches.safetensors")
-    model, params, adapters = build(run, recipe, initial)
+    model, params, adapters = build(run, recipe, initial, dropout)
     model.to(dtype)
     model.train()
     t = recipe["train"]
@@ -277,7 +304,8 @@ def replay(run: Path, dtype=torch.float32):
             loss = out.loss / step["divisors"][j]
             loss.backward()
             total += loss.item()
-        grads.append({n: p.grad.detach().numpy().copy() for n, p in params.items()})
+        if not dropout and s == 1:
+            grads.append({n: p.grad.detach().numpy().copy() for n, p in params.items()})
         if mode == "grad":
             for p, f in scaled:
                 p.grad.mul_(f)
@@ -294,8 +322,158 @@ def replay(run: Path, dtype=torch.float32):
         scheduler.step()
         losses.append(total)
         lrs.append(lr)
+        if after_step is not None:
+            after_step(s, model)
     final = {n: p.detach().numpy().copy() for n, p in params.items()}
     return trace, losses, lrs, final, grads
+
+
+# The dev-mode tasks: GLUE folder, the two text columns, the label column (header names).
+DEV_TASKS = {
+    "mrpc": ("MRPC", "#1 String", "#2 String", "Quality"),
+    "stsb": ("STS-B", "sentence1", "sentence2", "score"),
+}
+
+
+def read_pairs(glue: Path, task: str, split: str) -> tuple:
+    """The (text a, text b) pairs and labels of a GLUE split, read by their header names."""
+    if task not in DEV_TASKS:
+        raise SystemExit(f"--dev replays MRPC and STS-B runs; this run is {task}")
+    folder, a, b, label = DEV_TASKS[task]
+    path = glue / folder / f"{split}.tsv"
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header = rows[0]
+    ia, ib, il = (header.index(c) for c in (a, b, label))
+    pairs = [(r[ia], r[ib]) for r in rows[1:]]
+    labels = np.array([float(r[il]) for r in rows[1:]])
+    return pairs, labels
+
+
+def tokenize(run: Path, pairs: list, max_length: int) -> list:
+    """The run's tokenizer.json as qpeft sets it up: longest-first truncation, no padding."""
+    tokenizer = Tokenizer.from_file(str(run / "init" / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length, strategy="longest_first")
+    tokenizer.no_padding()
+    return [(e.ids, e.type_ids) for e in tokenizer.encode_batch(pairs)]
+
+
+def check_training_set(encoded: list, batches: dict, trace: dict, steps_per_epoch: int, subset: bool):
+    """qpeft's first epoch must be the training set as this script tokenizes it, each pair once
+    (with `subset`, a part of it: `data.max_train_samples`)."""
+    seen = Counter()
+    for step in trace["steps"][:steps_per_epoch]:
+        for j in range(step["micro_batches"]):
+            key = f"step-{step['step']}.batch-{j}."
+            for ids, types, mask in zip(
+                batches[key + "input_ids"], batches[key + "token_type_ids"], batches[key + "attention_mask"]
+            ):
+                n = int(mask.sum())
+                seen[(tuple(ids[:n].tolist()), tuple(types[:n].tolist()))] += 1
+    ours = Counter((tuple(i), tuple(t)) for i, t in encoded)
+    if (seen - ours) if subset else (seen != ours):
+        raise SystemExit(
+            f"qpeft's first epoch ({sum(seen.values())} sequences) is not the training set as "
+            f"tokenized here ({sum(ours.values())}): {sum((seen - ours).values())} differ"
+        )
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given their mean rank (as scipy.stats.rankdata)."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x[np.diff(np.sort(x), prepend=np.nan) == 0]):
+        tied = x == value
+        r[tied] = r[tied].mean()
+    return r
+
+
+def dev_score(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict:
+    """qpeft's main score: mean of accuracy and F1 (MRPC), of Pearson and Spearman (STS-B)."""
+    if task == "stsb":
+        pearson = float(np.corrcoef(outputs, labels)[0, 1])
+        spearman = float(np.corrcoef(ranks(outputs), ranks(labels))[0, 1])
+        return {"main": (pearson + spearman) / 2, "pearson": pearson, "spearman": spearman}
+    predicted = outputs.argmax(axis=1)
+    gold = labels.astype(np.int64)
+    accuracy = float((predicted == gold).mean())
+    tp = int(((predicted == 1) & (gold == 1)).sum())
+    f1 = 2 * tp / max(int((predicted == 1).sum()) + int((gold == 1).sum()), 1)
+    return {"main": (accuracy + f1) / 2, "accuracy": accuracy, "f1": f1}
+
+
+def predict(model, encoded: list, batch_size: int = 64) -> np.ndarray:
+    """Dropout off, each batch padded to its longest sequence."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            chunk = encoded[i : i + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.int64)
+            types = torch.zeros_like(ids)
+            mask = torch.zeros_like(ids)
+            for row, (i_, t_) in enumerate(chunk):
+                ids[row, : len(i_)] = torch.tensor(i_)
+                types[row, : len(t_)] = torch.tensor(t_)
+                mask[row, : len(i_)] = 1
+            logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+            out.append(logits.float().numpy())
+    model.train()
+    out = np.concatenate(out)
+    return out[:, 0] if out.shape[1] == 1 else out
+
+
+def replay_epochs(run: Path, glue: Path, seed: int) -> dict:
+    """Trains the whole dumped run with dropout on and scores the dev set after every epoch,
+    beside qpeft's own dev scores and training losses (RUN/metrics.jsonl)."""
+    trace = json.loads((run / "dump" / "trace.json").read_text())
+    recipe = trace["recipe"]
+    task, epochs = recipe["data"]["task"], recipe["train"]["epochs"]
+    steps_per_epoch = trace["total_steps"] // epochs
+    if len(trace["steps"]) != trace["total_steps"] or steps_per_epoch * epochs != trace["total_steps"]:
+        raise SystemExit(
+            f"the dump holds {len(trace['steps'])} of the run's {trace['total_steps']} steps over "
+            f"{epochs} epochs: make it with --dump-batches at least the run's step count"
+        )
+    max_length = recipe["train"]["max_length"]
+    train_pairs, _ = read_pairs(glue, task, "train")
+    check_training_set(
+        tokenize(run, train_pairs, max_length),
+        load_tensors(run / "dump" / "batches.safetensors"),
+        trace,
+        steps_per_epoch,
+        recipe["data"].get("max_train_samples") is not None,
+    )
+    dev_pairs, dev_labels = read_pairs(glue, task, "dev")
+    dev = tokenize(run, dev_pairs, max_length)
+    scores = []
+
+    def after_step(step, model):
+        if step % steps_per_epoch == 0:
+            scores.append(dev_score(task, predict(model, dev), dev_labels))
+            print(f"epoch {len(scores)}: dev {scores[-1]['main']:.4f}", file=sys.stderr)
+
+    torch.manual_seed(seed)
+    _, losses, _, _, _ = replay(run, dropout=True, after_step=after_step)
+    records = [
+        json.loads(line)["record"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if '"type":"epoch"' in line
+    ]
+    return {
+        "task": task,
+        "steps": len(losses),
+        "pytorch_dev": [s["main"] for s in scores],
+        "qpeft_dev": [r["main"] for r in records],
+        "pytorch_dev_metrics": scores[-1],
+        "qpeft_dev_metrics": records[-1]["metrics"],
+        "pytorch_train_loss": [
+            float(np.mean(losses[e * steps_per_epoch : (e + 1) * steps_per_epoch])) for e in range(epochs)
+        ],
+        "qpeft_train_loss": [r["train_loss"] for r in records],
+    }
 
 
 def max_relative(ours: dict, reference: dict) -> tuple:
@@ -319,7 +497,21 @@ def main():
         help="also replay in float64 and report how far each f32 implementation is from it",
     )
     parser.add_argument("--write-expected", type=Path)
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="train every dumped step with dropout on (each side its own masks) and score the dev "
+        "set after every epoch, beside qpeft's dev scores; MRPC and STS-B runs",
+    )
+    parser.add_argument("--glue-dir", type=Path, default=Path(os.environ.get("GLUE_DIR", "datasets/glue")))
+    parser.add_argument("--seed", type=int, default=0, help="torch's seed (dropout draws) with --dev")
+    parser.add_argument("--threads", type=int, default=0, help="torch's threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.dev:
+        print(json.dumps(replay_epochs(args.run, args.glue_dir, args.seed), indent=2))
+        return
     torch.manual_seed(0)
     trace, losses, lrs, final, grads = replay(args.run)
     theirs = load_tensors(args.run / "dump" / "final.safetensors")
