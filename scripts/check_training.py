@@ -383,7 +383,8 @@ def ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="stable")
     r = np.empty(len(x))
     r[order] = np.arange(1, len(x) + 1)
-    for value in np.unique(x[np.diff(np.sort(x), prepend=np.nan) == 0]):
+    ordered = x[order]
+    for value in np.unique(ordered[np.diff(ordered, prepend=np.nan) == 0]):
         tied = x == value
         r[tied] = r[tied].mean()
     return r
