@@ -249,7 +249,7 @@ def replay(run: Path, dtype=torch.float32, dropout=False, after_step=None):
     """Trains on the dumped batches in their order; without `dropout` the run must have had none
     (the step-by-step comparison), with it each side draws its own masks. Returns the trace, the
     per-step losses and learning rates, the final tensors and, without `dropout`, the first
-    step's gradients; `after_step(step, model)` is called after every optimizer step."""
+    step's gradients; `after_step(step, model, loss)` is called after every optimizer step."""
     dump = run / "dump"
     trace = json.loads((dump / "trace.json").read_text())
     recipe = trace["recipe"]
@@ -323,7 +323,7 @@ def replay(run: Path, dtype=torch.float32, dropout=False, after_step=None):
         losses.append(total)
         lrs.append(lr)
         if after_step is not None:
-            after_step(s, model)
+            after_step(s, model, total)
     final = {n: p.detach().numpy().copy() for n, p in params.items()}
     return trace, losses, lrs, final, grads
 
@@ -451,7 +451,7 @@ def replay_epochs(run: Path, glue: Path, seed: int) -> dict:
     dev = tokenize(run, dev_pairs, max_length)
     scores = []
 
-    def after_step(step, model):
+    def after_step(step, model, _loss):
         if step % steps_per_epoch == 0:
             scores.append(dev_score(task, predict(model, dev), dev_labels))
             print(f"epoch {len(scores)}: dev {scores[-1]['main']:.4f}", file=sys.stderr)
@@ -474,6 +474,8 @@ def replay_epochs(run: Path, glue: Path, seed: int) -> dict:
             float(np.mean(losses[e * steps_per_epoch : (e + 1) * steps_per_epoch])) for e in range(epochs)
         ],
         "qpeft_train_loss": [r["train_loss"] for r in records],
+        "pytorch_step_losses": losses,
+        "qpeft_step_losses": [step["loss"] for step in trace["steps"]],
     }
 
 
