@@ -38,12 +38,12 @@ Needs the bench environment (bench/requirements.txt: torch, transformers, numpy,
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -57,6 +57,10 @@ from transformers import (
     get_cosine_schedule_with_warmup,
     get_linear_schedule_with_warmup,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from e2e_reference import TASKS as E2E_TASKS  # noqa: E402
+from e2e_reference import classification_metrics, stsb_metrics  # noqa: E402
 
 
 def unpack(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
@@ -124,9 +128,8 @@ def build(run: Path, recipe: dict, initial: dict, dropout: bool):
     qpeft reads them; `adapter.dropout` on each adapter's input), else none."""
     init = run / "init"
     config = BertConfig.from_json_file(str(init / "config.json"))
-    rate = recipe["model"].get("dropout")
-    if not dropout or rate is not None:
-        rate = rate if dropout else 0.0
+    rate = recipe["model"].get("dropout") if dropout else 0.0
+    if rate is not None:
         config.hidden_dropout_prob = rate
         config.attention_probs_dropout_prob = rate
         config.classifier_dropout = rate
@@ -328,26 +331,17 @@ def replay(run: Path, dtype=torch.float32, dropout=False, after_step=None):
     return trace, losses, lrs, final, grads
 
 
-# The dev-mode tasks: GLUE folder, the two text columns, the label column (header names).
-DEV_TASKS = {
-    "mrpc": ("MRPC", "#1 String", "#2 String", "Quality"),
-    "stsb": ("STS-B", "sentence1", "sentence2", "score"),
-}
+# The tasks --dev replays; their readers and metrics are bench/e2e_reference.py's.
+DEV_TASKS = ("mrpc", "stsb")
 
 
 def read_pairs(glue: Path, task: str, split: str) -> tuple:
-    """The (text a, text b) pairs and labels of a GLUE split, read by their header names."""
+    """The (text a, text b) pairs and labels of a GLUE split."""
     if task not in DEV_TASKS:
         raise SystemExit(f"--dev replays MRPC and STS-B runs; this run is {task}")
-    folder, a, b, label = DEV_TASKS[task]
-    path = glue / folder / f"{split}.tsv"
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header = rows[0]
-    ia, ib, il = (header.index(c) for c in (a, b, label))
-    pairs = [(r[ia], r[ib]) for r in rows[1:]]
-    labels = np.array([float(r[il]) for r in rows[1:]])
-    return pairs, labels
+    folder, reader, _ = E2E_TASKS[task]
+    rows = reader(glue / folder / f"{split}.tsv")
+    return [(a, b) for a, b, _ in rows], np.array([label for _, _, label in rows], dtype=np.float64)
 
 
 def tokenize(run: Path, pairs: list, max_length: int) -> list:
@@ -371,37 +365,20 @@ def check_training_set(encoded: list, batches: dict, trace: dict, steps_per_epoc
                 n = int(mask.sum())
                 seen[(tuple(ids[:n].tolist()), tuple(types[:n].tolist()))] += 1
     ours = Counter((tuple(i), tuple(t)) for i, t in encoded)
-    if (seen - ours) if subset else (seen != ours):
+    differ = (seen - ours) if subset else (seen - ours) + (ours - seen)
+    if differ:
         raise SystemExit(
             f"qpeft's first epoch ({sum(seen.values())} sequences) is not the training set as "
-            f"tokenized here ({sum(ours.values())}): {sum((seen - ours).values())} differ"
+            f"tokenized here ({sum(ours.values())}): {sum(differ.values())} differ"
         )
-
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks from 1, ties given their mean rank (as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(1, len(x) + 1)
-    ordered = x[order]
-    for value in np.unique(ordered[np.diff(ordered, prepend=np.nan) == 0]):
-        tied = x == value
-        r[tied] = r[tied].mean()
-    return r
 
 
 def dev_score(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict:
     """qpeft's main score: mean of accuracy and F1 (MRPC), of Pearson and Spearman (STS-B)."""
+    prediction = SimpleNamespace(predictions=outputs, label_ids=labels)
     if task == "stsb":
-        pearson = float(np.corrcoef(outputs, labels)[0, 1])
-        spearman = float(np.corrcoef(ranks(outputs), ranks(labels))[0, 1])
-        return {"main": (pearson + spearman) / 2, "pearson": pearson, "spearman": spearman}
-    predicted = outputs.argmax(axis=1)
-    gold = labels.astype(np.int64)
-    accuracy = float((predicted == gold).mean())
-    tp = int(((predicted == 1) & (gold == 1)).sum())
-    f1 = 2 * tp / max(int((predicted == 1).sum()) + int((gold == 1).sum()), 1)
-    return {"main": (accuracy + f1) / 2, "accuracy": accuracy, "f1": f1}
+        return stsb_metrics(prediction)
+    return classification_metrics(task)(prediction)
 
 
 def predict(model, encoded: list, batch_size: int = 64) -> np.ndarray:
