@@ -34,6 +34,13 @@ both implementations' dev scores and training losses per epoch. MRPC and STS-B r
     qpeft train recipes/mrpc.toml --set adapter.init=qera-exact --dump-batches 100000 --out runs/e
     check_training.py runs/e --dev --glue-dir GLUE --seed 42 --threads 1
 
+--fixed-params FROZEN compares dropout alone, at fixed trained parameters: FROZEN is RUN resumed
+from its epoch-E checkpoint (--epoch E) at a learning rate of 1e-30 with every step logged, so
+each loss it logs in epoch E+1 is one qpeft dropout draw at those parameters; here PyTorch draws
+--draws masks per step on the same batches (the first with a backward pass, for the gradient
+norm qpeft logs), and once runs them without dropout. It prints the per-step differences' mean ±
+standard error. scripts/check_dropout.sh makes FROZEN and runs it.
+
 Needs the bench environment (bench/requirements.txt: torch, transformers, numpy, safetensors).
 """
 
@@ -41,6 +48,7 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -248,6 +256,28 @@ def schedule(optimizer, recipe: dict, warmup: int, total: int):
     return get_constant_schedule_with_warmup(optimizer, warmup)
 
 
+def step_loss(model, batches: dict, step: dict, dtype=torch.float32, backward=False) -> float:
+    """One dumped optimizer step's loss: its micro-batches' (length passes') mean losses, each
+    divided by the step's divisor as qpeft divides it; with `backward`, their gradients added up."""
+    s, total = step["step"], 0.0
+    for j in range(step["micro_batches"]):
+        key = f"step-{s}.batch-{j}."
+        labels = torch.from_numpy(batches[key + "labels"].copy())
+        if labels.is_floating_point():
+            labels = labels.to(dtype)
+        out = model(
+            input_ids=torch.from_numpy(batches[key + "input_ids"].copy()),
+            attention_mask=torch.from_numpy(batches[key + "attention_mask"].copy()),
+            token_type_ids=torch.from_numpy(batches[key + "token_type_ids"].copy()),
+            labels=labels,
+        )
+        loss = out.loss / step["divisors"][j]
+        if backward:
+            loss.backward()
+        total += loss.item()
+    return total
+
+
 def replay(run: Path, dtype=torch.float32, dropout=False, after_step=None):
     """Trains on the dumped batches in their order; without `dropout` the run must have had none
     (the step-by-step comparison), with it each side draws its own masks. Returns the trace, the
@@ -291,22 +321,7 @@ def replay(run: Path, dtype=torch.float32, dropout=False, after_step=None):
         s = step["step"]
         lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        m = step["micro_batches"]
-        for j in range(m):
-            key = f"step-{s}.batch-{j}."
-            labels = torch.from_numpy(batches[key + "labels"].copy())
-            if labels.is_floating_point():
-                labels = labels.to(dtype)
-            out = model(
-                input_ids=torch.from_numpy(batches[key + "input_ids"].copy()),
-                attention_mask=torch.from_numpy(batches[key + "attention_mask"].copy()),
-                token_type_ids=torch.from_numpy(batches[key + "token_type_ids"].copy()),
-                labels=labels,
-            )
-            loss = out.loss / step["divisors"][j]
-            loss.backward()
-            total += loss.item()
+        total = step_loss(model, batches, step, dtype, backward=True)
         if not dropout and s == 1:
             grads.append({n: p.grad.detach().numpy().copy() for n, p in params.items()})
         if mode == "grad":
@@ -456,6 +471,113 @@ def replay_epochs(run: Path, glue: Path, seed: int) -> dict:
     }
 
 
+def checkpoint_tensors(path: Path) -> dict:
+    """A qpeft checkpoint's trainable tensors (Burn's module names, linear weights `[in, out]`)
+    under the dump's names and PyTorch's `[out, in]`."""
+    out = {}
+    for name, value in load_tensors(path).items():
+        if name.startswith("head.Bert."):
+            name = name[len("head.Bert.") :]
+            name = name if name.startswith("classifier.") else "bert." + name
+        else:
+            name = "bert." + (
+                name.replace("encoder.layers.", "encoder.layer.")
+                .replace(".self_attention.", ".self.")
+                .replace(".Adapted.lora_a", ".lora_A.weight")
+                .replace(".Adapted.lora_b", ".lora_B.weight")
+            )
+        out[name] = value.T if value.ndim == 2 else value
+    return out
+
+
+def mean_se(values) -> list:
+    """[mean, standard error of the mean]."""
+    v = np.asarray(values, dtype=np.float64)
+    return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))]
+
+
+def fixed_params(run: Path, frozen: Path, epoch: int, draws: int, seed: int) -> dict:
+    """Dropout at fixed parameters: `frozen` is `run` resumed from its epoch-`epoch` checkpoint
+    at a learning rate of 1e-30 with every step logged (scripts/check_dropout.sh), so each of its
+    losses in epoch `epoch`+1 is one of qpeft's dropout draws at that checkpoint's parameters.
+    Here the same parameters see the same dumped batches with `draws` PyTorch masks per step and
+    once without dropout."""
+    trace = json.loads((run / "dump" / "trace.json").read_text())
+    recipe = trace["recipe"]
+    steps_per_epoch = trace["total_steps"] // recipe["train"]["epochs"]
+    frozen_recipe = tomllib.loads((frozen / "recipe.toml").read_text())["train"]
+    if frozen_recipe["learning_rate"] > 1e-20 or frozen_recipe["log_every"] != 1:
+        raise SystemExit(f"{frozen}/recipe.toml: needs learning_rate ≤ 1e-20 and log_every = 1")
+    events = [json.loads(line) for line in (frozen / "metrics.jsonl").read_text().splitlines()]
+    resumed = max(i for i, e in enumerate(events) if e["type"] == "resume")
+    qpeft = {e["step"]: (e["loss"], e["grad_norm"]) for e in events[resumed:] if e["type"] == "step"}
+    steps = [
+        step for step in trace["steps"]
+        if epoch * steps_per_epoch < step["step"] <= (epoch + 1) * steps_per_epoch
+    ]
+    missing = [step["step"] for step in steps if step["step"] not in qpeft]
+    if missing:
+        raise SystemExit(f"{frozen}/metrics.jsonl lacks {len(missing)} steps (first {missing[0]})")
+    params = checkpoint_tensors(run / "checkpoints" / f"epoch-{epoch}" / "trainable.safetensors")
+    moved = checkpoint_tensors(frozen / "checkpoints" / f"epoch-{epoch + 1}" / "trainable.safetensors")
+    initial = load_tensors(run / "dump" / "initial.safetensors")
+    model, loaded, _ = build(run, recipe, initial, dropout=True)
+    if set(params) != set(loaded) or set(moved) != set(loaded):
+        raise SystemExit(
+            f"{run}/checkpoints/epoch-{epoch}: its tensors do not map onto the model's trainable ones "
+            "(a BERT head and LoRA adapters are read)"
+        )
+    with torch.no_grad():
+        for name, p in loaded.items():
+            p.copy_(torch.from_numpy(params[name].copy()))
+    batches = load_tensors(run / "dump" / "batches.safetensors")
+    torch.manual_seed(seed)
+    ours, theirs, clean, our_norms, their_norms = [], [], [], [], []
+    for step in steps:
+        model.train()
+        # The first draw also backpropagates: the gradient norm under dropout, as qpeft logs it
+        # (all trainable tensors, summed over the step's passes, before clipping).
+        model.zero_grad(set_to_none=True)
+        draw = [step_loss(model, batches, step, backward=True)]
+        their_norms.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in loaded.values()))))
+        with torch.no_grad():
+            draw += [step_loss(model, batches, step) for _ in range(draws - 1)]
+            model.eval()
+            clean.append(step_loss(model, batches, step))
+        theirs.append(draw)
+        loss, norm = qpeft[step["step"]]
+        ours.append(loss)
+        our_norms.append(norm)
+    ours, theirs, clean = np.array(ours), np.array(theirs), np.array(clean)
+    our_norms, their_norms = np.array(our_norms), np.array(their_norms)
+    return {
+        "steps": len(steps),
+        "draws": draws,
+        "parameters_moved": max(float(np.abs(moved[n] - params[n]).max()) for n in params),
+        # mean ± standard error over the steps
+        "qpeft_loss": mean_se(ours),
+        "pytorch_loss": mean_se(theirs.mean(axis=1)),
+        "no_dropout_loss": mean_se(clean),
+        "qpeft_minus_pytorch": mean_se(ours - theirs.mean(axis=1)),
+        "qpeft_minus_no_dropout": mean_se(ours - clean),
+        "pytorch_minus_no_dropout": mean_se(theirs.mean(axis=1) - clean),
+        # one draw's spread around the no-dropout loss: qpeft's and each PyTorch draw's
+        "qpeft_draw_std": float(np.std(ours - clean, ddof=1)),
+        "pytorch_draw_std": [float(np.std(theirs[:, d] - clean, ddof=1)) for d in range(draws)],
+        # PyTorch against itself: its first draw against the mean of its others
+        "pytorch_draw0_minus_rest": mean_se(theirs[:, 0] - theirs[:, 1:].mean(axis=1)) if draws > 1 else None,
+        # one draw each per step
+        "qpeft_grad_norm": mean_se(our_norms),
+        "pytorch_grad_norm": mean_se(their_norms),
+        "qpeft_minus_pytorch_grad_norm": mean_se(our_norms - their_norms),
+        "qpeft_step_losses": ours.tolist(),
+        "pytorch_step_losses": theirs.tolist(),
+        "no_dropout_step_losses": clean.tolist(),
+        "qpeft_grad_norms": our_norms.tolist(),
+        "pytorch_grad_norms": their_norms.tolist(),
+    }
+
+
 def max_relative(ours: dict, reference: dict) -> tuple:
     """The largest per-tensor max|a − b| / max|b|, and that tensor's name."""
     errors = {}
@@ -484,11 +606,23 @@ def main():
         "set after every epoch, beside qpeft's dev scores; MRPC and STS-B runs",
     )
     parser.add_argument("--glue-dir", type=Path, default=Path(os.environ.get("GLUE_DIR", "datasets/glue")))
-    parser.add_argument("--seed", type=int, default=0, help="torch's seed (dropout draws) with --dev")
+    parser.add_argument(
+        "--fixed-params",
+        type=Path,
+        metavar="FROZEN",
+        help="dropout at fixed parameters: FROZEN is RUN resumed from --epoch's checkpoint at lr 1e-30 "
+        "(scripts/check_dropout.sh); compares its per-step losses with --draws PyTorch draws",
+    )
+    parser.add_argument("--epoch", type=int, default=1, help="the checkpoint --fixed-params starts from")
+    parser.add_argument("--draws", type=int, default=4, help="PyTorch's dropout draws per step (--fixed-params)")
+    parser.add_argument("--seed", type=int, default=0, help="torch's seed (dropout draws) with --dev and --fixed-params")
     parser.add_argument("--threads", type=int, default=0, help="torch's threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fixed_params:
+        print(json.dumps(fixed_params(args.run, args.fixed_params, args.epoch, args.draws, args.seed), indent=2))
+        return
     if args.dev:
         print(json.dumps(replay_epochs(args.run, args.glue_dir, args.seed), indent=2))
         return
