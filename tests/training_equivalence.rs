@@ -146,6 +146,14 @@ fn check_case(case: &Path, tmp: &Path) -> CaseResult {
     }
     let last = Golden::open(&dump.join("final.safetensors"));
     let gradients = Golden::open(&dump.join("gradients.safetensors"));
+    // The first step's gradients only: a whole-run dump would otherwise hold every step's.
+    let mut step1: Vec<String> = tensor_names.iter().map(|t| format!("step-1.{t}")).collect();
+    step1.sort();
+    assert_eq!(
+        names(&dump.join("gradients.safetensors")),
+        step1,
+        "{name}: the dumped gradients"
+    );
     let (mut tensor_err, mut grad_err, mut moved) = (0f64, 0f64, 0f64);
     for tensor in &tensor_names {
         let (_, ours) = last.f32(tensor);

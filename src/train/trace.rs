@@ -7,8 +7,10 @@
 //! - `batches.safetensors`: `step-S.batch-M.input_ids`, `.attention_mask`, `.token_type_ids`
 //!   (I64 `[batch, len]`) and `.labels` (I64 class ids or F32 scores, `[batch]`) for optimizer
 //!   step S (1-based) and micro-batch M (0-based), exactly as the trainer fed them;
-//! - `gradients.safetensors`: `step-S.<name>`, each step's gradient of every tensor of
-//!   `initial.safetensors`, summed over the micro-batches, before SRR's scaling and clipping;
+//! - `gradients.safetensors`: `step-1.<name>`, the first step's gradient of every tensor of
+//!   `initial.safetensors`, summed over the micro-batches, before SRR's scaling and clipping
+//!   (the only step where both implementations start from the same parameters, so the only
+//!   one the replay compares; keeping every step's would make a whole-run dump gigabytes);
 //! - `trace.json` ([`StepTrace`]): per step the learning rate, loss and gradient norm, the
 //!   schedule's total and warmup steps, and the resolved recipe.
 
@@ -24,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::formats::safetensors::{NamedTensor, RawTensor, write_f32_tensors, write_tensors};
 
 /// The version of the dump layout above.
-pub const TRACE_FORMAT_VERSION: u32 = 1;
+/// 2: `gradients.safetensors` holds step 1 only (1 held every step's).
+pub const TRACE_FORMAT_VERSION: u32 = 2;
 
 /// One finished optimizer step, as the training loop reports it.
 pub struct ObservedStep<'a> {
@@ -47,7 +50,7 @@ pub struct ObservedStep<'a> {
 pub trait StepObserver {
     fn observe(&mut self, step: &ObservedStep<'_>) -> Result<()>;
 
-    /// Whether [`ObservedStep::gradients`] should be filled (it costs a copy per step).
+    /// Whether the coming step's [`ObservedStep::gradients`] should be filled (it costs a copy).
     fn wants_gradients(&self) -> bool {
         false
     }
@@ -129,7 +132,7 @@ fn label_tensor(name: String, labels: &[Option<Label>]) -> Result<RawTensor> {
 
 impl StepObserver for StepDump {
     fn wants_gradients(&self) -> bool {
-        true
+        self.steps.is_empty()
     }
 
     fn observe(&mut self, step: &ObservedStep<'_>) -> Result<()> {
