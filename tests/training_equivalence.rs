@@ -146,12 +146,22 @@ fn check_case(case: &Path, tmp: &Path) -> CaseResult {
     }
     let last = Golden::open(&dump.join("final.safetensors"));
     let gradients = Golden::open(&dump.join("gradients.safetensors"));
-    // The first step's gradients only: a whole-run dump would otherwise hold every step's.
-    let mut step1: Vec<String> = tensor_names.iter().map(|t| format!("step-1.{t}")).collect();
-    step1.sort();
+    // Only the gradients of step 1 and of each epoch's first step (the cases cross an epoch
+    // boundary): a whole-run dump would otherwise hold every step's.
+    let epochs = trace.recipe["train"]["epochs"].as_u64().unwrap() as usize;
+    let steps_per_epoch = trace.total_steps / epochs;
+    let mut kept: Vec<String> = trace
+        .steps
+        .iter()
+        .map(|s| s.step)
+        .filter(|s| (s - 1) % steps_per_epoch == 0)
+        .flat_map(|s| tensor_names.iter().map(move |t| format!("step-{s}.{t}")))
+        .collect();
+    kept.sort();
+    assert!(kept.len() > tensor_names.len(), "{name}: no epoch boundary");
     assert_eq!(
         names(&dump.join("gradients.safetensors")),
-        step1,
+        kept,
         "{name}: the dumped gradients"
     );
     let (mut tensor_err, mut grad_err, mut moved) = (0f64, 0f64, 0f64);

@@ -28,8 +28,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Stop after N optimizer steps and write them into <run>/dump (the batches in training
-    /// order, each step's loss and learning rate, the first step's gradients, the adapters and
-    /// head before and after) for scripts/check_training.py to replay in PyTorch.
+    /// order, each step's loss and learning rate, the gradients of step 1 and of each epoch's
+    /// first step, the adapters and head before and after) for scripts/check_training.py to
+    /// replay in PyTorch.
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     pub dump_batches: Option<usize>,
     #[command(flatten)]

@@ -7,10 +7,11 @@
 //! - `batches.safetensors`: `step-S.batch-M.input_ids`, `.attention_mask`, `.token_type_ids`
 //!   (I64 `[batch, len]`) and `.labels` (I64 class ids or F32 scores, `[batch]`) for optimizer
 //!   step S (1-based) and micro-batch M (0-based), exactly as the trainer fed them;
-//! - `gradients.safetensors`: `step-1.<name>`, the first step's gradient of every tensor of
-//!   `initial.safetensors`, summed over the micro-batches, before SRR's scaling and clipping
-//!   (the only step where both implementations start from the same parameters, so the only
-//!   one the replay compares; keeping every step's would make a whole-run dump gigabytes);
+//! - `gradients.safetensors`: `step-S.<name>`, the gradient of every tensor of
+//!   `initial.safetensors`, summed over the micro-batches, before SRR's scaling and clipping,
+//!   for the steps whose starting parameters are on disk: step 1 (`initial.safetensors`) and
+//!   the first step of every later epoch (the run's epoch checkpoints), so that another
+//!   implementation can recompute them; every step's would make a whole-run dump gigabytes;
 //! - `trace.json` ([`StepTrace`]): per step the learning rate, loss and gradient norm, the
 //!   schedule's total and warmup steps, and the resolved recipe.
 
@@ -26,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::formats::safetensors::{NamedTensor, RawTensor, write_f32_tensors, write_tensors};
 
 /// The version of the dump layout above.
-/// 2: `gradients.safetensors` holds step 1 only (1 held every step's).
+/// 2: `gradients.safetensors` holds step 1 and each epoch's first step (1 held every step's).
 pub const TRACE_FORMAT_VERSION: u32 = 2;
 
 /// One finished optimizer step, as the training loop reports it.
@@ -50,8 +51,9 @@ pub struct ObservedStep<'a> {
 pub trait StepObserver {
     fn observe(&mut self, step: &ObservedStep<'_>) -> Result<()>;
 
-    /// Whether the coming step's [`ObservedStep::gradients`] should be filled (it costs a copy).
-    fn wants_gradients(&self) -> bool {
+    /// Whether the coming step's [`ObservedStep::gradients`] should be filled (it costs a copy);
+    /// `first_of_epoch`: the step starts an epoch.
+    fn wants_gradients(&self, _first_of_epoch: bool) -> bool {
         false
     }
 }
@@ -62,8 +64,8 @@ impl<T: StepObserver + ?Sized> StepObserver for &mut T {
         (**self).observe(step)
     }
 
-    fn wants_gradients(&self) -> bool {
-        (**self).wants_gradients()
+    fn wants_gradients(&self, first_of_epoch: bool) -> bool {
+        (**self).wants_gradients(first_of_epoch)
     }
 }
 
@@ -131,8 +133,8 @@ fn label_tensor(name: String, labels: &[Option<Label>]) -> Result<RawTensor> {
 }
 
 impl StepObserver for StepDump {
-    fn wants_gradients(&self) -> bool {
-        self.steps.is_empty()
+    fn wants_gradients(&self, first_of_epoch: bool) -> bool {
+        self.steps.is_empty() || first_of_epoch
     }
 
     fn observe(&mut self, step: &ObservedStep<'_>) -> Result<()> {

@@ -307,7 +307,7 @@ pub fn train<B: AutodiffBackend>(
                 &micro_batches,
                 lr,
                 config.max_grad_norm,
-                hooks.observer.wants_gradients(),
+                hooks.observer.wants_gradients(state.step_in_epoch == 0),
                 device,
             ) {
                 Ok(step) => step,
