@@ -41,6 +41,11 @@ each loss it logs in epoch E+1 is one qpeft dropout draw at those parameters; he
 norm qpeft logs), and once runs them without dropout. It prints the per-step differences' mean ±
 standard error. scripts/check_dropout.sh makes FROZEN and runs it.
 
+--gradient-draws K checks the gradient's direction under dropout on a whole-run dump: at step 1
+and at each epoch's first step (their gradients are dumped, and their starting parameters are the
+initial tensors and the epoch checkpoints), PyTorch draws K dropout gradients on the same batch;
+qpeft's dumped draw should rank among them like one of them (cosine to the mean of the others).
+
 Needs the bench environment (bench/requirements.txt: torch, transformers, numpy, safetensors).
 """
 
@@ -578,6 +583,69 @@ def fixed_params(run: Path, frozen: Path, epoch: int, draws: int, seed: int) -> 
     }
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def gradient_draws(run: Path, draws: int, seed: int) -> list:
+    """The direction of the gradient under dropout: at every dumped step whose starting
+    parameters are on disk (step 1: the dump's initial tensors; each epoch's first step: the
+    previous epoch's checkpoint), PyTorch draws `draws` dropout gradients on the same batch and
+    one without dropout; qpeft's one dumped draw is set among them by its cosine to the mean of
+    PyTorch's others (each PyTorch draw: to the mean of the others)."""
+    trace = json.loads((run / "dump" / "trace.json").read_text())
+    recipe = trace["recipe"]
+    steps_per_epoch = trace["total_steps"] // recipe["train"]["epochs"]
+    steps = {step["step"]: step for step in trace["steps"]}
+    initial = load_tensors(run / "dump" / "initial.safetensors")
+    model, loaded, _ = build(run, recipe, initial, dropout=True)
+    names = sorted(loaded)
+    batches = load_tensors(run / "dump" / "batches.safetensors")
+    torch.manual_seed(seed)
+    out = []
+    with safe_open(str(run / "dump" / "gradients.safetensors"), framework="np") as dumped:
+        for step in sorted(steps):
+            if (step - 1) % steps_per_epoch or f"step-{step}.{names[0]}" not in dumped.keys():
+                continue
+            epoch = (step - 1) // steps_per_epoch
+            params = initial if epoch == 0 else checkpoint_tensors(
+                run / "checkpoints" / f"epoch-{epoch}" / "trainable.safetensors"
+            )
+            with torch.no_grad():
+                for name, p in loaded.items():
+                    p.copy_(torch.from_numpy(params[name].copy()))
+
+            def gradient(train: bool) -> np.ndarray:
+                model.train(train)
+                model.zero_grad(set_to_none=True)
+                step_loss(model, batches, steps[step], backward=True)
+                return np.concatenate([loaded[n].grad.numpy().ravel() for n in names]).astype(np.float64)
+
+            theirs = np.stack([gradient(True) for _ in range(draws)])
+            clean = gradient(False)
+            ours = np.concatenate([dumped.get_tensor(f"step-{step}.{n}").ravel() for n in names]).astype(np.float64)
+            # Each PyTorch draw against the mean of the other K − 1; qpeft's against the same K
+            # means of K − 1 (averaged), so that both see means of as many draws.
+            means = [(theirs.sum(axis=0) - theirs[j]) / (draws - 1) for j in range(draws)]
+            others = [cosine(theirs[j], means[j]) for j in range(draws)]
+            ours_cos = float(np.mean([cosine(ours, m) for m in means]))
+            out.append({
+                "step": step,
+                "qpeft_cos_to_pytorch_mean": ours_cos,
+                "pytorch_cos_to_others": others,
+                # where qpeft's draw ranks among PyTorch's (0: below every one, `draws`: above)
+                "qpeft_rank": int(sum(c < ours_cos for c in others)),
+                "qpeft_cos_to_no_dropout": cosine(ours, clean),
+                "pytorch_cos_to_no_dropout": [cosine(t, clean) for t in theirs],
+                "qpeft_norm": float(np.linalg.norm(ours)),
+                "pytorch_norms": [float(np.linalg.norm(t)) for t in theirs],
+                "no_dropout_norm": float(np.linalg.norm(clean)),
+            })
+            print(f"step {step}: qpeft's cosine {out[-1]['qpeft_cos_to_pytorch_mean']:.3f}, rank "
+                  f"{out[-1]['qpeft_rank']} of {draws}", file=sys.stderr)
+    return out
+
+
 def max_relative(ours: dict, reference: dict) -> tuple:
     """The largest per-tensor max|a − b| / max|b|, and that tensor's name."""
     errors = {}
@@ -615,11 +683,23 @@ def main():
     )
     parser.add_argument("--epoch", type=int, default=1, help="the checkpoint --fixed-params starts from")
     parser.add_argument("--draws", type=int, default=4, help="PyTorch's dropout draws per step (--fixed-params)")
-    parser.add_argument("--seed", type=int, default=0, help="torch's seed (dropout draws) with --dev and --fixed-params")
+    parser.add_argument(
+        "--gradient-draws",
+        type=int,
+        metavar="K",
+        help="the gradient's direction under dropout: at each dumped step whose starting parameters "
+        "are on disk (step 1, each epoch's first), qpeft's dumped gradient among K PyTorch draws",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="torch's seed (dropout draws) with --dev, --fixed-params, --gradient-draws"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch's threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gradient_draws:
+        print(json.dumps(gradient_draws(args.run, args.gradient_draws, args.seed), indent=2))
+        return
     if args.fixed_params:
         print(json.dumps(fixed_params(args.run, args.fixed_params, args.epoch, args.draws, args.seed), indent=2))
         return
