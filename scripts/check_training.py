@@ -501,6 +501,25 @@ def mean_se(values) -> list:
     return [float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))]
 
 
+def set_parameters(loaded: dict, run: Path, epoch: int, initial: dict):
+    """Loads the trainable tensors a run had at the start of epoch `epoch` + 1 (0: the dump's
+    initial tensors, else the epoch-`epoch` checkpoint) into `loaded`; returns them."""
+    if epoch == 0:
+        params = initial
+    else:
+        path = run / "checkpoints" / f"epoch-{epoch}" / "trainable.safetensors"
+        params = checkpoint_tensors(path)
+        if set(params) != set(loaded):
+            raise SystemExit(
+                f"{path}: its tensors do not map onto the model's trainable ones "
+                "(a BERT head and LoRA adapters are read)"
+            )
+    with torch.no_grad():
+        for name, p in loaded.items():
+            p.copy_(torch.from_numpy(params[name].copy()))
+    return params
+
+
 def fixed_params(run: Path, frozen: Path, epoch: int, draws: int, seed: int) -> dict:
     """Dropout at fixed parameters: `frozen` is `run` resumed from its epoch-`epoch` checkpoint
     at a learning rate of 1e-30 with every step logged (scripts/check_dropout.sh), so each of its
@@ -523,18 +542,10 @@ def fixed_params(run: Path, frozen: Path, epoch: int, draws: int, seed: int) -> 
     missing = [step["step"] for step in steps if step["step"] not in qpeft]
     if missing:
         raise SystemExit(f"{frozen}/metrics.jsonl lacks {len(missing)} steps (first {missing[0]})")
-    params = checkpoint_tensors(run / "checkpoints" / f"epoch-{epoch}" / "trainable.safetensors")
-    moved = checkpoint_tensors(frozen / "checkpoints" / f"epoch-{epoch + 1}" / "trainable.safetensors")
     initial = load_tensors(run / "dump" / "initial.safetensors")
     model, loaded, _ = build(run, recipe, initial, dropout=True)
-    if set(params) != set(loaded) or set(moved) != set(loaded):
-        raise SystemExit(
-            f"{run}/checkpoints/epoch-{epoch}: its tensors do not map onto the model's trainable ones "
-            "(a BERT head and LoRA adapters are read)"
-        )
-    with torch.no_grad():
-        for name, p in loaded.items():
-            p.copy_(torch.from_numpy(params[name].copy()))
+    params = set_parameters(loaded, run, epoch, initial)
+    moved = checkpoint_tensors(frozen / "checkpoints" / f"epoch-{epoch + 1}" / "trainable.safetensors")
     batches = load_tensors(run / "dump" / "batches.safetensors")
     torch.manual_seed(seed)
     ours, theirs, clean, our_norms, their_norms = [], [], [], [], []
@@ -555,17 +566,18 @@ def fixed_params(run: Path, frozen: Path, epoch: int, draws: int, seed: int) -> 
         our_norms.append(norm)
     ours, theirs, clean = np.array(ours), np.array(theirs), np.array(clean)
     our_norms, their_norms = np.array(our_norms), np.array(their_norms)
+    their_mean = theirs.mean(axis=1)
     return {
         "steps": len(steps),
         "draws": draws,
         "parameters_moved": max(float(np.abs(moved[n] - params[n]).max()) for n in params),
         # mean ± standard error over the steps
         "qpeft_loss": mean_se(ours),
-        "pytorch_loss": mean_se(theirs.mean(axis=1)),
+        "pytorch_loss": mean_se(their_mean),
         "no_dropout_loss": mean_se(clean),
-        "qpeft_minus_pytorch": mean_se(ours - theirs.mean(axis=1)),
+        "qpeft_minus_pytorch": mean_se(ours - their_mean),
         "qpeft_minus_no_dropout": mean_se(ours - clean),
-        "pytorch_minus_no_dropout": mean_se(theirs.mean(axis=1) - clean),
+        "pytorch_minus_no_dropout": mean_se(their_mean - clean),
         # one draw's spread around the no-dropout loss: qpeft's and each PyTorch draw's
         "qpeft_draw_std": float(np.std(ours - clean, ddof=1)),
         "pytorch_draw_std": [float(np.std(theirs[:, d] - clean, ddof=1)) for d in range(draws)],
@@ -604,16 +616,11 @@ def gradient_draws(run: Path, draws: int, seed: int) -> list:
     torch.manual_seed(seed)
     out = []
     with safe_open(str(run / "dump" / "gradients.safetensors"), framework="np") as dumped:
+        stored = set(dumped.keys())
         for step in sorted(steps):
-            if (step - 1) % steps_per_epoch or f"step-{step}.{names[0]}" not in dumped.keys():
+            if (step - 1) % steps_per_epoch or f"step-{step}.{names[0]}" not in stored:
                 continue
-            epoch = (step - 1) // steps_per_epoch
-            params = initial if epoch == 0 else checkpoint_tensors(
-                run / "checkpoints" / f"epoch-{epoch}" / "trainable.safetensors"
-            )
-            with torch.no_grad():
-                for name, p in loaded.items():
-                    p.copy_(torch.from_numpy(params[name].copy()))
+            set_parameters(loaded, run, (step - 1) // steps_per_epoch, initial)
 
             def gradient(train: bool) -> np.ndarray:
                 model.train(train)
@@ -626,7 +633,8 @@ def gradient_draws(run: Path, draws: int, seed: int) -> list:
             ours = np.concatenate([dumped.get_tensor(f"step-{step}.{n}").ravel() for n in names]).astype(np.float64)
             # Each PyTorch draw against the mean of the other K − 1; qpeft's against the same K
             # means of K − 1 (averaged), so that both see means of as many draws.
-            means = [(theirs.sum(axis=0) - theirs[j]) / (draws - 1) for j in range(draws)]
+            total = theirs.sum(axis=0)
+            means = [(total - theirs[j]) / (draws - 1) for j in range(draws)]
             others = [cosine(theirs[j], means[j]) for j in range(draws)]
             ours_cos = float(np.mean([cosine(ours, m) for m in means]))
             out.append({

@@ -133,8 +133,10 @@ fn label_tensor(name: String, labels: &[Option<Label>]) -> Result<RawTensor> {
 }
 
 impl StepObserver for StepDump {
+    /// Step 1 starts the first epoch: a dump never resumes (`--dump-batches` conflicts with
+    /// `--resume`).
     fn wants_gradients(&self, first_of_epoch: bool) -> bool {
-        self.steps.is_empty() || first_of_epoch
+        first_of_epoch
     }
 
     fn observe(&mut self, step: &ObservedStep<'_>) -> Result<()> {
